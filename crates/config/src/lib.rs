@@ -1,0 +1,276 @@
+//! Typed configuration of the Linnet proxy, read from the environment.
+//!
+//! Every setting is `LINNET_<NAME>`; where Linkerd has the same setting it
+//! is also read from `LINKERD2_PROXY_<NAME>`, so Linnet can be dropped into
+//! a pod that Linkerd injected. `LINNET_` wins when both are set. A bad
+//! value is a [`ConfigError`] naming the variable and the value (the binary
+//! exits with code 64). The result is validated once, here, at start;
+//! everything downstream takes the typed [`Config`], which serialises to
+//! the JSON logged at start and served at the admin server's
+//! `/config.json`.
+
+mod env;
+pub mod parse;
+
+pub use self::env::{Env, ProcessEnv};
+use serde::Serialize;
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+/// Our own prefix: every setting can be given with it.
+pub const PREFIX: &str = "LINNET_";
+/// Linkerd's prefix, read for the settings Linkerd also has.
+pub const LINKERD_PREFIX: &str = "LINKERD2_PROXY_";
+
+/// The whole configuration of `linnet proxy`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    /// The listener for the pod's outgoing connections.
+    pub outbound: ProxyConfig,
+    /// The listener for connections coming into the pod.
+    pub inbound: ProxyConfig,
+    /// The admin server (metrics, health, log level, shutdown).
+    pub admin: AdminConfig,
+    /// How long open connections may run after shutdown starts before they
+    /// are closed. Kubernetes' own grace period should be longer.
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub shutdown_grace_period: Duration,
+    /// Logging.
+    pub log: LogConfig,
+    /// Runtime worker threads. A sidecar usually gets one or two cores.
+    pub cores: usize,
+}
+
+/// One direction's listener and the connections it makes.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyConfig {
+    /// Where the proxy listens for redirected connections.
+    pub listen_addr: SocketAddr,
+    /// How long to wait for the target to accept a connection. Inbound
+    /// targets are on the same host, so their timeout is short.
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub connect_timeout: Duration,
+    /// TCP keepalive on accepted connections, so that dead clients are
+    /// noticed; `None` leaves it off.
+    #[serde(serialize_with = "parse::ser_opt_duration")]
+    pub accept_keepalive: Option<Duration>,
+    /// TCP keepalive on connections to targets.
+    #[serde(serialize_with = "parse::ser_opt_duration")]
+    pub connect_keepalive: Option<Duration>,
+}
+
+/// The admin server.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdminConfig {
+    /// Where the admin server listens (Prometheus scrapes it here).
+    pub listen_addr: SocketAddr,
+}
+
+/// Logging.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive string, such as `warn,linnet=info`.
+    pub filter: String,
+    /// Line format.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object a line, for log pipelines.
+    Json,
+}
+
+/// A setting with a bad value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {var}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// The variable that held the bad value, as it was spelt.
+    pub var: String,
+    /// The value as given.
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The settings this version knows, for reporting unknown `LINNET_` names.
+const KNOWN: &[&str] = &[
+    "OUTBOUND_LISTEN_ADDR",
+    "INBOUND_LISTEN_ADDR",
+    "ADMIN_LISTEN_ADDR",
+    "OUTBOUND_CONNECT_TIMEOUT",
+    "INBOUND_CONNECT_TIMEOUT",
+    "OUTBOUND_ACCEPT_KEEPALIVE",
+    "INBOUND_ACCEPT_KEEPALIVE",
+    "OUTBOUND_CONNECT_KEEPALIVE",
+    "INBOUND_CONNECT_KEEPALIVE",
+    "SHUTDOWN_GRACE_PERIOD",
+    "LOG",
+    "LOG_FORMAT",
+    "CORES",
+];
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates the configuration.
+    pub fn from_env(env: &(impl Env + ?Sized)) -> Result<Self, ConfigError> {
+        let r = Reader { env };
+        let keepalive = Some(Duration::from_secs(10));
+        let outbound = ProxyConfig {
+            listen_addr: r.addr("OUTBOUND_LISTEN_ADDR", ([127, 0, 0, 1], 4140))?,
+            connect_timeout: r.timeout("OUTBOUND_CONNECT_TIMEOUT", Duration::from_secs(1))?,
+            accept_keepalive: r.keepalive("OUTBOUND_ACCEPT_KEEPALIVE", keepalive)?,
+            connect_keepalive: r.keepalive("OUTBOUND_CONNECT_KEEPALIVE", keepalive)?,
+        };
+        let inbound = ProxyConfig {
+            listen_addr: r.addr("INBOUND_LISTEN_ADDR", ([0, 0, 0, 0], 4143))?,
+            connect_timeout: r.timeout("INBOUND_CONNECT_TIMEOUT", Duration::from_millis(300))?,
+            accept_keepalive: r.keepalive("INBOUND_ACCEPT_KEEPALIVE", keepalive)?,
+            connect_keepalive: r.keepalive("INBOUND_CONNECT_KEEPALIVE", keepalive)?,
+        };
+        let admin = AdminConfig {
+            listen_addr: r.addr("ADMIN_LISTEN_ADDR", ([127, 0, 0, 1], 4191))?,
+        };
+        let shutdown_grace_period = r
+            .get("SHUTDOWN_GRACE_PERIOD", parse::duration)?
+            .unwrap_or(Duration::from_secs(120));
+        let log = LogConfig {
+            filter: r
+                .get("LOG", |s| {
+                    tracing_subscriber::EnvFilter::builder()
+                        .parse(s)
+                        .map(|_| s.to_string())
+                        .map_err(|e| format!("not a log filter: {e}"))
+                })?
+                .unwrap_or_else(|| "warn,linnet=info".to_string()),
+            format: r
+                .get("LOG_FORMAT", |s| match s.to_ascii_lowercase().as_str() {
+                    "plain" => Ok(LogFormat::Plain),
+                    "json" => Ok(LogFormat::Json),
+                    _ => Err("expected plain or json".to_string()),
+                })?
+                .unwrap_or(LogFormat::Plain),
+        };
+        let cores = match r.get("CORES", |s| match s.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err("expected a whole number of cores, at least 1".to_string()),
+        })? {
+            Some(n) => n,
+            None => default_cores(),
+        };
+        Ok(Config {
+            outbound,
+            inbound,
+            admin,
+            shutdown_grace_period,
+            log,
+            cores,
+        })
+    }
+
+    /// `LINNET_` variables that this version does not know: most likely
+    /// misspellings, worth a warning at start.
+    pub fn unknown_variables(env: &(impl Env + ?Sized)) -> Vec<String> {
+        let mut unknown: Vec<String> = env
+            .names()
+            .into_iter()
+            .filter(|n| {
+                n.strip_prefix(PREFIX)
+                    .is_some_and(|rest| !KNOWN.contains(&rest))
+            })
+            .collect();
+        unknown.sort();
+        unknown
+    }
+
+    /// The configuration as JSON, for the start-up log and `/config.json`.
+    pub fn to_json(&self) -> String {
+        // Serialising plain structs of strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The number of cores this process may use: the cgroup CPU quota rounded
+/// up when one is set, else the CPUs it can run on.
+pub fn default_cores() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match cgroup_quota() {
+        Some(q) => q.clamp(1, cpus),
+        None => cpus,
+    }
+}
+
+/// The cgroup v2 CPU quota (`cpu.max`, "quota period"), in whole cores
+/// rounded up; `None` when unlimited or unreadable.
+fn cgroup_quota() -> Option<usize> {
+    let text = std::fs::read_to_string("/sys/fs/cgroup/cpu.max").ok()?;
+    let mut parts = text.split_whitespace();
+    let quota: u64 = parts.next()?.parse().ok()?;
+    let period: u64 = parts.next()?.parse().ok()?;
+    if period == 0 {
+        return None;
+    }
+    usize::try_from(quota.div_ceil(period)).ok()
+}
+
+// === impl Reader ===
+
+struct Reader<'a, E: ?Sized> {
+    env: &'a E,
+}
+
+impl<E: Env + ?Sized> Reader<'_, E> {
+    /// Reads `LINNET_<name>`, else `LINKERD2_PROXY_<name>`, and parses it.
+    fn get<T>(
+        &self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        let found = [PREFIX, LINKERD_PREFIX].into_iter().find_map(|prefix| {
+            let var = format!("{prefix}{name}");
+            self.env.get(&var).map(|value| (var, value))
+        });
+        let Some((var, value)) = found else {
+            return Ok(None);
+        };
+        parse(&value)
+            .map(Some)
+            .map_err(|reason| ConfigError { var, value, reason })
+    }
+
+    fn addr(&self, name: &str, default: impl Into<SocketAddr>) -> Result<SocketAddr, ConfigError> {
+        let addr = self.get(name, |s| {
+            SocketAddr::from_str(s.trim())
+                .map_err(|_| "expected an IP address and port, like 127.0.0.1:4140".to_string())
+        })?;
+        Ok(addr.unwrap_or_else(|| default.into()))
+    }
+
+    fn timeout(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+        let d = self.get(name, |s| {
+            let d = parse::duration(s)?;
+            if d.is_zero() {
+                return Err("a timeout must be longer than zero".to_string());
+            }
+            Ok(d)
+        })?;
+        Ok(d.unwrap_or(default))
+    }
+
+    fn keepalive(
+        &self,
+        name: &str,
+        default: Option<Duration>,
+    ) -> Result<Option<Duration>, ConfigError> {
+        // `0s` turns keepalive off, as it does in Linkerd.
+        let d = self.get(name, |s| parse::duration(s).map(|d| (!d.is_zero()).then_some(d)))?;
+        Ok(d.unwrap_or(default))
+    }
+}
+
+#[cfg(test)]
+mod tests;

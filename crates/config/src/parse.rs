@@ -1,0 +1,85 @@
+//! Parsers and printers for setting values: durations, addresses, numbers.
+
+use std::time::Duration;
+
+/// Parses a duration written as an integer and a unit: `500ms`, `10s`,
+/// `2m`, `1h`, `1d`. A bare number is refused: its unit would be a guess.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| "a duration needs a unit (ms, s, m, h or d)".to_string())?;
+    let (digits, unit) = s.split_at(split);
+    if digits.is_empty() {
+        return Err("a duration starts with a whole number, like 500ms or 10s".into());
+    }
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{digits} is too large"))?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("unknown unit {unit:?} (use ms, s, m, h or d)")),
+    };
+    n.checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{s} is too large"))
+}
+
+/// Prints a duration the way [`duration`] reads it, in the largest unit
+/// that keeps it whole.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0ms".into();
+    }
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// Serde helper: serialises a [`Duration`] as [`format_duration`] prints it.
+pub(crate) fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+/// Serde helper for optional durations; `None` is `null`.
+pub(crate) fn ser_opt_duration<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&format_duration(*d)),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(duration("1d"), Ok(Duration::from_secs(86400)));
+        for bad in ["", "10", "s", "-1s", "1.5s", "10 s", "10sec", "99999999999999999999s"] {
+            assert!(duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        for s in ["0ms", "300ms", "1s", "90s", "2m", "1h", "1d", "1500ms"] {
+            assert_eq!(format_duration(duration(s).unwrap()), s);
+        }
+    }
+}

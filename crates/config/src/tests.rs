@@ -1,0 +1,83 @@
+use super::*;
+use std::collections::HashMap;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults() {
+    let c = Config::from_env(&env(&[])).unwrap();
+    assert_eq!(c.outbound.listen_addr, "127.0.0.1:4140".parse().unwrap());
+    assert_eq!(c.inbound.listen_addr, "0.0.0.0:4143".parse().unwrap());
+    assert_eq!(c.admin.listen_addr, "127.0.0.1:4191".parse().unwrap());
+    assert_eq!(c.outbound.connect_timeout, Duration::from_secs(1));
+    assert_eq!(c.inbound.connect_timeout, Duration::from_millis(300));
+    assert_eq!(c.shutdown_grace_period, Duration::from_secs(120));
+    assert_eq!(c.log.filter, "warn,linnet=info");
+    assert_eq!(c.log.format, LogFormat::Plain);
+    assert!(c.cores >= 1);
+}
+
+#[test]
+fn reads_both_prefixes_and_ours_wins() {
+    let c = Config::from_env(&env(&[
+        ("LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT", "3s"),
+        ("LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT", "2s"),
+        ("LINNET_INBOUND_CONNECT_TIMEOUT", "250ms"),
+        ("LINKERD2_PROXY_LOG_FORMAT", "json"),
+        ("LINNET_SHUTDOWN_GRACE_PERIOD", "5s"),
+        ("LINKERD2_PROXY_INBOUND_CONNECT_KEEPALIVE", "0s"),
+    ]))
+    .unwrap();
+    assert_eq!(c.outbound.connect_timeout, Duration::from_secs(3));
+    assert_eq!(c.inbound.connect_timeout, Duration::from_millis(250));
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.shutdown_grace_period, Duration::from_secs(5));
+    assert_eq!(c.inbound.connect_keepalive, None);
+}
+
+#[test]
+fn bad_values_name_the_variable() {
+    let cases = [
+        ("LINNET_OUTBOUND_LISTEN_ADDR", "localhost"),
+        ("LINNET_INBOUND_LISTEN_ADDR", "1.2.3.4"),
+        ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "nope:4191"),
+        ("LINNET_OUTBOUND_CONNECT_TIMEOUT", "0s"),
+        ("LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT", "10"),
+        ("LINNET_OUTBOUND_ACCEPT_KEEPALIVE", "soon"),
+        ("LINNET_SHUTDOWN_GRACE_PERIOD", "2 minutes"),
+        ("LINNET_LOG", "warn,linnet=loud"),
+        ("LINNET_LOG_FORMAT", "xml"),
+        ("LINNET_CORES", "0"),
+    ];
+    for (var, value) in cases {
+        let err = Config::from_env(&env(&[(var, value)])).unwrap_err();
+        assert_eq!(err.var, var);
+        assert_eq!(err.value, value);
+        let msg = err.to_string();
+        assert!(msg.contains(var) && msg.contains(value), "{msg}");
+    }
+}
+
+#[test]
+fn reports_unknown_linnet_variables() {
+    let e = env(&[
+        ("LINNET_OUTBOUND_LISTEN_ADR", "x"),
+        ("LINNET_LOG", "info"),
+        ("LINKERD2_PROXY_SOMETHING_ELSE", "y"),
+    ]);
+    assert_eq!(Config::unknown_variables(&e), vec!["LINNET_OUTBOUND_LISTEN_ADR"]);
+}
+
+#[test]
+fn serialises_durations_readably() {
+    let c = Config::from_env(&env(&[])).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
+    assert_eq!(json["inbound"]["connect_timeout"], "300ms");
+    assert_eq!(json["shutdown_grace_period"], "2m");
+    assert_eq!(json["log"]["format"], "plain");
+}

@@ -1,0 +1,245 @@
+//! The bidirectional copy at the heart of opaque TCP proxying.
+//!
+//! Bytes read from one side are written to the other, in order, until that
+//! side reads EOF; then the other side's write half is shut down (a FIN),
+//! and the opposite direction carries on until it too ends. So a client
+//! that half-closes still receives the whole reply. The copy finishes when
+//! both directions have ended, or fails at the first I/O error, saying on
+//! which side it happened; the caller then resets both connections so that
+//! neither peer mistakes a failure for a clean end.
+//!
+//! Each direction has its own fixed buffer; a direction only reads again
+//! once everything it read has been written, so memory per connection is
+//! bounded and a slow reader slows its writer (backpressure) rather than
+//! growing a queue.
+
+use linnet_metrics::{prometheus_client::metrics::counter::Counter, tcp::Peer};
+use std::{
+    future::poll_fn,
+    io,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The buffer size of each direction.
+pub const BUFFER_SIZE: usize = 16 * 1024;
+
+/// One side of the copy: its I/O and the counters it bumps.
+#[derive(Debug)]
+pub struct Side<'a, T> {
+    /// The connection.
+    pub io: &'a mut T,
+    /// Bytes read from this side.
+    pub read_bytes: &'a Counter,
+    /// Bytes written to this side.
+    pub write_bytes: &'a Counter,
+}
+
+/// What an I/O operation was doing when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Reading.
+    Read,
+    /// Writing.
+    Write,
+    /// Shutting down the write half (sending FIN).
+    Shutdown,
+}
+
+/// The copy failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {side} failed", op = op_str(self.op), side = side_str(self.side))]
+pub struct CopyError {
+    /// The side whose socket failed.
+    pub side: Peer,
+    /// What was being done.
+    pub op: Op,
+    /// The underlying error.
+    #[source]
+    pub source: io::Error,
+}
+
+fn op_str(op: Op) -> &'static str {
+    match op {
+        Op::Read => "reading from",
+        Op::Write => "writing to",
+        Op::Shutdown => "shutting down",
+    }
+}
+
+fn side_str(side: Peer) -> &'static str {
+    match side {
+        Peer::Src => "client",
+        Peer::Dst => "target",
+    }
+}
+
+/// Bytes moved by a finished copy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transferred {
+    /// From the client to the target.
+    pub src_to_dst: u64,
+    /// From the target to the client.
+    pub dst_to_src: u64,
+}
+
+/// Copies between `src` and `dst` in both directions until both have
+/// ended (see the module docs).
+pub async fn duplex<S, D>(src: Side<'_, S>, dst: Side<'_, D>) -> Result<Transferred, CopyError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut up = Half::new(Peer::Src, Peer::Dst);
+    let mut down = Half::new(Peer::Dst, Peer::Src);
+    poll_fn(|cx| {
+        // Poll both directions every time, so neither starves the other.
+        let up_done = up.poll(cx, &mut *src.io, src.read_bytes, &mut *dst.io, dst.write_bytes)?;
+        let down_done =
+            down.poll(cx, &mut *dst.io, dst.read_bytes, &mut *src.io, src.write_bytes)?;
+        if up_done.is_ready() && down_done.is_ready() {
+            Poll::Ready(Ok(Transferred {
+                src_to_dst: up.bytes,
+                dst_to_src: down.bytes,
+            }))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+enum State {
+    Copying,
+    ShuttingDown,
+    Done,
+}
+
+/// One direction of the copy.
+struct Half {
+    from: Peer,
+    to: Peer,
+    /// Allocated on first use, so an idle direction costs nothing.
+    buf: Option<Box<[u8]>>,
+    /// Read but not yet written: `buf[start..end]`.
+    start: usize,
+    end: usize,
+    state: State,
+    bytes: u64,
+}
+
+impl Half {
+    fn new(from: Peer, to: Peer) -> Self {
+        Self {
+            from,
+            to,
+            buf: None,
+            start: 0,
+            end: 0,
+            state: State::Copying,
+            bytes: 0,
+        }
+    }
+
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: &mut R,
+        read_bytes: &Counter,
+        mut writer: &mut W,
+        write_bytes: &Counter,
+    ) -> Poll<Result<(), CopyError>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let (from, to) = (self.from, self.to);
+        let err = |side, op, source| CopyError { side, op, source };
+        loop {
+            match self.state {
+                State::Copying => {
+                    let buf = self
+                        .buf
+                        .get_or_insert_with(|| vec![0; BUFFER_SIZE].into_boxed_slice());
+                    if self.start == self.end {
+                        let mut rb = ReadBuf::new(buf);
+                        ready!(Pin::new(&mut reader).poll_read(cx, &mut rb))
+                            .map_err(|e| err(from, Op::Read, e))?;
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            self.state = State::ShuttingDown;
+                            continue;
+                        }
+                        read_bytes.inc_by(n as u64);
+                        self.start = 0;
+                        self.end = n;
+                    }
+                    while self.start < self.end {
+                        let n = ready!(
+                            Pin::new(&mut writer).poll_write(cx, &buf[self.start..self.end])
+                        )
+                        .map_err(|e| err(to, Op::Write, e))?;
+                        if n == 0 {
+                            let e = io::Error::from(io::ErrorKind::WriteZero);
+                            return Poll::Ready(Err(err(to, Op::Write, e)));
+                        }
+                        self.start += n;
+                        self.bytes += n as u64;
+                        write_bytes.inc_by(n as u64);
+                    }
+                }
+                State::ShuttingDown => {
+                    ready!(Pin::new(&mut writer).poll_shutdown(cx))
+                        .map_err(|e| err(to, Op::Shutdown, e))?;
+                    // Nothing more will be read this way: free the buffer.
+                    self.buf = None;
+                    self.state = State::Done;
+                }
+                State::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex as pipe};
+
+    #[tokio::test]
+    async fn copies_both_ways_with_half_close() {
+        let (client, mut src) = pipe(64);
+        let (mut dst, mut server) = pipe(64);
+        let counters: Vec<Counter> = (0..4).map(|_| Counter::default()).collect();
+        let copy = tokio::spawn(async move {
+            duplex(
+                Side { io: &mut src, read_bytes: &counters[0], write_bytes: &counters[1] },
+                Side { io: &mut dst, read_bytes: &counters[2], write_bytes: &counters[3] },
+            )
+            .await
+            .map(|t| (t, counters.iter().map(|c| c.get()).collect::<Vec<_>>()))
+        });
+        let request = vec![7u8; 100_000];
+        let (mut client_rx, mut client_tx) = tokio::io::split(client);
+        let sent = request.clone();
+        let writer = tokio::spawn(async move {
+            client_tx.write_all(&sent).await.unwrap();
+            client_tx.shutdown().await.unwrap();
+        });
+        // The server sees the whole request, then EOF...
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(got, request);
+        // ...and can still answer after the client's half-close.
+        server.write_all(b"reply").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        client_rx.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"reply");
+        let (t, counts) = copy.await.unwrap().unwrap();
+        assert_eq!(t, Transferred { src_to_dst: 100_000, dst_to_src: 5 });
+        assert_eq!(counts, vec![100_000, 5, 5, 100_000]);
+    }
+}
