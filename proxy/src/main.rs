@@ -1,1 +1,126 @@
-fn main() {}
+//! `linnet`: the sidecar proxy and its tools, one binary.
+//!
+//! - `linnet proxy`: the sidecar (the container's entrypoint), configured
+//!   from `LINNET_*` / `LINKERD2_PROXY_*` environment variables;
+//! - `linnet init`: programs the pod's iptables to send its TCP through the
+//!   proxy.
+//!
+//! This file only parses the command line, sets up logging and the
+//! runtime, and maps failures to exit codes; the proxy itself is
+//! `linnet_app::run`.
+
+mod trace;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use linnet_config::{Config, ProcessEnv};
+use std::process::ExitCode;
+
+/// Exit code for a bad configuration value (`EX_USAGE`).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "linnet",
+    version,
+    about = "A small, fast service-mesh sidecar proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar proxy (configured from LINNET_* environment variables).
+    Proxy,
+    /// Program the pod's iptables so its TCP traffic goes through the proxy.
+    Init(linnet_init::InitArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Proxy => proxy(),
+        Command::Init(args) => match linnet_init::run(&args) {
+            Ok(outcome) => {
+                eprintln!("linnet init: {outcome}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("linnet init: {}", linnet_core::display_chain(&error));
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn proxy() -> ExitCode {
+    let config = match Config::from_env(&ProcessEnv) {
+        Ok(c) => c,
+        Err(error) => {
+            eprintln!("linnet proxy: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match run_proxy(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("linnet proxy: {error:#}");
+            tracing::error!(error = format!("{error:#}"), "proxy failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_proxy(config: Config) -> anyhow::Result<()> {
+    let log = trace::init(&config.log).context("cannot set up logging")?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config.to_json(), "starting linnet proxy");
+    for name in Config::unknown_variables(&ProcessEnv) {
+        tracing::warn!(variable = %name, "ignoring unknown setting (misspelt?)");
+    }
+    let runtime = if config.cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.cores)
+            .thread_name("linnet")
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let listeners = linnet_app::Listeners::bind(&config)?;
+        let options = linnet_app::Options {
+            log_level: Some(log),
+        };
+        linnet_app::run(
+            config,
+            listeners,
+            linnet_app::OrigDst::Socket,
+            options,
+            signals(),
+        )
+        .await;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn signals() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; use the admin server's /shutdown");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "received signal");
+}

@@ -1,1 +1,154 @@
-//! placeholder
+//! The Linnet proxy, assembled.
+//!
+//! [`run`] takes a validated [`Config`], listeners that are already bound,
+//! the original-destination lookup and a shutdown future, and runs the
+//! inbound and outbound stacks and the admin server until shutdown has
+//! drained. Taking the listeners and the lookup as arguments is what lets
+//! tests run the whole proxy in-process on `127.0.0.1:0` without iptables.
+//!
+//! Shutdown: when `shutdown` resolves, or on `POST /shutdown`, readiness
+//! turns false, the listeners close (new connections are refused), open
+//! connections run on for up to the grace period and are then reset, and
+//! [`run`] returns.
+
+mod tcp;
+
+use bytes::Bytes;
+use linnet_admin::{Admin, Readiness};
+use linnet_config::Config;
+use linnet_core::drain;
+use linnet_metrics::{Direction, tcp::TcpMetrics};
+
+use std::{future::Future, io, net::SocketAddr, sync::Arc};
+use tokio::{net::TcpListener, sync::Notify};
+
+pub use linnet_admin::LogLevel;
+pub use linnet_core::drain::Drained;
+pub use linnet_transport::OrigDst;
+
+/// The proxy's bound listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Connections into the pod.
+    pub inbound: TcpListener,
+    /// Connections out of the pod.
+    pub outbound: TcpListener,
+    /// The admin server.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the three listeners at the configured addresses.
+    pub fn bind(config: &Config) -> Result<Self, BindError> {
+        let bind = |name: &'static str, addr: SocketAddr| {
+            linnet_transport::bind(addr).map_err(|source| BindError { name, addr, source })
+        };
+        Ok(Self {
+            inbound: bind("inbound", config.inbound.listen_addr)?,
+            outbound: bind("outbound", config.outbound.listen_addr)?,
+            admin: bind("admin", config.admin.listen_addr)?,
+        })
+    }
+}
+
+/// A listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for {name} connections on {addr}")]
+pub struct BindError {
+    name: &'static str,
+    addr: SocketAddr,
+    #[source]
+    source: io::Error,
+}
+
+/// Optional parts of [`run`].
+#[derive(Default)]
+pub struct Options {
+    /// Log-level control for the admin server.
+    pub log_level: Option<Arc<dyn LogLevel>>,
+}
+
+/// Runs the proxy until `shutdown` (or the admin server's `/shutdown`)
+/// has drained; see the crate docs.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    orig_dst: OrigDst,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Drained {
+    let mut registry = linnet_metrics::registry();
+    let tcp_metrics = TcpMetrics::register(&mut registry);
+    let (signal, watch) = drain::channel();
+
+    let outbound = Arc::new(tcp::Forward {
+        direction: Direction::Outbound,
+        config: config.outbound.clone(),
+        orig_dst: orig_dst.clone(),
+        metrics: tcp_metrics.clone(),
+    });
+    let inbound = Arc::new(tcp::Forward {
+        direction: Direction::Inbound,
+        config: config.inbound.clone(),
+        orig_dst,
+        metrics: tcp_metrics,
+    });
+    log_listening(&listeners);
+    tokio::spawn(tcp::serve(listeners.outbound, outbound, watch.clone()));
+    tokio::spawn(tcp::serve(listeners.inbound, inbound, watch));
+
+    let readiness = Readiness::default();
+    let admin_shutdown = Arc::new(Notify::new());
+    let admin = Arc::new(Admin {
+        registry: Arc::new(registry),
+        config_json: Bytes::from(config.to_json()),
+        readiness: readiness.clone(),
+        log_level: options.log_level,
+        shutdown: {
+            let notify = admin_shutdown.clone();
+            Arc::new(move || notify.notify_one())
+        },
+    });
+    let stop_admin = Arc::new(Notify::new());
+    let admin_task = tokio::spawn({
+        let stop = stop_admin.clone();
+        async move { linnet_admin::serve(listeners.admin, admin, stop.notified()).await }
+    });
+    // The listeners are bound and served: later conditions (identity,
+    // policy) will join this one.
+    readiness.set(true);
+
+    tokio::select! {
+        _ = shutdown => {}
+        _ = admin_shutdown.notified() => {}
+    }
+    readiness.set(false);
+    tracing::info!(
+        grace_period = %linnet_config::parse::format_duration(config.shutdown_grace_period),
+        "shutting down: no longer accepting connections, waiting for open ones to finish"
+    );
+    let drained = signal.drain(config.shutdown_grace_period).await;
+    match drained {
+        Drained::Clean => tracing::info!("all connections finished; shutdown complete"),
+        Drained::Forced { remaining } => tracing::warn!(
+            remaining,
+            "grace period ended; closed the connections still open"
+        ),
+    }
+    stop_admin.notify_one();
+    let _ = admin_task.await;
+    drained
+}
+
+fn log_listening(l: &Listeners) {
+    let addr = |l: &TcpListener| {
+        l.local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string())
+    };
+    tracing::info!(
+        outbound = %addr(&l.outbound),
+        inbound = %addr(&l.inbound),
+        admin = %addr(&l.admin),
+        "listening"
+    );
+}

@@ -267,7 +267,9 @@ impl<E: Env + ?Sized> Reader<'_, E> {
         default: Option<Duration>,
     ) -> Result<Option<Duration>, ConfigError> {
         // `0s` turns keepalive off, as it does in Linkerd.
-        let d = self.get(name, |s| parse::duration(s).map(|d| (!d.is_zero()).then_some(d)))?;
+        let d = self.get(name, |s| {
+            parse::duration(s).map(|d| (!d.is_zero()).then_some(d))
+        })?;
         Ok(d.unwrap_or(default))
     }
 }

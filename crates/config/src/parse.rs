@@ -36,7 +36,12 @@ pub fn format_duration(d: Duration) -> String {
     if ms == 0 {
         return "0ms".into();
     }
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
         if ms % size == 0 {
             return format!("{}{unit}", ms / size);
         }
@@ -71,7 +76,16 @@ mod tests {
         assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(duration("1d"), Ok(Duration::from_secs(86400)));
-        for bad in ["", "10", "s", "-1s", "1.5s", "10 s", "10sec", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "-1s",
+            "1.5s",
+            "10 s",
+            "10sec",
+            "99999999999999999999s",
+        ] {
             assert!(duration(bad).is_err(), "{bad:?} should be refused");
         }
     }

@@ -70,7 +70,10 @@ fn reports_unknown_linnet_variables() {
         ("LINNET_LOG", "info"),
         ("LINKERD2_PROXY_SOMETHING_ELSE", "y"),
     ]);
-    assert_eq!(Config::unknown_variables(&e), vec!["LINNET_OUTBOUND_LISTEN_ADR"]);
+    assert_eq!(
+        Config::unknown_variables(&e),
+        vec!["LINNET_OUTBOUND_LISTEN_ADR"]
+    );
 }
 
 #[test]

@@ -29,12 +29,49 @@ pub fn registry() -> Registry {
     registry
 }
 
-/// Encodes every metric in `registry` in Prometheus' text format.
+/// Encodes every metric in `registry` in Prometheus' text format (0.0.4).
 pub fn encode(registry: &Registry) -> String {
-    let mut out = String::with_capacity(16 * 1024);
+    let mut open_metrics = String::with_capacity(16 * 1024);
     // Writing into a String only fails if an encoder reports an error,
     // which ours never do; a partial page is still better than none.
-    let _ = prometheus_client::encoding::text::encode_registry(&mut out, registry);
+    let _ = prometheus_client::encoding::text::encode_registry(&mut open_metrics, registry);
+    to_prometheus_text(&open_metrics)
+}
+
+/// Rewrites `prometheus_client`'s OpenMetrics text as Prometheus' classic
+/// text format, which every scraper and `promtool` read: a counter's
+/// `# HELP`/`# TYPE` lines name it with its `_total` suffix, as its samples
+/// do, and `# UNIT` lines (OpenMetrics only) are dropped.
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let mut out = String::with_capacity(open_metrics.len());
+    let mut lines = open_metrics.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let counter_name = |type_line: &str| {
+            type_line
+                .strip_prefix("# TYPE ")
+                .and_then(|rest| rest.strip_suffix(" counter"))
+                .filter(|name| !name.ends_with("_total"))
+                .map(str::to_string)
+        };
+        if let Some(help) = line.strip_prefix("# HELP ") {
+            if let Some(name) = lines.peek().and_then(|next| counter_name(next)) {
+                let text = help.strip_prefix(name.as_str()).unwrap_or(help);
+                let _ = writeln!(out, "# HELP {name}_total{text}");
+                let _ = writeln!(out, "# TYPE {name}_total counter");
+                lines.next();
+                continue;
+            }
+        }
+        if let Some(name) = counter_name(line) {
+            let _ = writeln!(out, "# TYPE {name}_total counter");
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
     out
 }
 
@@ -103,5 +140,21 @@ pub struct AddrLabel(pub std::net::SocketAddr);
 impl EncodeLabelValue for AddrLabel {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         write!(encoder, "{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_with_total() {
+        let text = "# HELP tcp_open Total count.\n# TYPE tcp_open counter\ntcp_open_total{a=\"b\"} 1\n\
+                    # HELP up Up.\n# TYPE up gauge\n# UNIT up seconds\nup 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(text),
+            "# HELP tcp_open_total Total count.\n# TYPE tcp_open_total counter\ntcp_open_total{a=\"b\"} 1\n\
+             # HELP up Up.\n# TYPE up gauge\nup 1\n"
+        );
     }
 }

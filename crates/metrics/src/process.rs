@@ -126,7 +126,12 @@ impl Collector for ProcessCollector {
                 None,
                 clamp(s.max_fds),
             ),
-            ("process_threads", "Number of OS threads in the process.", None, clamp(s.threads)),
+            (
+                "process_threads",
+                "Number of OS threads in the process.",
+                None,
+                clamp(s.threads),
+            ),
             (
                 "process_start_time",
                 "Start time of the process since unix epoch in seconds.",
@@ -173,7 +178,10 @@ mod tests {
 
     #[test]
     fn boot_time() {
-        assert_eq!(parse_boot_time("cpu 1 2 3\nbtime 1700000000\nprocesses 5\n"), Some(1_700_000_000));
+        assert_eq!(
+            parse_boot_time("cpu 1 2 3\nbtime 1700000000\nprocesses 5\n"),
+            Some(1_700_000_000)
+        );
         assert_eq!(parse_boot_time("cpu 1 2 3\n"), None);
     }
 }

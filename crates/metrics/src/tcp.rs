@@ -230,7 +230,10 @@ impl ConnMetrics {
         if std::mem::replace(&mut self.closed, true) {
             return;
         }
-        self.metrics.open_connections.get_or_create(&self.labels).dec();
+        self.metrics
+            .open_connections
+            .get_or_create(&self.labels)
+            .dec();
         self.metrics
             .close_total
             .get_or_create(&TcpCloseLabels {
@@ -268,7 +271,13 @@ mod tests {
             "io",
             Some(&std::io::Error::from_raw_os_error(104)),
         ));
-        tcp.refused(Direction::Inbound, Peer::Src, "disabled", target, CloseReason::error("loop", None));
+        tcp.refused(
+            Direction::Inbound,
+            Peer::Src,
+            "disabled",
+            target,
+            CloseReason::error("loop", None),
+        );
         let text = crate::encode(&registry);
         for line in [
             r#"tcp_open_total{direction="outbound",peer="dst",tls="disabled",target_addr="10.0.0.1:80"} 1"#,

@@ -31,7 +31,9 @@ impl ConnectError {
     pub fn reason(&self) -> &'static str {
         match self {
             ConnectError::Timeout { .. } => "connect_timeout",
-            ConnectError::Io { source, .. } if source.kind() == io::ErrorKind::ConnectionRefused => {
+            ConnectError::Io { source, .. }
+                if source.kind() == io::ErrorKind::ConnectionRefused =>
+            {
                 "connect_refused"
             }
             ConnectError::Io { .. } => "connect_error",
@@ -85,7 +87,9 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let err = connect(addr, Duration::from_secs(1), None).await.unwrap_err();
+        let err = connect(addr, Duration::from_secs(1), None)
+            .await
+            .unwrap_err();
         assert_eq!(err.reason(), "connect_refused");
         assert_eq!(err.io().and_then(|e| e.raw_os_error()), Some(111));
     }

@@ -95,9 +95,20 @@ where
     let mut down = Half::new(Peer::Dst, Peer::Src);
     poll_fn(|cx| {
         // Poll both directions every time, so neither starves the other.
-        let up_done = up.poll(cx, &mut *src.io, src.read_bytes, &mut *dst.io, dst.write_bytes)?;
-        let down_done =
-            down.poll(cx, &mut *dst.io, dst.read_bytes, &mut *src.io, src.write_bytes)?;
+        let up_done = up.poll(
+            cx,
+            &mut *src.io,
+            src.read_bytes,
+            &mut *dst.io,
+            dst.write_bytes,
+        )?;
+        let down_done = down.poll(
+            cx,
+            &mut *dst.io,
+            dst.read_bytes,
+            &mut *src.io,
+            src.write_bytes,
+        )?;
         if up_done.is_ready() && down_done.is_ready() {
             Poll::Ready(Ok(Transferred {
                 src_to_dst: up.bytes,
@@ -214,8 +225,16 @@ mod tests {
         let counters: Vec<Counter> = (0..4).map(|_| Counter::default()).collect();
         let copy = tokio::spawn(async move {
             duplex(
-                Side { io: &mut src, read_bytes: &counters[0], write_bytes: &counters[1] },
-                Side { io: &mut dst, read_bytes: &counters[2], write_bytes: &counters[3] },
+                Side {
+                    io: &mut src,
+                    read_bytes: &counters[0],
+                    write_bytes: &counters[1],
+                },
+                Side {
+                    io: &mut dst,
+                    read_bytes: &counters[2],
+                    write_bytes: &counters[3],
+                },
             )
             .await
             .map(|t| (t, counters.iter().map(|c| c.get()).collect::<Vec<_>>()))
@@ -239,7 +258,13 @@ mod tests {
         client_rx.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply, b"reply");
         let (t, counts) = copy.await.unwrap().unwrap();
-        assert_eq!(t, Transferred { src_to_dst: 100_000, dst_to_src: 5 });
+        assert_eq!(
+            t,
+            Transferred {
+                src_to_dst: 100_000,
+                dst_to_src: 5
+            }
+        );
         assert_eq!(counts, vec![100_000, 5, 5, 100_000]);
     }
 }

@@ -24,7 +24,9 @@ pub enum OrigDst {
 
 impl OrigDst {
     /// A lookup by an arbitrary function.
-    pub fn from_fn(f: impl Fn(&TcpStream) -> io::Result<SocketAddr> + Send + Sync + 'static) -> Self {
+    pub fn from_fn(
+        f: impl Fn(&TcpStream) -> io::Result<SocketAddr> + Send + Sync + 'static,
+    ) -> Self {
         OrigDst::Fn(Arc::new(f))
     }
 
@@ -106,9 +108,15 @@ mod tests {
         // with conntrack loaded, reports our own address): not redirected.
         assert_eq!(OrigDst::Socket.lookup_redirected(&server).unwrap(), None);
         // A stand-in that reports our own address: also not redirected.
-        assert_eq!(OrigDst::Fixed(addr).lookup_redirected(&server).unwrap(), None);
+        assert_eq!(
+            OrigDst::Fixed(addr).lookup_redirected(&server).unwrap(),
+            None
+        );
         let other: SocketAddr = "10.1.2.3:80".parse().unwrap();
-        assert_eq!(OrigDst::Fixed(other).lookup_redirected(&server).unwrap(), Some(other));
+        assert_eq!(
+            OrigDst::Fixed(other).lookup_redirected(&server).unwrap(),
+            Some(other)
+        );
     }
 
     #[test]

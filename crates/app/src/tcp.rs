@@ -1,0 +1,189 @@
+//! The opaque TCP stack: accept, find the target, connect, copy.
+//!
+//! Both directions use it for now. A connection's path: accept (with
+//! keepalive and `TCP_NODELAY`) → original destination (refused when the
+//! connection was not redirected to us: a loop, or a client that dialled
+//! the proxy port itself) → connect to the target within the connect
+//! timeout → copy bytes both ways until both sides end.
+//!
+//! Backpressure: none is queued here. Each accepted connection gets its own
+//! task and two fixed buffers, and a slow reader slows its writer; the
+//! kernel's accept backlog is the only queue.
+//!
+//! Failure is made visible to the client: if the target cannot be reached
+//! or either side fails mid-stream, the other side is reset (RST), never
+//! closed with a FIN that would make a truncated stream look complete.
+
+use linnet_config::ProxyConfig;
+use linnet_core::drain;
+use linnet_metrics::{
+    Direction,
+    tcp::{CloseReason, Peer, TcpMetrics},
+};
+use linnet_transport::{
+    Accepted, CopyError, OrigDst, connect, duplex,
+    duplex::{Side, Transferred},
+    reset_on_close,
+};
+use std::{sync::Arc, time::Duration};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The `tls` label value until identity exists.
+const TLS_DISABLED: &str = "disabled";
+
+/// One direction's forwarding: what every connection of that listener needs.
+#[derive(Debug)]
+pub(crate) struct Forward {
+    pub(crate) direction: Direction,
+    pub(crate) config: ProxyConfig,
+    pub(crate) orig_dst: OrigDst,
+    pub(crate) metrics: TcpMetrics,
+}
+
+/// Accepts connections until draining starts, then closes the listener.
+pub(crate) async fn serve(listener: TcpListener, fwd: Arc<Forward>, watch: drain::Watch) {
+    let draining = watch.draining();
+    tokio::pin!(draining);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut draining => break,
+            a = linnet_transport::listen::accept(&listener, fwd.config.accept_keepalive) => a,
+        };
+        match accepted {
+            Ok(conn) => {
+                tokio::spawn(fwd.clone().forward(conn, watch.clone()));
+            }
+            Err(error) => {
+                // EMFILE and friends: log, and pause so the loop does not spin
+                // while the condition lasts.
+                tracing::warn!(direction = %fwd.direction, %error, "failed to accept a connection");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    tracing::debug!(direction = %fwd.direction, "listener closed");
+}
+
+impl Forward {
+    async fn forward(self: Arc<Self>, conn: Accepted, watch: drain::Watch) {
+        let Accepted {
+            stream: mut client,
+            client: client_addr,
+        } = conn;
+        let direction = self.direction;
+        let target = match self.orig_dst.lookup_redirected(&client) {
+            Ok(Some(target)) => target,
+            Ok(None) => {
+                let local = client.local_addr().unwrap_or(client_addr);
+                tracing::warn!(
+                    %direction, client = %client_addr, %local,
+                    "refusing connection: its original destination is this proxy (not redirected, or a loop)"
+                );
+                self.metrics.refused(
+                    direction,
+                    Peer::Src,
+                    TLS_DISABLED,
+                    local,
+                    CloseReason::error("loop", None),
+                );
+                reset_on_close(&client);
+                return;
+            }
+            Err(error) => {
+                let local = client.local_addr().unwrap_or(client_addr);
+                tracing::warn!(%direction, client = %client_addr, %error, "refusing connection: cannot read its original destination");
+                self.metrics.refused(
+                    direction,
+                    Peer::Src,
+                    TLS_DISABLED,
+                    local,
+                    CloseReason::error("orig_dst", Some(&error)),
+                );
+                reset_on_close(&client);
+                return;
+            }
+        };
+
+        let src = self
+            .metrics
+            .open(direction, Peer::Src, TLS_DISABLED, target);
+        let connecting = connect(
+            target,
+            self.config.connect_timeout,
+            self.config.connect_keepalive,
+        );
+        let mut server = tokio::select! {
+            r = connecting => match r {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::info!(%direction, client = %client_addr, %target, error = %linnet_core::display_chain(&error), "connection to target failed");
+                    src.close(CloseReason::error(error.reason(), error.io()));
+                    reset_on_close(&client);
+                    return;
+                }
+            },
+            _ = watch.closing() => {
+                src.close(CloseReason::error("shutdown", None));
+                reset_on_close(&client);
+                return;
+            }
+        };
+        let dst = self
+            .metrics
+            .open(direction, Peer::Dst, TLS_DISABLED, target);
+
+        let copy = duplex(
+            Side {
+                io: &mut client,
+                read_bytes: &src.read_bytes,
+                write_bytes: &src.write_bytes,
+            },
+            Side {
+                io: &mut server,
+                read_bytes: &dst.read_bytes,
+                write_bytes: &dst.write_bytes,
+            },
+        );
+        let result = tokio::select! {
+            r = copy => Some(r),
+            _ = watch.closing() => None,
+        };
+        match result {
+            Some(Ok(Transferred {
+                src_to_dst,
+                dst_to_src,
+            })) => {
+                tracing::debug!(%direction, client = %client_addr, %target, src_to_dst, dst_to_src, "connection closed");
+                src.close(CloseReason::CLEAN);
+                dst.close(CloseReason::CLEAN);
+            }
+            Some(Err(error)) => {
+                tracing::info!(%direction, client = %client_addr, %target, error = %linnet_core::display_chain(&error), "connection failed");
+                let CopyError {
+                    side, ref source, ..
+                } = error;
+                let failed = CloseReason::error("io", Some(source));
+                let other = CloseReason::error("peer_failed", None);
+                let (src_reason, dst_reason) = match side {
+                    Peer::Src => (failed, other),
+                    Peer::Dst => (other, failed),
+                };
+                src.close(src_reason);
+                dst.close(dst_reason);
+                reset_both(&client, &server);
+            }
+            None => {
+                tracing::info!(%direction, client = %client_addr, %target, "closing connection: shutdown grace period ended");
+                src.close(CloseReason::error("shutdown", None));
+                dst.close(CloseReason::error("shutdown", None));
+                reset_both(&client, &server);
+            }
+        }
+    }
+}
+
+fn reset_both(a: &TcpStream, b: &TcpStream) {
+    reset_on_close(a);
+    reset_on_close(b);
+}
