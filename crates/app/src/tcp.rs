@@ -42,7 +42,8 @@ pub(crate) struct Forward {
 
 /// Accepts connections until draining starts, then closes the listener.
 pub(crate) async fn serve(listener: TcpListener, fwd: Arc<Forward>, watch: drain::Watch) {
-    let draining = watch.draining();
+    let mut own = watch.clone();
+    let draining = own.draining();
     tokio::pin!(draining);
     loop {
         let accepted = tokio::select! {
@@ -66,7 +67,7 @@ pub(crate) async fn serve(listener: TcpListener, fwd: Arc<Forward>, watch: drain
 }
 
 impl Forward {
-    async fn forward(self: Arc<Self>, conn: Accepted, watch: drain::Watch) {
+    async fn forward(self: Arc<Self>, conn: Accepted, mut watch: drain::Watch) {
         let Accepted {
             stream: mut client,
             client: client_addr,

@@ -86,12 +86,12 @@ impl Signal {
 
 impl Watch {
     /// Resolves once draining has started: stop accepting new work.
-    pub async fn draining(&self) {
+    pub async fn draining(&mut self) {
         self.wait_for(State::Draining).await
     }
 
     /// Resolves once the grace period has ended: close what is still open.
-    pub async fn closing(&self) {
+    pub async fn closing(&mut self) {
         self.wait_for(State::Closing).await
     }
 
@@ -100,11 +100,10 @@ impl Watch {
         *self.rx.borrow() >= State::Draining
     }
 
-    async fn wait_for(&self, state: State) {
-        let mut rx = self.rx.clone();
+    async fn wait_for(&mut self, state: State) {
         // An error means the Signal was dropped without draining: the process
         // is going away, which is as final as a drain.
-        let _ = rx.wait_for(|s| *s >= state).await;
+        let _ = self.rx.wait_for(|s| *s >= state).await;
     }
 }
 
@@ -114,7 +113,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn clean_when_watches_drop_in_time() {
-        let (signal, watch) = channel();
+        let (signal, mut watch) = channel();
         let task = tokio::spawn(async move {
             watch.draining().await;
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -126,7 +125,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn forced_after_grace_period() {
-        let (signal, watch) = channel();
+        let (signal, mut watch) = channel();
         let task = tokio::spawn(async move {
             watch.draining().await;
             assert!(watch.is_draining());
@@ -140,7 +139,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dropped_signal_releases_watches() {
-        let (signal, watch) = channel();
+        let (signal, mut watch) = channel();
         drop(signal);
         watch.closing().await;
     }

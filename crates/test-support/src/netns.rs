@@ -1,0 +1,87 @@
+//! Network namespaces for interception tests (root only).
+//!
+//! A [`Netns`] is created with a unique name and deleted when dropped, even
+//! when the test fails. [`Netns::pair`] joins two namespaces with a veth
+//! pair so they can reach each other by IP, like two pods.
+
+use std::process::{Command, Output};
+
+/// A network namespace, removed on drop.
+#[derive(Debug)]
+pub struct Netns {
+    /// Its name (for `ip netns exec`).
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates a namespace named `<prefix>-<pid>-<n>` with loopback up.
+    pub fn new(prefix: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{prefix}-{}-{n}", std::process::id());
+        run("ip", &["netns", "add", &name]);
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Two namespaces joined by a veth pair, `a` at `10.77.<id>.1/24` and
+    /// `b` at `10.77.<id>.2/24`; returns them with their IPs.
+    pub fn pair(prefix: &str, id: u8) -> ((Self, String), (Self, String)) {
+        let a = Self::new(&format!("{prefix}a"));
+        let b = Self::new(&format!("{prefix}b"));
+        let (va, vb) = (
+            format!("lva{}", std::process::id() % 100_000),
+            format!("lvb{}", std::process::id() % 100_000),
+        );
+        run(
+            "ip",
+            &[
+                "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns",
+                &b.name,
+            ],
+        );
+        let (ipa, ipb) = (format!("10.77.{id}.1"), format!("10.77.{id}.2"));
+        a.exec(&["ip", "addr", "add", &format!("{ipa}/24"), "dev", &va]);
+        b.exec(&["ip", "addr", "add", &format!("{ipb}/24"), "dev", &vb]);
+        a.exec(&["ip", "link", "set", &va, "up"]);
+        b.exec(&["ip", "link", "set", &vb, "up"]);
+        ((a, ipa), (b, ipb))
+    }
+
+    /// Runs a command in the namespace; panics if it fails.
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(argv);
+        run("ip", &full)
+    }
+
+    /// A `Command` that runs `program` in the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace also removes its end of the veth pair.
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -1,0 +1,102 @@
+//! TCP endpoints that check every byte.
+//!
+//! The exchange: each side sends an 8-byte big-endian length, that many
+//! random bytes, and their SHA-256, then half-closes; each side reads the
+//! other's message to EOF and checks length and digest. Both directions run
+//! at once, so the proxy carries full-duplex traffic and half-closes.
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::{io, net::SocketAddr};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+
+/// Random bytes.
+pub fn random_payload(len: usize) -> Vec<u8> {
+    let mut v = vec![0; len];
+    rand::rng().fill_bytes(&mut v);
+    v
+}
+
+/// Writes a framed, digested message and half-closes.
+pub async fn send_message<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> io::Result<()> {
+    w.write_all(&(payload.len() as u64).to_be_bytes()).await?;
+    w.write_all(payload).await?;
+    w.write_all(&Sha256::digest(payload)).await?;
+    w.shutdown().await
+}
+
+/// Reads a framed message to EOF; an error if it is short, long or corrupt.
+pub async fn recv_message<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
+    let mut all = Vec::new();
+    r.read_to_end(&mut all).await?;
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    if all.len() < 8 + 32 {
+        return Err(bad(format!("message too short: {} bytes", all.len())));
+    }
+    let len = u64::from_be_bytes(all[..8].try_into().unwrap()) as usize;
+    if all.len() != 8 + len + 32 {
+        return Err(bad(format!(
+            "expected {} bytes, got {}",
+            8 + len + 32,
+            all.len()
+        )));
+    }
+    let payload = &all[8..8 + len];
+    if Sha256::digest(payload).as_slice() != &all[8 + len..] {
+        return Err(bad("digest mismatch".into()));
+    }
+    Ok(payload.to_vec())
+}
+
+/// Runs the exchange on `stream`, sending `payload`; returns what the peer sent.
+pub async fn exchange(stream: TcpStream, payload: &[u8]) -> io::Result<Vec<u8>> {
+    let (mut r, mut w) = stream.into_split();
+    let (sent, received) = tokio::join!(send_message(&mut w, payload), recv_message(&mut r));
+    sent?;
+    received
+}
+
+/// A server that runs the exchange on every connection, answering with a
+/// random payload of up to `max_reply` bytes.
+#[derive(Debug)]
+pub struct ExchangeServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl ExchangeServer {
+    /// Starts the server on `127.0.0.1:0`.
+    pub async fn start(max_reply: usize) -> Self {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), max_reply)
+    }
+
+    /// Starts the server on `listener`.
+    pub fn start_on(listener: TcpListener, max_reply: usize) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let len = (rand::random::<u64>() as usize) % (max_reply + 1);
+                    let reply = random_payload(len);
+                    // A failed exchange shows up at the client's end.
+                    let _ = exchange(stream, &reply).await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for ExchangeServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
