@@ -12,6 +12,7 @@
 
 pub mod metrics;
 pub mod netns;
+pub mod process;
 pub mod proxy;
 pub mod tcp;
 

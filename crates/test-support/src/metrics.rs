@@ -5,24 +5,36 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A plain HTTP/1.1 request to the admin server; returns status and body.
 pub async fn http(admin: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    try_http(admin, method, path, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} http://{admin}{path}: {e}"))
+}
+
+/// Like [`http`], but a connection failure is an error, not a panic.
+pub async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(req.as_bytes()).await?;
     let mut rsp = String::new();
-    s.read_to_string(&mut rsp).await.unwrap();
+    s.read_to_string(&mut rsp).await?;
     let status = rsp
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {rsp:?}"));
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {rsp:?}")))?;
     let body = rsp
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// One scrape of `/metrics`.

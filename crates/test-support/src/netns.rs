@@ -64,6 +64,66 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Runs `f` on a thread inside the namespace: sockets it creates belong
+    /// to the namespace (and stay there when handed back).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.enter();
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
+    /// Runs a future to completion on a runtime inside the namespace.
+    pub fn block_on<F: std::future::Future + Send>(&self, fut: F) -> F::Output
+    where
+        F::Output: Send,
+    {
+        self.run(|| runtime().block_on(fut))
+    }
+
+    /// Runs a future on its own thread and runtime inside the namespace.
+    pub fn spawn<F>(&self, fut: F) -> std::thread::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let path = self.path();
+        std::thread::spawn(move || {
+            enter(&path);
+            runtime().block_on(fut)
+        })
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    fn enter(&self) {
+        enter(&self.path());
+    }
+}
+
+fn enter(path: &str) {
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&f),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace also removes its end of the veth pair.

@@ -1,0 +1,147 @@
+//! The `linnet` binary: configuration errors, aliases, and signals.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use linnet_test_support::{
+    metrics::try_http,
+    process::{Process, free_port},
+};
+use std::{net::SocketAddr, process::Command, time::Duration};
+
+const BIN: &str = env!("CARGO_BIN_EXE_linnet");
+
+/// A command for `linnet proxy` with a clean environment and every listener
+/// on a free loopback port; returns it and the admin address.
+fn proxy_cmd() -> (Command, SocketAddr) {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("proxy")
+        .env_clear()
+        .env("LINNET_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0")
+        .env("LINNET_INBOUND_LISTEN_ADDR", "127.0.0.1:0")
+        .env("LINNET_ADMIN_LISTEN_ADDR", admin.to_string());
+    (cmd, admin)
+}
+
+fn get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(try_http(admin, "GET", path, ""))
+        .ok()
+}
+
+fn wait_ready(p: &Process, admin: SocketAddr) {
+    for _ in 0..500 {
+        if get(admin, "/ready").is_some_and(|(s, _)| s == 200) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("proxy never became ready; log:\n{}", p.log());
+}
+
+#[test]
+fn every_bad_value_exits_64_naming_the_variable() {
+    let cases = [
+        ("LINNET_OUTBOUND_LISTEN_ADDR", "4140"),
+        ("LINNET_INBOUND_LISTEN_ADDR", "0.0.0.0"),
+        ("LINNET_ADMIN_LISTEN_ADDR", "localhost:4191"),
+        ("LINNET_OUTBOUND_CONNECT_TIMEOUT", "1"),
+        ("LINNET_INBOUND_CONNECT_TIMEOUT", "fast"),
+        ("LINNET_OUTBOUND_ACCEPT_KEEPALIVE", "10q"),
+        ("LINNET_INBOUND_ACCEPT_KEEPALIVE", "-1s"),
+        ("LINNET_OUTBOUND_CONNECT_KEEPALIVE", "1.5s"),
+        ("LINNET_INBOUND_CONNECT_KEEPALIVE", "s"),
+        ("LINNET_SHUTDOWN_GRACE_PERIOD", "2 minutes"),
+        ("LINNET_LOG", "info,linnet=noisy"),
+        ("LINNET_LOG_FORMAT", "yaml"),
+        ("LINNET_CORES", "none"),
+        ("LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT", "soon"),
+        ("LINKERD2_PROXY_LOG_FORMAT", "xml"),
+    ];
+    for (var, value) in cases {
+        let out = Command::new(BIN)
+            .arg("proxy")
+            .env_clear()
+            .env(var, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{var}={value}: {stderr}");
+        assert!(
+            stderr.contains(var) && stderr.contains(value),
+            "{var}={value}: message does not name them: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn linkerd_aliases_apply_and_linnet_wins() {
+    let (mut cmd, admin) = proxy_cmd();
+    cmd.env_remove("LINNET_ADMIN_LISTEN_ADDR")
+        .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", admin.to_string())
+        .env("LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT", "2s")
+        .env("LINNET_INBOUND_CONNECT_TIMEOUT", "250ms")
+        .env("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "7s");
+    let p = Process::spawn("aliases", cmd);
+    wait_ready(&p, admin);
+    let (status, body) = get(admin, "/config.json").unwrap();
+    assert_eq!(status, 200);
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["admin"]["listen_addr"], admin.to_string());
+    assert_eq!(config["inbound"]["connect_timeout"], "250ms");
+    assert_eq!(config["shutdown_grace_period"], "7s");
+    // The effective configuration is logged once at start.
+    let log = p.log();
+    assert_eq!(log.matches("starting linnet proxy").count(), 1, "{log}");
+    assert!(log.contains(r#""connect_timeout":"250ms""#), "{log}");
+}
+
+#[test]
+fn sigterm_and_sigint_exit_zero() {
+    for signal in ["-TERM", "-INT"] {
+        let (cmd, admin) = proxy_cmd();
+        let mut p = Process::spawn("signal", cmd);
+        wait_ready(&p, admin);
+        assert!(
+            Command::new("kill")
+                .args([signal, &p.pid().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = p
+            .wait_timeout(Duration::from_secs(10))
+            .expect("exits after the signal");
+        assert_eq!(status.code(), Some(0), "{signal}: {}", p.log());
+    }
+}
+
+#[test]
+fn unknown_settings_are_warned_about() {
+    let (mut cmd, admin) = proxy_cmd();
+    cmd.env("LINNET_OUTBOUND_CONECT_TIMEOUT", "2s");
+    let p = Process::spawn("unknown", cmd);
+    wait_ready(&p, admin);
+    assert!(
+        p.log().contains("LINNET_OUTBOUND_CONECT_TIMEOUT"),
+        "{}",
+        p.log()
+    );
+}
+
+#[test]
+fn bind_failure_is_reported() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (mut cmd, _) = proxy_cmd();
+    cmd.env("LINNET_ADMIN_LISTEN_ADDR", addr.to_string());
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen for admin connections on {addr}")),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,190 @@
+//! A real Prometheus server (Debian's `prometheus`) scrapes the proxy while
+//! traffic flows; what it stores must match the connections made, and
+//! `promtool` must parse the page.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use linnet_app::OrigDst;
+use linnet_test_support::{
+    eventually,
+    metrics::try_http,
+    proxy::Proxy,
+    tcp::{ExchangeServer, exchange, random_payload},
+};
+use std::{
+    io::Write,
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+use tokio::net::TcpStream;
+
+/// A Prometheus server, killed and its data removed on drop.
+struct Prometheus {
+    child: Child,
+    dir: std::path::PathBuf,
+    addr: SocketAddr,
+}
+
+impl Prometheus {
+    fn start(target: SocketAddr) -> Self {
+        let dir = std::env::temp_dir().join(format!("linnet-prom-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: linnet\n    static_configs:\n      - targets: ['{target}']\n"
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the prometheus binary (Debian package `prometheus`) must be installed");
+        Self { child, dir, addr }
+    }
+
+    /// Runs an instant query; returns the values of the result vector.
+    async fn query(&self, promql: &str) -> Option<Vec<f64>> {
+        let path = format!("/api/v1/query?query={}", percent_encode(promql));
+        let (status, body) = try_http(self.addr, "GET", &path, "").await.ok()?;
+        if status != 200 {
+            return None;
+        }
+        // The body may be chunked; the JSON object is what matters.
+        let json = &body[body.find('{')?..=body.rfind('}')?];
+        let v: serde_json::Value = serde_json::from_str(json).ok()?;
+        let result = v["data"]["result"].as_array()?;
+        Some(
+            result
+                .iter()
+                .filter_map(|r| r["value"][1].as_str()?.parse().ok())
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_what_happened() {
+    let server = ExchangeServer::start(64 * 1024).await;
+    let proxy = Proxy::start(OrigDst::Fixed(server.addr), &[]).await;
+    let prometheus = Prometheus::start(proxy.admin);
+
+    eventually(
+        "prometheus sees the target up",
+        Duration::from_secs(60),
+        || async { (prometheus.query("up{job=\"linnet\"}").await? == vec![1.0]).then_some(()) },
+    )
+    .await;
+
+    // Traffic while it scrapes: 12 outbound and 5 inbound connections.
+    let mut sent = 0u64;
+    for i in 0..17 {
+        let via = if i < 12 {
+            proxy.outbound
+        } else {
+            proxy.inbound
+        };
+        let payload = random_payload(10_000 + i * 1000);
+        sent += payload.len() as u64 + 8 + 32;
+        exchange(TcpStream::connect(via).await.unwrap(), &payload)
+            .await
+            .unwrap();
+    }
+
+    let target = server.addr;
+    for (direction, n) in [("outbound", 12.0), ("inbound", 5.0)] {
+        let q = format!(
+            "sum(tcp_open_total{{direction=\"{direction}\",peer=\"src\",target_addr=\"{target}\"}})"
+        );
+        eventually(
+            &format!("prometheus stores {n} {direction} connections"),
+            Duration::from_secs(30),
+            || async { (prometheus.query(&q).await? == vec![n]).then_some(()) },
+        )
+        .await;
+        let q = format!("sum(tcp_close_total{{direction=\"{direction}\",error=\"\"}})");
+        eventually("closes stored", Duration::from_secs(30), || async {
+            (prometheus.query(&q).await? == vec![2.0 * n]).then_some(())
+        })
+        .await;
+    }
+    let q = "sum(tcp_read_bytes_total{peer=\"src\"})";
+    eventually("bytes stored", Duration::from_secs(30), || async {
+        (prometheus.query(q).await? == vec![sent as f64]).then_some(())
+    })
+    .await;
+    let rss = prometheus
+        .query("process_resident_memory_bytes{job=\"linnet\"}")
+        .await
+        .unwrap();
+    assert!(rss.len() == 1 && rss[0] > 0.0, "{rss:?}");
+    let cpu = prometheus
+        .query("process_cpu_seconds_total{job=\"linnet\"}")
+        .await
+        .unwrap();
+    assert_eq!(cpu.len(), 1);
+    let build = prometheus
+        .query("proxy_build_info{vendor=\"linnet\"}")
+        .await
+        .unwrap();
+    assert_eq!(build, vec![1.0]);
+
+    // promtool parses the page: exit 1 would be a parse error (3 is only
+    // naming lints, which Linkerd-compatible names may trip).
+    let page = proxy.metrics().await.0;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`) must be installed");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "promtool failed: {report}\n{page}"
+    );
+    assert!(!report.contains("error"), "promtool: {report}");
+}
