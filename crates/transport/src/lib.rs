@@ -2,8 +2,8 @@
 //!
 //! The bottom of both stacks: binding listeners and accepting connections
 //! ([`listen`]), recovering where an intercepted connection was going
-//! ([`orig_dst`]), connecting to targets with a timeout ([`connect`]), and
-//! carrying bytes both ways without losing or reordering any ([`duplex`]).
+//! ([`orig_dst`]), connecting to targets with a timeout ([`mod@connect`]), and
+//! carrying bytes both ways without losing or reordering any ([`mod@duplex`]).
 //! Nothing here knows about policy or protocols; the stacks in `linnet-app`
 //! put these pieces together.
 
