@@ -336,3 +336,29 @@ async fn grace_period_ends_with_a_reset() {
     );
     assert_eq!(proxy.join().await, Drained::Forced { remaining: 1 });
 }
+
+#[tokio::test]
+async fn relays_over_ipv6() {
+    let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+    let server = ExchangeServer::start_on(listener, 200_000);
+    let proxy = Proxy::start(
+        OrigDst::Fixed(server.addr),
+        &[("LINNET_OUTBOUND_LISTEN_ADDR", "[::1]:0")],
+    )
+    .await;
+    assert!(proxy.outbound.is_ipv6());
+    let payload = random_payload(300_000);
+    let reply = exchange(TcpStream::connect(proxy.outbound).await.unwrap(), &payload).await;
+    assert!(reply.is_ok(), "{reply:?}");
+    let m = proxy.metrics().await;
+    let target = server.addr.to_string();
+    assert_eq!(
+        m.sum(
+            "tcp_open_total",
+            &[("peer", "dst"), ("target_addr", &target)]
+        ),
+        1.0,
+        "{}",
+        m.0
+    );
+}

@@ -59,6 +59,7 @@ pub(crate) async fn serve(listener: TcpListener, fwd: Arc<Forward>, watch: drain
                 // EMFILE and friends: log, and pause so the loop does not spin
                 // while the condition lasts.
                 tracing::warn!(direction = %fwd.direction, %error, "failed to accept a connection");
+                fwd.metrics.accept_error(fwd.direction, &error);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -97,6 +97,13 @@ fn errno_name(n: i32) -> Option<&'static str> {
     })
 }
 
+/// The label set of a failed accept.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AcceptErrorLabels {
+    direction: Direction,
+    errno: Errno,
+}
+
 /// Why a connection closed, for `tcp_close_total`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CloseReason {
@@ -130,6 +137,7 @@ pub struct TcpMetrics {
     close_total: Family<TcpCloseLabels, Counter>,
     read_bytes_total: Family<TcpLabels, Counter>,
     write_bytes_total: Family<TcpLabels, Counter>,
+    accept_errors_total: Family<AcceptErrorLabels, Counter>,
 }
 
 /// The metrics of one open connection side: counts it open now and closed
@@ -176,7 +184,22 @@ impl TcpMetrics {
             "Total count of bytes written to peers",
             m.write_bytes_total.clone(),
         );
+        registry.register(
+            "tcp_accept_errors",
+            "Total count of failures to accept a connection (such as running out of file descriptors)",
+            m.accept_errors_total.clone(),
+        );
         m
+    }
+
+    /// Counts a failed `accept`.
+    pub fn accept_error(&self, direction: Direction, error: &std::io::Error) {
+        self.accept_errors_total
+            .get_or_create(&AcceptErrorLabels {
+                direction,
+                errno: Errno(error.raw_os_error()),
+            })
+            .inc();
     }
 
     /// Counts a connection side as open and returns its handles.
@@ -278,6 +301,7 @@ mod tests {
             target,
             CloseReason::error("loop", None),
         );
+        tcp.accept_error(Direction::Inbound, &std::io::Error::from_raw_os_error(24));
         let text = crate::encode(&registry);
         for line in [
             r#"tcp_open_total{direction="outbound",peer="dst",tls="disabled",target_addr="10.0.0.1:80"} 1"#,
@@ -286,6 +310,7 @@ mod tests {
             r#"tcp_write_bytes_total{direction="outbound",peer="dst",tls="disabled",target_addr="10.0.0.1:80"} 7"#,
             r#"tcp_close_total{direction="outbound",peer="dst",tls="disabled",target_addr="10.0.0.1:80",error="io",errno="ECONNRESET"} 1"#,
             r#"tcp_close_total{direction="inbound",peer="src",tls="disabled",target_addr="10.0.0.1:80",error="loop",errno=""} 1"#,
+            r#"tcp_accept_errors_total{direction="inbound",errno="EMFILE"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

@@ -22,12 +22,13 @@ impl Proxy {
     /// Starts a proxy on `127.0.0.1:0` with default settings plus `env`
     /// (`LINNET_*` pairs), forwarding by `orig_dst`.
     pub async fn start(orig_dst: OrigDst, env: &[(&str, &str)]) -> Self {
-        let mut vars: Vec<(&str, &str)> = vec![
+        // The first setting of a name wins: the caller's come first.
+        let mut vars: Vec<(&str, &str)> = env.to_vec();
+        vars.extend_from_slice(&[
             ("LINNET_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0"),
             ("LINNET_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
             ("LINNET_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
-        ];
-        vars.extend_from_slice(env);
+        ]);
         let config = Config::from_env(vars.as_slice()).expect("valid test configuration");
         let listeners = Listeners::bind(&config).expect("bind test listeners");
         let outbound = listeners.outbound.local_addr().unwrap();
