@@ -79,6 +79,24 @@ fn tcp(args: &[String]) -> Result<()> {
     let cpu = proxy.cpu_seconds()? - cpu_before;
     let after = proxy.status()?;
 
+    // Loaded: 64 connections at once, 16 MiB each, sampled mid-run.
+    let conns = 64;
+    let each = 16 << 20;
+    let start = Instant::now();
+    let senders: Vec<_> = (0..conns)
+        .map(|_| {
+            let addr = proxy.addr;
+            std::thread::spawn(move || stream(addr, each))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let loaded = proxy.status()?;
+    for s in senders {
+        s.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    }
+    let concurrent = start.elapsed();
+    let after_load = proxy.status()?;
+
     let gbit = |d: Duration| bytes as f64 * 8.0 / d.as_secs_f64() / 1e9;
     println!("| path | bytes | seconds | Gbit/s |");
     println!("|---|---:|---:|---:|");
@@ -98,6 +116,15 @@ fn tcp(args: &[String]) -> Result<()> {
     println!(
         "proxy RSS: idle {} KiB, after the stream {} KiB, peak (VmHWM) {} KiB",
         idle.rss_kib, after.rss_kib, after.hwm_kib
+    );
+    println!(
+        "{conns} concurrent streams of {} MiB through the proxy: {:.2} Gbit/s in all; \
+         proxy RSS mid-run {} KiB, after {} KiB, peak (VmHWM) {} KiB",
+        each >> 20,
+        (conns * each) as f64 * 8.0 / concurrent.as_secs_f64() / 1e9,
+        loaded.rss_kib,
+        after_load.rss_kib,
+        after_load.hwm_kib
     );
     proxy.child.kill().ok();
     Ok(())
