@@ -59,6 +59,16 @@ fn every_bad_value_exits_64_naming_the_variable() {
         ("LINNET_CORES", "none"),
         ("LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT", "soon"),
         ("LINKERD2_PROXY_LOG_FORMAT", "xml"),
+        ("LINNET_OUTBOUND_DETECT_TIMEOUT", "forever"),
+        ("LINNET_INBOUND_DETECT_TIMEOUT", "0s"),
+        (
+            "LINNET_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
+            "25,mysql",
+        ),
+        (
+            "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
+            "3306-25",
+        ),
     ];
     for (var, value) in cases {
         let out = Command::new(BIN)

@@ -17,6 +17,9 @@ use tokio::{
 
 const MIB: usize = 1024 * 1024;
 
+/// First bytes that match no protocol, so detection decides at once.
+const OPAQUE_HELLO: &[u8] = b"\x00opaque";
+
 /// Reads until EOF or error; `Err` carries the error kind.
 async fn read_all(s: &mut TcpStream) -> Result<Vec<u8>, io::ErrorKind> {
     let mut buf = Vec::new();
@@ -119,6 +122,8 @@ async fn connect_refused_closes_the_client_and_is_counted() {
     };
     let proxy = Proxy::start(OrigDst::Fixed(dead), &[]).await;
     let mut client = TcpStream::connect(proxy.outbound).await.unwrap();
+    // Client bytes that are no known protocol end detection at once.
+    client.write_all(OPAQUE_HELLO).await.unwrap();
     let result = tokio::time::timeout(Duration::from_secs(5), read_all(&mut client))
         .await
         .expect("the client's connection is closed promptly");
@@ -140,6 +145,7 @@ async fn connect_refused_closes_the_client_and_is_counted() {
     let ok = exchange(TcpStream::connect(proxy2.outbound).await.unwrap(), b"hello").await;
     assert!(ok.is_ok());
     let mut again = TcpStream::connect(proxy.outbound).await.unwrap();
+    again.write_all(OPAQUE_HELLO).await.unwrap();
     assert_eq!(
         read_all(&mut again).await,
         Err(io::ErrorKind::ConnectionReset)
@@ -175,6 +181,7 @@ async fn connect_timeout_closes_the_client_and_is_counted() {
     )
     .await;
     let mut client = TcpStream::connect(proxy.outbound).await.unwrap();
+    client.write_all(OPAQUE_HELLO).await.unwrap();
     let result = tokio::time::timeout(Duration::from_secs(5), read_all(&mut client))
         .await
         .expect("the client's connection is closed after the connect timeout");
@@ -323,6 +330,7 @@ async fn grace_period_ends_with_a_reset() {
     )
     .await;
     let mut client = TcpStream::connect(proxy.outbound).await.unwrap();
+    client.write_all(OPAQUE_HELLO).await.unwrap();
     let admin = proxy.admin;
     eventually("connection open", Duration::from_secs(5), || async {
         let m = linnet_test_support::metrics::scrape(admin).await;

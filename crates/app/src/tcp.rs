@@ -3,8 +3,11 @@
 //! Both directions use it for now. A connection's path: accept (with
 //! keepalive and `TCP_NODELAY`) → original destination (refused when the
 //! connection was not redirected to us: a loop, or a client that dialled
-//! the proxy port itself) → connect to the target within the connect
-//! timeout → copy bytes both ways until both sides end.
+//! the proxy port itself) → protocol detection (skipped for the configured
+//! ports; its bytes are replayed) → connect to the target within the
+//! connect timeout → copy bytes both ways until both sides end. Until the
+//! HTTP stack exists, every detected protocol takes the byte path; TLS is
+//! labelled `tls="opaque"` with its SNI.
 //!
 //! Backpressure: none is queued here. Each accepted connection gets its own
 //! task and two fixed buffers, and a slow reader slows its writer; the
@@ -16,9 +19,10 @@
 
 use linnet_config::ProxyConfig;
 use linnet_core::drain;
+use linnet_detect::{Detected, PrefixedIo, Protocol, Reason};
 use linnet_metrics::{
     Direction,
-    tcp::{CloseReason, Peer, TcpMetrics},
+    tcp::{CloseReason, Peer, TcpMetrics, Tls},
 };
 use linnet_transport::{
     Accepted, CopyError, OrigDst, connect, duplex,
@@ -27,9 +31,6 @@ use linnet_transport::{
 };
 use std::{sync::Arc, time::Duration};
 use tokio::net::{TcpListener, TcpStream};
-
-/// The `tls` label value until identity exists.
-const TLS_DISABLED: &str = "disabled";
 
 /// One direction's forwarding: what every connection of that listener needs.
 #[derive(Debug)]
@@ -85,7 +86,7 @@ impl Forward {
                 self.metrics.refused(
                     direction,
                     Peer::Src,
-                    TLS_DISABLED,
+                    &Tls::DISABLED,
                     local,
                     CloseReason::error("loop", None),
                 );
@@ -98,7 +99,7 @@ impl Forward {
                 self.metrics.refused(
                     direction,
                     Peer::Src,
-                    TLS_DISABLED,
+                    &Tls::DISABLED,
                     local,
                     CloseReason::error("orig_dst", Some(&error)),
                 );
@@ -107,9 +108,24 @@ impl Forward {
             }
         };
 
-        let src = self
-            .metrics
-            .open(direction, Peer::Src, TLS_DISABLED, target);
+        let Some(detected) = self
+            .detect(&mut client, client_addr, target, &mut watch)
+            .await
+        else {
+            return;
+        };
+        let tls = match &detected.protocol {
+            Protocol::Tls { sni } => Tls {
+                status: "opaque",
+                sni: sni.as_deref().map(Arc::from),
+            },
+            _ => Tls::DISABLED,
+        };
+        // Until the HTTP stack exists every protocol is carried as bytes,
+        // starting with those detection read.
+        let mut client = PrefixedIo::new(detected.buffered.freeze(), client);
+
+        let src = self.metrics.open(direction, Peer::Src, &tls, target);
         let connecting = connect(
             target,
             self.config.connect_timeout,
@@ -121,19 +137,17 @@ impl Forward {
                 Err(error) => {
                     tracing::info!(%direction, client = %client_addr, %target, error = %linnet_core::display_chain(&error), "connection to target failed");
                     src.close(CloseReason::error(error.reason(), error.io()));
-                    reset_on_close(&client);
+                    reset_on_close(client.get_ref());
                     return;
                 }
             },
             _ = watch.closing() => {
                 src.close(CloseReason::error("shutdown", None));
-                reset_on_close(&client);
+                reset_on_close(client.get_ref());
                 return;
             }
         };
-        let dst = self
-            .metrics
-            .open(direction, Peer::Dst, TLS_DISABLED, target);
+        let dst = self.metrics.open(direction, Peer::Dst, &tls, target);
 
         let copy = duplex(
             Side {
@@ -173,13 +187,72 @@ impl Forward {
                 };
                 src.close(src_reason);
                 dst.close(dst_reason);
-                reset_both(&client, &server);
+                reset_both(client.get_ref(), &server);
             }
             None => {
                 tracing::info!(%direction, client = %client_addr, %target, "closing connection: shutdown grace period ended");
                 src.close(CloseReason::error("shutdown", None));
                 dst.close(CloseReason::error("shutdown", None));
-                reset_both(&client, &server);
+                reset_both(client.get_ref(), &server);
+            }
+        }
+    }
+}
+
+impl Forward {
+    /// Detects the client's protocol, unless the target port skips it.
+    /// `None` when the client failed or shutdown ended the wait (already
+    /// counted and reset).
+    async fn detect(
+        &self,
+        client: &mut TcpStream,
+        client_addr: std::net::SocketAddr,
+        target: std::net::SocketAddr,
+        watch: &mut drain::Watch,
+    ) -> Option<Detected> {
+        let direction = self.direction;
+        if self
+            .config
+            .ports_disable_protocol_detection
+            .contains(target.port())
+        {
+            self.metrics
+                .detected(direction, Protocol::Opaque.as_str(), "skipped");
+            return Some(Detected {
+                protocol: Protocol::Opaque,
+                reason: Reason::Matched,
+                buffered: Default::default(),
+            });
+        }
+        let failed = |client: &TcpStream, reason: CloseReason| {
+            self.metrics
+                .refused(direction, Peer::Src, &Tls::DISABLED, target, reason);
+            reset_on_close(client);
+        };
+        let result = tokio::select! {
+            r = linnet_detect::detect(&mut *client, self.config.detect_timeout) => r,
+            _ = watch.closing() => {
+                failed(client, CloseReason::error("shutdown", None));
+                return None;
+            }
+        };
+        match result {
+            Ok(d) => {
+                let reason = match d.reason {
+                    Reason::Matched => "matched",
+                    Reason::Timeout => "timeout",
+                    Reason::Eof => "eof",
+                    Reason::BufferFull => "buffer_full",
+                };
+                self.metrics
+                    .detected(direction, d.protocol.as_str(), reason);
+                tracing::debug!(%direction, client = %client_addr, %target, protocol = d.protocol.as_str(), reason, "detected");
+                Some(d)
+            }
+            Err(error) => {
+                tracing::info!(%direction, client = %client_addr, %target, %error, "client failed during protocol detection");
+                failed(client, CloseReason::error("io", Some(&error)));
+                None
             }
         }
     }

@@ -56,6 +56,15 @@ pub struct ProxyConfig {
     /// TCP keepalive on connections to targets.
     #[serde(serialize_with = "parse::ser_opt_duration")]
     pub connect_keepalive: Option<Duration>,
+    /// How long protocol detection waits for a client's first bytes; a
+    /// client silent that long is treated as opaque TCP (it may be waiting
+    /// for the server to speak first).
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub detect_timeout: Duration,
+    /// Target ports whose connections skip protocol detection: protocols
+    /// where the server speaks first (SMTP, MySQL) would otherwise wait out
+    /// the detection timeout.
+    pub ports_disable_protocol_detection: parse::PortSet,
 }
 
 /// The admin server.
@@ -111,7 +120,16 @@ const KNOWN: &[&str] = &[
     "LOG",
     "LOG_FORMAT",
     "CORES",
+    "OUTBOUND_DETECT_TIMEOUT",
+    "INBOUND_DETECT_TIMEOUT",
+    "OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
+    "INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
 ];
+
+/// Linkerd's default list of ports whose protocols are server-speaks-first
+/// (SMTP, submission, MySQL, Galera, PostgreSQL, Redis, Elasticsearch,
+/// memcached).
+pub const DEFAULT_PORTS_DISABLE_PROTOCOL_DETECTION: &str = "25,587,3306,4444,5432,6379,9300,11211";
 
 // === impl Config ===
 
@@ -125,12 +143,18 @@ impl Config {
             connect_timeout: r.timeout("OUTBOUND_CONNECT_TIMEOUT", Duration::from_secs(1))?,
             accept_keepalive: r.keepalive("OUTBOUND_ACCEPT_KEEPALIVE", keepalive)?,
             connect_keepalive: r.keepalive("OUTBOUND_CONNECT_KEEPALIVE", keepalive)?,
+            detect_timeout: r.timeout("OUTBOUND_DETECT_TIMEOUT", Duration::from_secs(10))?,
+            ports_disable_protocol_detection: r
+                .ports("OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION")?,
         };
         let inbound = ProxyConfig {
             listen_addr: r.addr("INBOUND_LISTEN_ADDR", ([0, 0, 0, 0], 4143))?,
             connect_timeout: r.timeout("INBOUND_CONNECT_TIMEOUT", Duration::from_millis(300))?,
             accept_keepalive: r.keepalive("INBOUND_ACCEPT_KEEPALIVE", keepalive)?,
             connect_keepalive: r.keepalive("INBOUND_CONNECT_KEEPALIVE", keepalive)?,
+            detect_timeout: r.timeout("INBOUND_DETECT_TIMEOUT", Duration::from_secs(10))?,
+            ports_disable_protocol_detection: r
+                .ports("INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION")?,
         };
         let admin = AdminConfig {
             listen_addr: r.addr("ADMIN_LISTEN_ADDR", ([127, 0, 0, 1], 4191))?,
@@ -259,6 +283,14 @@ impl<E: Env + ?Sized> Reader<'_, E> {
             Ok(d)
         })?;
         Ok(d.unwrap_or(default))
+    }
+
+    fn ports(&self, name: &str) -> Result<parse::PortSet, ConfigError> {
+        let ports = self.get(name, parse::PortSet::parse)?;
+        // The default list is a literal that parses.
+        Ok(ports.unwrap_or_else(|| {
+            parse::PortSet::parse(DEFAULT_PORTS_DISABLE_PROTOCOL_DETECTION).unwrap_or_default()
+        }))
     }
 
     fn keepalive(

@@ -49,6 +49,61 @@ pub fn format_duration(d: Duration) -> String {
     format!("{ms}ms")
 }
 
+/// A set of TCP ports, written as a comma-separated list of ports and
+/// inclusive ranges: `25,587,8000-8100`. Empty means none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortSet(Vec<(u16, u16)>);
+
+impl PortSet {
+    /// Parses a port list.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut ranges = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let port = |p: &str| {
+                p.trim()
+                    .parse::<u16>()
+                    .map_err(|_| format!("{p:?} is not a port number (0-65535)"))
+            };
+            let range = match item.split_once('-') {
+                Some((lo, hi)) => (port(lo)?, port(hi)?),
+                None => (port(item)?, port(item)?),
+            };
+            if range.0 > range.1 {
+                return Err(format!("range {item} runs backwards"));
+            }
+            ranges.push(range);
+        }
+        Ok(Self(ranges))
+    }
+
+    /// Whether `port` is in the set.
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| lo <= port && port <= hi)
+    }
+}
+
+impl std::fmt::Display for PortSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, &(lo, hi)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl serde::Serialize for PortSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Serde helper: serialises a [`Duration`] as [`format_duration`] prints it.
 pub(crate) fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_duration(*d))
@@ -87,6 +142,18 @@ mod tests {
             "99999999999999999999s",
         ] {
             assert!(duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn port_sets() {
+        let p = PortSet::parse("25, 587,8000-8100").unwrap();
+        assert!(p.contains(25) && p.contains(587) && p.contains(8050) && p.contains(8100));
+        assert!(!p.contains(26) && !p.contains(8101));
+        assert_eq!(p.to_string(), "25,587,8000-8100");
+        assert_eq!(PortSet::parse("").unwrap(), PortSet::default());
+        for bad in ["http", "70000", "10-5", "1-2-3", "-5"] {
+            assert!(PortSet::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -20,6 +20,12 @@ fn defaults() {
     assert_eq!(c.log.filter, "warn,linnet=info");
     assert_eq!(c.log.format, LogFormat::Plain);
     assert!(c.cores >= 1);
+    assert_eq!(c.outbound.detect_timeout, Duration::from_secs(10));
+    for port in [25, 587, 3306, 4444, 5432, 6379, 9300, 11211] {
+        assert!(c.inbound.ports_disable_protocol_detection.contains(port));
+        assert!(c.outbound.ports_disable_protocol_detection.contains(port));
+    }
+    assert!(!c.outbound.ports_disable_protocol_detection.contains(80));
 }
 
 #[test]
@@ -53,6 +59,10 @@ fn bad_values_name_the_variable() {
         ("LINNET_LOG", "warn,linnet=loud"),
         ("LINNET_LOG_FORMAT", "xml"),
         ("LINNET_CORES", "0"),
+        ("LINNET_OUTBOUND_DETECT_TIMEOUT", "0ms"),
+        ("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT", "10"),
+        ("LINNET_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION", "25,smtp"),
+        ("LINNET_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION", "99999"),
     ];
     for (var, value) in cases {
         let err = Config::from_env(&env(&[(var, value)])).unwrap_err();

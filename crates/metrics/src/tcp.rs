@@ -12,7 +12,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use std::{fmt::Write as _, net::SocketAddr};
+use std::{fmt::Write as _, net::SocketAddr, sync::Arc};
 
 /// Which side of a proxied connection a metric describes.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -39,10 +39,38 @@ pub struct TcpLabels {
     pub direction: Direction,
     /// Client side or target side.
     pub peer: Peer,
-    /// The connection's TLS status (`disabled` until identity is configured).
+    /// The connection's TLS status: `disabled` until identity is
+    /// configured; `opaque` for TLS the proxy passes through unread.
     pub tls: &'static str,
+    /// The server name a passed-through TLS client asked for (SNI).
+    pub sni: Option<Arc<str>>,
     /// The original destination the connection was for.
     pub target_addr: AddrLabel,
+}
+
+/// The label set of a protocol detection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DetectLabels {
+    direction: Direction,
+    protocol: &'static str,
+    reason: &'static str,
+}
+
+/// What a connection's TLS label says, and the SNI when passed through.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// The `tls` label value.
+    pub status: &'static str,
+    /// The SNI, for passed-through TLS.
+    pub sni: Option<Arc<str>>,
+}
+
+impl Tls {
+    /// No TLS: identity is not configured.
+    pub const DISABLED: Tls = Tls {
+        status: "disabled",
+        sni: None,
+    };
 }
 
 /// The label set of a closed connection: why it closed, when it failed.
@@ -138,6 +166,7 @@ pub struct TcpMetrics {
     read_bytes_total: Family<TcpLabels, Counter>,
     write_bytes_total: Family<TcpLabels, Counter>,
     accept_errors_total: Family<AcceptErrorLabels, Counter>,
+    detect_total: Family<DetectLabels, Counter>,
 }
 
 /// The metrics of one open connection side: counts it open now and closed
@@ -189,7 +218,25 @@ impl TcpMetrics {
             "Total count of failures to accept a connection (such as running out of file descriptors)",
             m.accept_errors_total.clone(),
         );
+        registry.register(
+            "protocol_detect",
+            "Total count of protocol detections, by outcome",
+            m.detect_total.clone(),
+        );
         m
+    }
+
+    /// Counts a protocol detection: what was found (`http/1`, `http/2`,
+    /// `tls`, `opaque`) and how (`matched`, `timeout`, `eof`,
+    /// `buffer_full`, or `skipped` for ports configured to skip it).
+    pub fn detected(&self, direction: Direction, protocol: &'static str, reason: &'static str) {
+        self.detect_total
+            .get_or_create(&DetectLabels {
+                direction,
+                protocol,
+                reason,
+            })
+            .inc();
     }
 
     /// Counts a failed `accept`.
@@ -207,13 +254,14 @@ impl TcpMetrics {
         &self,
         direction: Direction,
         peer: Peer,
-        tls: &'static str,
+        tls: &Tls,
         target: SocketAddr,
     ) -> ConnMetrics {
         let labels = TcpLabels {
             direction,
             peer,
-            tls,
+            tls: tls.status,
+            sni: tls.sni.clone(),
             target_addr: AddrLabel(target),
         };
         self.open_total.get_or_create(&labels).inc();
@@ -233,7 +281,7 @@ impl TcpMetrics {
         &self,
         direction: Direction,
         peer: Peer,
-        tls: &'static str,
+        tls: &Tls,
         target: SocketAddr,
         reason: CloseReason,
     ) {
@@ -280,16 +328,23 @@ impl Drop for ConnMetrics {
 mod tests {
     use super::*;
 
+    fn disabled() -> Tls {
+        Tls {
+            status: "disabled",
+            sni: None,
+        }
+    }
+
     #[test]
     fn counts_open_close_and_bytes() {
         let mut registry = Registry::default();
         let tcp = TcpMetrics::register(&mut registry);
         let target: SocketAddr = "10.0.0.1:80".parse().unwrap();
-        let conn = tcp.open(Direction::Outbound, Peer::Dst, "disabled", target);
+        let conn = tcp.open(Direction::Outbound, Peer::Dst, &disabled(), target);
         conn.read_bytes.inc_by(10);
         conn.write_bytes.inc_by(7);
         let text = crate::encode(&registry);
-        assert!(text.contains(r#"tcp_open_connections{direction="outbound",peer="dst",tls="disabled",target_addr="10.0.0.1:80"} 1"#), "{text}");
+        assert!(text.contains(r#"tcp_open_connections{direction="outbound",peer="dst",tls="disabled",sni="",target_addr="10.0.0.1:80"} 1"#), "{text}");
         conn.close(CloseReason::error(
             "io",
             Some(&std::io::Error::from_raw_os_error(104)),
@@ -297,19 +352,19 @@ mod tests {
         tcp.refused(
             Direction::Inbound,
             Peer::Src,
-            "disabled",
+            &disabled(),
             target,
             CloseReason::error("loop", None),
         );
         tcp.accept_error(Direction::Inbound, &std::io::Error::from_raw_os_error(24));
         let text = crate::encode(&registry);
         for line in [
-            r#"tcp_open_total{direction="outbound",peer="dst",tls="disabled",target_addr="10.0.0.1:80"} 1"#,
-            r#"tcp_open_connections{direction="outbound",peer="dst",tls="disabled",target_addr="10.0.0.1:80"} 0"#,
-            r#"tcp_read_bytes_total{direction="outbound",peer="dst",tls="disabled",target_addr="10.0.0.1:80"} 10"#,
-            r#"tcp_write_bytes_total{direction="outbound",peer="dst",tls="disabled",target_addr="10.0.0.1:80"} 7"#,
-            r#"tcp_close_total{direction="outbound",peer="dst",tls="disabled",target_addr="10.0.0.1:80",error="io",errno="ECONNRESET"} 1"#,
-            r#"tcp_close_total{direction="inbound",peer="src",tls="disabled",target_addr="10.0.0.1:80",error="loop",errno=""} 1"#,
+            r#"tcp_open_total{direction="outbound",peer="dst",tls="disabled",sni="",target_addr="10.0.0.1:80"} 1"#,
+            r#"tcp_open_connections{direction="outbound",peer="dst",tls="disabled",sni="",target_addr="10.0.0.1:80"} 0"#,
+            r#"tcp_read_bytes_total{direction="outbound",peer="dst",tls="disabled",sni="",target_addr="10.0.0.1:80"} 10"#,
+            r#"tcp_write_bytes_total{direction="outbound",peer="dst",tls="disabled",sni="",target_addr="10.0.0.1:80"} 7"#,
+            r#"tcp_close_total{direction="outbound",peer="dst",tls="disabled",sni="",target_addr="10.0.0.1:80",error="io",errno="ECONNRESET"} 1"#,
+            r#"tcp_close_total{direction="inbound",peer="src",tls="disabled",sni="",target_addr="10.0.0.1:80",error="loop",errno=""} 1"#,
             r#"tcp_accept_errors_total{direction="inbound",errno="EMFILE"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
@@ -321,9 +376,9 @@ mod tests {
         let mut registry = Registry::default();
         let tcp = TcpMetrics::register(&mut registry);
         let target: SocketAddr = "10.0.0.1:80".parse().unwrap();
-        drop(tcp.open(Direction::Inbound, Peer::Src, "disabled", target));
+        drop(tcp.open(Direction::Inbound, Peer::Src, &disabled(), target));
         let text = crate::encode(&registry);
         assert!(text.contains(r#"error="dropped",errno=""} 1"#), "{text}");
-        assert!(text.contains(r#"tcp_open_connections{direction="inbound",peer="src",tls="disabled",target_addr="10.0.0.1:80"} 0"#));
+        assert!(text.contains(r#"tcp_open_connections{direction="inbound",peer="src",tls="disabled",sni="",target_addr="10.0.0.1:80"} 0"#));
     }
 }
