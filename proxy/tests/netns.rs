@@ -8,7 +8,7 @@ use linnet_test_support::{
     metrics::{Scrape, http},
     netns::Netns,
     process::{Process, world_executable_copy},
-    tcp::{exchange, random_payload, recv_message},
+    tcp::{ExchangeServer, exchange, random_payload, recv_message},
 };
 use sha2::{Digest, Sha256};
 use std::{process::Command, time::Duration};
@@ -94,16 +94,13 @@ fn intercepts_pod_traffic_both_ways_and_drains_on_sigterm() {
     // connection, and records the peer address it saw.
     let listener = server_pod.run(|| std::net::TcpListener::bind(("0.0.0.0", APP_PORT)).unwrap());
     listener.set_nonblocking(true).unwrap();
+    let (stats_tx, stats_rx) = std::sync::mpsc::channel();
     let _app = server_pod.spawn(async move {
-        let listener = TcpListener::from_std(listener).unwrap();
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let reply = random_payload(300_000);
-                let _ = exchange(stream, &reply).await;
-            });
-        }
+        let server = ExchangeServer::start_on(TcpListener::from_std(listener).unwrap(), 300_000);
+        stats_tx.send(server.stats()).unwrap();
+        std::future::pending::<()>().await;
     });
+    let app = stats_rx.recv().unwrap();
 
     let mut client_proxy = start_proxy(&client_pod, &bin, "client-proxy");
     let server_proxy = start_proxy(&server_pod, &bin, "server-proxy");
@@ -117,21 +114,21 @@ fn intercepts_pod_traffic_both_ways_and_drains_on_sigterm() {
             for i in 0..8 {
                 let payload = random_payload(500_000 + i * 7);
                 let stream = TcpStream::connect(&target).await.unwrap();
-                results.push(exchange(stream, &payload).await.map(|r| r.len()));
+                results.push(exchange(stream, &payload).await);
             }
             results
         }
     });
     for r in &results {
-        assert_eq!(
-            r.as_ref().ok(),
-            Some(&300_000),
+        assert!(
+            r.is_ok(),
             "exchange failed: {results:?}\nclient proxy:\n{}\nserver proxy:\n{}",
             client_proxy.log(),
             server_proxy.log()
         );
     }
 
+    block_on(app.assert_completed(8));
     // Both proxies carried every connection.
     let out = scrape(&client_pod);
     let inbound = scrape(&server_pod);
@@ -210,9 +207,8 @@ fn intercepts_pod_traffic_both_ways_and_drains_on_sigterm() {
         let _ = s.shutdown().await;
         reply
     });
-    assert_eq!(
-        reply.map(|r| r.len()).ok(),
-        Some(300_000),
+    assert!(
+        reply.is_ok(),
         "draining connection did not complete:\n{}",
         client_proxy.log()
     );
@@ -249,4 +245,12 @@ fn intercepts_pod_traffic_both_ways_and_drains_on_sigterm() {
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&rules.stdout).contains("PROXY_INIT"));
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }

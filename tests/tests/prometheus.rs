@@ -122,6 +122,7 @@ async fn prometheus_scrapes_what_happened() {
             .unwrap();
     }
 
+    server.stats().assert_completed(17).await;
     let target = server.addr;
     for (direction, n) in [("outbound", 12.0), ("inbound", 5.0)] {
         let q = format!(

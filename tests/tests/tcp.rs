@@ -9,7 +9,12 @@ use linnet_test_support::{
     proxy::Proxy,
     tcp::{ExchangeServer, exchange, random_payload},
 };
-use std::{io, net::SocketAddr, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -53,6 +58,8 @@ async fn relays_64_connections_byte_exact_both_directions() {
         }
     }
     assert!(failures.is_empty(), "mismatches: {failures:?}");
+    // And every client's bytes arrived intact at the server.
+    server.stats().assert_completed(64).await;
 
     let target = server.addr.to_string();
     let m = eventually("all connections closed", Duration::from_secs(5), || async {
@@ -111,6 +118,33 @@ async fn half_close_keeps_the_reply_flowing() {
     let expected = server.await.unwrap();
     assert_eq!(reply.len(), expected.len());
     assert!(reply == expected, "reply corrupted");
+    // Both sides closed, cleanly.
+    let m = eventually("both sides closed", Duration::from_secs(5), || async {
+        let m = proxy.metrics().await;
+        (m.sum("tcp_open_connections", &[]) == 0.0).then_some(m)
+    })
+    .await;
+    assert_eq!(m.sum("tcp_close_total", &[("error", "")]), 2.0, "{}", m.0);
+    assert_eq!(m.sum("tcp_close_total", &[]), 2.0, "{}", m.0);
+}
+
+/// A lookup that sends the outbound listener's connections to `outbound`
+/// and the inbound listener's to `inbound`; the outbound listener's
+/// address is filled in once the proxy has started.
+fn by_listener(outbound: SocketAddr, inbound: SocketAddr) -> (OrigDst, Arc<OnceLock<SocketAddr>>) {
+    let cell = Arc::new(OnceLock::new());
+    let lookup = OrigDst::from_fn({
+        let cell = cell.clone();
+        move |s| {
+            let local = s.local_addr()?;
+            Ok(if cell.get() == Some(&local) {
+                outbound
+            } else {
+                inbound
+            })
+        }
+    });
+    (lookup, cell)
 }
 
 #[tokio::test]
@@ -120,7 +154,10 @@ async fn connect_refused_closes_the_client_and_is_counted() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let proxy = Proxy::start(OrigDst::Fixed(dead), &[]).await;
+    let server = ExchangeServer::start(1000).await;
+    let (lookup, outbound) = by_listener(dead, server.addr);
+    let proxy = Proxy::start(lookup, &[]).await;
+    outbound.set(proxy.outbound).unwrap();
     let mut client = TcpStream::connect(proxy.outbound).await.unwrap();
     // Client bytes that are no known protocol end detection at once.
     client.write_all(OPAQUE_HELLO).await.unwrap();
@@ -139,11 +176,10 @@ async fn connect_refused_closes_the_client_and_is_counted() {
     ];
     assert_eq!(m.sum("tcp_close_total", &labels), 1.0, "{}", m.0);
 
-    // The proxy still serves others.
-    let server = ExchangeServer::start(1000).await;
-    let proxy2 = Proxy::start(OrigDst::Fixed(server.addr), &[]).await;
-    let ok = exchange(TcpStream::connect(proxy2.outbound).await.unwrap(), b"hello").await;
-    assert!(ok.is_ok());
+    // The same proxy still serves others.
+    let ok = exchange(TcpStream::connect(proxy.inbound).await.unwrap(), b"hello").await;
+    assert!(ok.is_ok(), "{ok:?}");
+    server.stats().assert_completed(1).await;
     let mut again = TcpStream::connect(proxy.outbound).await.unwrap();
     again.write_all(OPAQUE_HELLO).await.unwrap();
     assert_eq!(
@@ -175,11 +211,10 @@ fn black_hole() -> (socket2::Socket, Vec<std::net::TcpStream>) {
 async fn connect_timeout_closes_the_client_and_is_counted() {
     let (hole, _fillers) = black_hole();
     let target = hole.local_addr().unwrap().as_socket().unwrap();
-    let proxy = Proxy::start(
-        OrigDst::Fixed(target),
-        &[("LINNET_OUTBOUND_CONNECT_TIMEOUT", "300ms")],
-    )
-    .await;
+    let server = ExchangeServer::start(1000).await;
+    let (lookup, outbound) = by_listener(target, server.addr);
+    let proxy = Proxy::start(lookup, &[("LINNET_OUTBOUND_CONNECT_TIMEOUT", "300ms")]).await;
+    outbound.set(proxy.outbound).unwrap();
     let mut client = TcpStream::connect(proxy.outbound).await.unwrap();
     client.write_all(OPAQUE_HELLO).await.unwrap();
     let result = tokio::time::timeout(Duration::from_secs(5), read_all(&mut client))
@@ -193,6 +228,10 @@ async fn connect_timeout_closes_the_client_and_is_counted() {
         ("error", "connect_timeout"),
     ];
     assert_eq!(m.sum("tcp_close_total", &labels), 1.0, "{}", m.0);
+    // The same proxy still serves others.
+    let ok = exchange(TcpStream::connect(proxy.inbound).await.unwrap(), b"hello").await;
+    assert!(ok.is_ok(), "{ok:?}");
+    server.stats().assert_completed(1).await;
 }
 
 #[tokio::test]
@@ -358,6 +397,7 @@ async fn relays_over_ipv6() {
     let payload = random_payload(300_000);
     let reply = exchange(TcpStream::connect(proxy.outbound).await.unwrap(), &payload).await;
     assert!(reply.is_ok(), "{reply:?}");
+    server.stats().assert_completed(1).await;
     let m = proxy.metrics().await;
     let target = server.addr.to_string();
     assert_eq!(

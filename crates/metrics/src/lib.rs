@@ -6,6 +6,7 @@
 //! work unchanged. Label sets are types, and a connection resolves its label
 //! set once (when it opens), never per read or write.
 
+pub mod http;
 pub mod process;
 pub mod tcp;
 

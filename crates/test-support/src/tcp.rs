@@ -7,7 +7,14 @@
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use std::{io, net::SocketAddr};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -61,12 +68,24 @@ pub async fn exchange(stream: TcpStream, payload: &[u8]) -> io::Result<Vec<u8>> 
 }
 
 /// A server that runs the exchange on every connection, answering with a
-/// random payload of up to `max_reply` bytes.
+/// random payload of up to `max_reply` bytes, and counts how the
+/// exchanges ended: what the clients sent is checked here too.
 #[derive(Debug)]
 pub struct ExchangeServer {
     /// Where it listens.
     pub addr: SocketAddr,
     task: JoinHandle<()>,
+    stats: Stats,
+}
+
+/// How an [`ExchangeServer`]'s exchanges ended; a cloneable handle.
+#[derive(Clone, Debug, Default)]
+pub struct Stats(Arc<Results>);
+
+#[derive(Debug, Default)]
+struct Results {
+    ok: AtomicUsize,
+    failed: std::sync::Mutex<Vec<String>>,
 }
 
 impl ExchangeServer {
@@ -78,20 +97,62 @@ impl ExchangeServer {
     /// Starts the server on `listener`.
     pub fn start_on(listener: TcpListener, max_reply: usize) -> Self {
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                tokio::spawn(async move {
-                    let len = (rand::random::<u64>() as usize) % (max_reply + 1);
-                    let reply = random_payload(len);
-                    // A failed exchange shows up at the client's end.
-                    let _ = exchange(stream, &reply).await;
-                });
+        let stats = Stats::default();
+        let task = tokio::spawn({
+            let results = stats.0.clone();
+            async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let results = results.clone();
+                    tokio::spawn(async move {
+                        let len = (rand::random::<u64>() as usize) % (max_reply + 1);
+                        let reply = random_payload(len);
+                        match exchange(stream, &reply).await {
+                            Ok(_) => {
+                                results.ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => results.failed.lock().unwrap().push(e.to_string()),
+                        }
+                    });
+                }
             }
         });
-        Self { addr, task }
+        Self { addr, task, stats }
+    }
+
+    /// How its exchanges ended.
+    pub fn stats(&self) -> Stats {
+        self.stats.clone()
+    }
+}
+
+impl Stats {
+    /// Exchanges that completed with every byte checked.
+    pub fn completed(&self) -> usize {
+        self.0.ok.load(Ordering::SeqCst)
+    }
+
+    /// Why exchanges failed at the server's end.
+    pub fn failures(&self) -> Vec<String> {
+        self.0.failed.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` exchanges completed and asserts that none failed.
+    pub async fn assert_completed(&self, n: usize) {
+        crate::eventually(
+            &format!("{n} exchanges completed at the server"),
+            std::time::Duration::from_secs(10),
+            || async { (self.completed() + self.failures().len() >= n).then_some(()) },
+        )
+        .await;
+        assert_eq!(
+            self.failures(),
+            Vec::<String>::new(),
+            "exchanges failed at the server"
+        );
+        assert_eq!(self.completed(), n);
     }
 }
 

@@ -102,23 +102,43 @@ where
 {
     let mut up = Half::new(Peer::Src, Peer::Dst);
     let mut down = Half::new(Peer::Dst, Peer::Src);
+    // The first failure, and how long the other direction may still run.
+    let mut failure: Option<(CopyError, Pin<Box<tokio::time::Sleep>>)> = None;
     poll_fn(|cx| {
         // Poll both directions every time, so neither starves the other.
-        let up_done = up.poll(
+        let up_result = up.poll(
             cx,
             &mut *src.io,
             src.read_bytes,
             &mut *dst.io,
             dst.write_bytes,
-        )?;
-        let down_done = down.poll(
+        );
+        let down_result = down.poll(
             cx,
             &mut *dst.io,
             dst.read_bytes,
             &mut *src.io,
             src.write_bytes,
-        )?;
-        if up_done.is_ready() && down_done.is_ready() {
+        );
+        for result in [up_result, down_result] {
+            if let Poll::Ready(Err(e)) = result {
+                if failure.is_none() {
+                    // The other direction may still hold the peer's last
+                    // words (a server's error reply to an upload it
+                    // refused): let it finish, for a moment.
+                    failure = Some((e, Box::pin(tokio::time::sleep(LINGER_AFTER_ERROR))));
+                }
+            }
+        }
+        if let Some((_, linger)) = &mut failure {
+            if (up.finished() && down.finished()) || linger.as_mut().poll(cx).is_ready() {
+                if let Some((e, _)) = failure.take() {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            return Poll::Pending;
+        }
+        if up.finished() && down.finished() {
             Poll::Ready(Ok(Transferred {
                 src_to_dst: up.bytes,
                 dst_to_src: down.bytes,
@@ -130,23 +150,30 @@ where
     .await
 }
 
+/// How long one direction may go on after the other failed.
+const LINGER_AFTER_ERROR: std::time::Duration = std::time::Duration::from_secs(2);
+
 enum State {
     Copying,
     ShuttingDown,
     Done,
+    Failed,
 }
 
 /// One direction of the copy.
 struct Half {
     from: Peer,
     to: Peer,
-    /// Allocated on first use, so an idle direction costs nothing.
+    /// Allocated on first use and freed when the direction ends.
     buf: Option<Box<[u8]>>,
     /// Read but not yet written: `buf[start..end]`.
     start: usize,
     end: usize,
     state: State,
     bytes: u64,
+    /// Written since the last flush: a buffering writer (TLS) must be
+    /// flushed before this direction waits for more input.
+    need_flush: bool,
 }
 
 impl Half {
@@ -159,10 +186,41 @@ impl Half {
             end: 0,
             state: State::Copying,
             bytes: 0,
+            need_flush: false,
         }
     }
 
+    /// Whether this direction has ended, cleanly or not.
+    fn finished(&self) -> bool {
+        matches!(self.state, State::Done | State::Failed)
+    }
+
+    /// Polls this direction; an error leaves it `Failed` (and not polled
+    /// again).
     fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        read_bytes: &Counter,
+        writer: &mut W,
+        write_bytes: &Counter,
+    ) -> Poll<Result<(), CopyError>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if matches!(self.state, State::Failed) {
+            return Poll::Ready(Ok(()));
+        }
+        let result = ready!(self.poll_copy(cx, reader, read_bytes, writer, write_bytes));
+        if result.is_err() {
+            self.state = State::Failed;
+            self.buf = None;
+        }
+        Poll::Ready(result)
+    }
+
+    fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         mut reader: &mut R,
@@ -189,8 +247,18 @@ impl Half {
                             *buf = vec![0; MAX_BUFFER_SIZE].into_boxed_slice();
                         }
                         let mut rb = ReadBuf::new(buf);
-                        ready!(Pin::new(&mut reader).poll_read(cx, &mut rb))
-                            .map_err(|e| err(from, Op::Read, e))?;
+                        match Pin::new(&mut reader).poll_read(cx, &mut rb) {
+                            Poll::Ready(r) => r.map_err(|e| err(from, Op::Read, e))?,
+                            Poll::Pending => {
+                                // Nothing to read: push out what was written.
+                                if self.need_flush {
+                                    ready!(Pin::new(&mut writer).poll_flush(cx))
+                                        .map_err(|e| err(to, Op::Write, e))?;
+                                    self.need_flush = false;
+                                }
+                                return Poll::Pending;
+                            }
+                        }
                         let n = rb.filled().len();
                         if n == 0 {
                             self.state = State::ShuttingDown;
@@ -211,6 +279,7 @@ impl Half {
                         }
                         self.start += n;
                         self.bytes += n as u64;
+                        self.need_flush = true;
                         write_bytes.inc_by(n as u64);
                     }
                 }
@@ -221,7 +290,7 @@ impl Half {
                     self.buf = None;
                     self.state = State::Done;
                 }
-                State::Done => return Poll::Ready(Ok(())),
+                State::Done | State::Failed => return Poll::Ready(Ok(())),
             }
         }
     }
@@ -288,5 +357,81 @@ mod tests {
             }
         );
         assert_eq!(counts, vec![300_000, 5, 5, 300_000]);
+    }
+
+    #[tokio::test]
+    async fn flushes_a_buffering_writer_before_waiting() {
+        let (mut client, mut src) = pipe(1024);
+        let (dst, mut server) = pipe(1024);
+        // A writer that holds bytes until flushed.
+        let mut dst = tokio::io::BufWriter::new(dst);
+        let c: Vec<Counter> = (0..4).map(|_| Counter::default()).collect();
+        let copy = tokio::spawn(async move {
+            let _ = duplex(
+                Side {
+                    io: &mut src,
+                    read_bytes: &c[0],
+                    write_bytes: &c[1],
+                },
+                Side {
+                    io: &mut dst,
+                    read_bytes: &c[2],
+                    write_bytes: &c[3],
+                },
+            )
+            .await;
+        });
+        client.write_all(b"hi").await.unwrap();
+        let mut got = [0u8; 2];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            server.read_exact(&mut got),
+        )
+        .await
+        .expect("bytes are flushed while the client is quiet")
+        .unwrap();
+        assert_eq!(&got, b"hi");
+        copy.abort();
+    }
+
+    #[tokio::test]
+    async fn the_other_direction_finishes_after_a_failure() {
+        let (client, mut src) = pipe(1024);
+        let (mut dst, mut server) = pipe(1024);
+        let c: Vec<Counter> = (0..4).map(|_| Counter::default()).collect();
+        let copy = tokio::spawn(async move {
+            duplex(
+                Side {
+                    io: &mut src,
+                    read_bytes: &c[0],
+                    write_bytes: &c[1],
+                },
+                Side {
+                    io: &mut dst,
+                    read_bytes: &c[2],
+                    write_bytes: &c[3],
+                },
+            )
+            .await
+        });
+        // The client uploads without end; the server refuses and goes away.
+        let (mut client_rx, mut client_tx) = tokio::io::split(client);
+        tokio::spawn(async move {
+            let chunk = vec![1u8; 4096];
+            while client_tx.write_all(&chunk).await.is_ok() {}
+        });
+        let uploader = tokio::spawn(async move {
+            let mut reply = Vec::new();
+            let _ = client_rx.read_to_end(&mut reply).await;
+            reply
+        });
+        let mut some = [0u8; 100];
+        server.read_exact(&mut some).await.unwrap();
+        server.write_all(b"413 too large").await.unwrap();
+        drop(server);
+        let err = copy.await.unwrap().unwrap_err();
+        assert_eq!((err.side, err.op), (Peer::Dst, Op::Write));
+        // The refusal reached the client all the same.
+        assert_eq!(uploader.await.unwrap(), b"413 too large");
     }
 }

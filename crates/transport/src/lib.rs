@@ -8,12 +8,14 @@
 //! put these pieces together.
 
 pub mod connect;
+pub mod counting;
 pub mod duplex;
 pub mod listen;
 pub mod orig_dst;
 
 pub use self::{
     connect::{ConnectError, connect},
+    counting::CountingIo,
     duplex::{CopyError, duplex},
     listen::{Accepted, bind},
     orig_dst::OrigDst,

@@ -50,7 +50,7 @@ impl OrigDst {
         match self.lookup(stream) {
             Ok(dst) if same_addr(dst, local) => Ok(None),
             Ok(dst) => Ok(Some(dst)),
-            Err(e) if e.raw_os_error() == Some(libc_enoent()) => Ok(None),
+            Err(e) if not_tracked(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -66,9 +66,14 @@ impl fmt::Debug for OrigDst {
     }
 }
 
-/// `ENOENT`: conntrack has no entry for the connection.
-const fn libc_enoent() -> i32 {
-    2
+/// Whether a lookup error means "no original destination": `ENOENT`
+/// (conntrack has no entry for the connection) or `ENOPROTOOPT` /
+/// `EOPNOTSUPP` (conntrack is not loaded at all, as on a laptop).
+fn not_tracked(e: &io::Error) -> bool {
+    const ENOENT: i32 = 2;
+    const ENOPROTOOPT: i32 = 92;
+    const EOPNOTSUPP: i32 = 95;
+    matches!(e.raw_os_error(), Some(ENOENT | ENOPROTOOPT | EOPNOTSUPP))
 }
 
 /// Compares addresses, treating an IPv4-mapped IPv6 address as the IPv4
@@ -117,6 +122,14 @@ mod tests {
             OrigDst::Fixed(other).lookup_redirected(&server).unwrap(),
             Some(other)
         );
+    }
+
+    #[test]
+    fn untracked_errors_mean_not_redirected() {
+        for errno in [2, 92, 95] {
+            assert!(not_tracked(&io::Error::from_raw_os_error(errno)));
+        }
+        assert!(!not_tracked(&io::Error::from_raw_os_error(9)));
     }
 
     #[test]
