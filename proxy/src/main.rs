@@ -92,6 +92,9 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     }
     .context("cannot start the runtime")?;
     runtime.block_on(async move {
+        // Handlers first: from the moment the listeners are bound and the
+        // proxy reports ready, a SIGTERM must mean a graceful shutdown.
+        let shutdown = signals().context("cannot install signal handlers")?;
         let listeners = linnet_app::Listeners::bind(&config)?;
         let options = linnet_app::Options {
             log_level: Some(log),
@@ -101,26 +104,24 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
             listeners,
             linnet_app::OrigDst::Socket,
             options,
-            signals(),
+            shutdown,
         )
         .await;
         Ok(())
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn signals() {
+/// Installs the SIGTERM and SIGINT handlers; the future resolves on the
+/// first of them.
+fn signals() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; use the admin server's /shutdown");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "received signal");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "received signal");
+    })
 }

@@ -1,25 +1,37 @@
 //! The `linnet` binary: configuration errors, aliases, and signals.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use linnet_test_support::{
-    metrics::try_http,
-    process::{Process, free_port},
-};
+use linnet_test_support::{metrics::try_http, process::Process};
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 const BIN: &str = env!("CARGO_BIN_EXE_linnet");
 
 /// A command for `linnet proxy` with a clean environment and every listener
-/// on a free loopback port; returns it and the admin address.
-fn proxy_cmd() -> (Command, SocketAddr) {
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+/// on a free loopback port (port 0: see [`admin_addr`]).
+fn proxy_cmd() -> Command {
     let mut cmd = Command::new(BIN);
     cmd.arg("proxy")
         .env_clear()
         .env("LINNET_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0")
         .env("LINNET_INBOUND_LISTEN_ADDR", "127.0.0.1:0")
-        .env("LINNET_ADMIN_LISTEN_ADDR", admin.to_string());
-    (cmd, admin)
+        .env("LINNET_ADMIN_LISTEN_ADDR", "127.0.0.1:0");
+    cmd
+}
+
+/// The admin address a started proxy logged (`listening ... admin=ADDR`).
+fn admin_addr(p: &Process) -> SocketAddr {
+    for _ in 0..500 {
+        let log = p.log();
+        if let Some(addr) = log
+            .lines()
+            .filter(|l| l.contains("listening"))
+            .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("admin=")))
+        {
+            return addr.parse().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the proxy never logged its admin address:\n{}", p.log());
 }
 
 fn get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
@@ -31,10 +43,11 @@ fn get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
         .ok()
 }
 
-fn wait_ready(p: &Process, admin: SocketAddr) {
+fn wait_ready(p: &Process) -> SocketAddr {
+    let admin = admin_addr(p);
     for _ in 0..500 {
         if get(admin, "/ready").is_some_and(|(s, _)| s == 200) {
-            return;
+            return admin;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -88,18 +101,18 @@ fn every_bad_value_exits_64_naming_the_variable() {
 
 #[test]
 fn linkerd_aliases_apply_and_linnet_wins() {
-    let (mut cmd, admin) = proxy_cmd();
+    let mut cmd = proxy_cmd();
     cmd.env_remove("LINNET_ADMIN_LISTEN_ADDR")
-        .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", admin.to_string())
+        .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0")
         .env("LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT", "2s")
         .env("LINNET_INBOUND_CONNECT_TIMEOUT", "250ms")
         .env("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "7s");
     let p = Process::spawn("aliases", cmd);
-    wait_ready(&p, admin);
+    let admin = wait_ready(&p);
     let (status, body) = get(admin, "/config.json").unwrap();
     assert_eq!(status, 200);
     let config: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(config["admin"]["listen_addr"], admin.to_string());
+    assert_eq!(config["admin"]["listen_addr"], "127.0.0.1:0");
     assert_eq!(config["inbound"]["connect_timeout"], "250ms");
     assert_eq!(config["shutdown_grace_period"], "7s");
     // The effective configuration is logged once at start.
@@ -111,9 +124,8 @@ fn linkerd_aliases_apply_and_linnet_wins() {
 #[test]
 fn sigterm_and_sigint_exit_zero() {
     for signal in ["-TERM", "-INT"] {
-        let (cmd, admin) = proxy_cmd();
-        let mut p = Process::spawn("signal", cmd);
-        wait_ready(&p, admin);
+        let mut p = Process::spawn("signal", proxy_cmd());
+        wait_ready(&p);
         assert!(
             Command::new("kill")
                 .args([signal, &p.pid().to_string()])
@@ -130,10 +142,10 @@ fn sigterm_and_sigint_exit_zero() {
 
 #[test]
 fn unknown_settings_are_warned_about() {
-    let (mut cmd, admin) = proxy_cmd();
+    let mut cmd = proxy_cmd();
     cmd.env("LINNET_OUTBOUND_CONECT_TIMEOUT", "2s");
     let p = Process::spawn("unknown", cmd);
-    wait_ready(&p, admin);
+    wait_ready(&p);
     assert!(
         p.log().contains("LINNET_OUTBOUND_CONECT_TIMEOUT"),
         "{}",
@@ -145,7 +157,7 @@ fn unknown_settings_are_warned_about() {
 fn bind_failure_is_reported() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let (mut cmd, _) = proxy_cmd();
+    let mut cmd = proxy_cmd();
     cmd.env("LINNET_ADMIN_LISTEN_ADDR", addr.to_string());
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -78,33 +78,19 @@ impl Forward {
         let target = match self.orig_dst.lookup_redirected(&client) {
             Ok(Some(target)) => target,
             Ok(None) => {
-                let local = client.local_addr().unwrap_or(client_addr);
                 tracing::warn!(
-                    %direction, client = %client_addr, %local,
+                    %direction, client = %client_addr,
                     "refusing connection: its original destination is this proxy (not redirected, or a loop)"
                 );
-                self.metrics.refused(
-                    direction,
-                    Peer::Src,
-                    &Tls::DISABLED,
-                    local,
-                    CloseReason::error("loop", None),
-                );
-                reset_on_close(&client);
-                return;
+                return self.refuse(&client, client_addr, CloseReason::error("loop", None));
             }
             Err(error) => {
-                let local = client.local_addr().unwrap_or(client_addr);
                 tracing::warn!(%direction, client = %client_addr, %error, "refusing connection: cannot read its original destination");
-                self.metrics.refused(
-                    direction,
-                    Peer::Src,
-                    &Tls::DISABLED,
-                    local,
+                return self.refuse(
+                    &client,
+                    client_addr,
                     CloseReason::error("orig_dst", Some(&error)),
                 );
-                reset_on_close(&client);
-                return;
             }
         };
 
@@ -200,6 +186,15 @@ impl Forward {
 }
 
 impl Forward {
+    /// Refuses a connection that has no target: counted under the
+    /// listener's own address, and reset.
+    fn refuse(&self, client: &TcpStream, client_addr: std::net::SocketAddr, reason: CloseReason) {
+        let local = client.local_addr().unwrap_or(client_addr);
+        self.metrics
+            .refused(self.direction, Peer::Src, &Tls::DISABLED, local, reason);
+        reset_on_close(client);
+    }
+
     /// Detects the client's protocol, unless the target port skips it.
     /// `None` when the client failed or shutdown ended the wait (already
     /// counted and reset).

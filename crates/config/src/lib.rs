@@ -165,9 +165,10 @@ impl Config {
         let log = LogConfig {
             filter: r
                 .get("LOG", |s| {
+                    let filter = linkerd_targets_to_ours(s);
                     tracing_subscriber::EnvFilter::builder()
-                        .parse(s)
-                        .map(|_| s.to_string())
+                        .parse(&filter)
+                        .map(|_| filter)
                         .map_err(|e| format!("not a log filter: {e}"))
                 })?
                 .unwrap_or_else(|| "warn,linnet=info".to_string()),
@@ -216,6 +217,28 @@ impl Config {
         // Serialising plain structs of strings and numbers cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// Rewrites directives for Linkerd's crate-wide targets (`linkerd=info`,
+/// `linkerd2_proxy=debug`) as directives for ours (`linnet`), so
+/// that the filter a Linkerd injection sets (`LINKERD2_PROXY_LOG`) keeps
+/// meaning what it says. Other directives are kept as they are.
+fn linkerd_targets_to_ours(filter: &str) -> String {
+    filter
+        .split(',')
+        .map(|d| {
+            let d = d.trim();
+            let (target, level) = d.split_once('=').map_or((d, None), |(t, l)| (t, Some(l)));
+            // Only the crate-wide targets translate: a Linkerd module path
+            // names nothing here, and is left to match nothing.
+            match (target, level) {
+                ("linkerd" | "linkerd2_proxy", Some(l)) => format!("linnet={l}"),
+                ("linkerd" | "linkerd2_proxy", None) => "linnet".to_string(),
+                _ => d.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The number of cores this process may use: the cgroup CPU quota rounded

@@ -94,3 +94,16 @@ fn serialises_durations_readably() {
     assert_eq!(json["shutdown_grace_period"], "2m");
     assert_eq!(json["log"]["format"], "plain");
 }
+
+#[test]
+fn linkerd_log_filters_apply_to_linnet() {
+    let c = Config::from_env(&env(&[(
+        "LINKERD2_PROXY_LOG",
+        "warn,linkerd=info,linkerd2_proxy::app=debug,hyper=warn",
+    )]))
+    .unwrap();
+    assert_eq!(
+        c.log.filter,
+        "warn,linnet=info,linkerd2_proxy::app=debug,hyper=warn"
+    );
+}

@@ -15,7 +15,11 @@ pub struct Netns {
 
 impl Netns {
     /// Creates a namespace named `<prefix>-<pid>-<n>` with loopback up.
+    ///
+    /// Namespaces left behind by test processes that were killed before
+    /// their `Drop` ran (a timed-out test) are removed first.
     pub fn new(prefix: &str) -> Self {
+        remove_stale();
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("{prefix}-{}-{n}", std::process::id());
@@ -130,6 +134,31 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.name])
             .output();
+    }
+}
+
+/// Deletes `lnt<...>-<pid>-<n>` namespaces whose process is gone.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        // Only ours: every fixture prefix starts with "lnt".
+        if !name.starts_with("lnt") {
+            continue;
+        }
+        let mut parts = name.rsplitn(3, '-');
+        let (Some(_n), Some(pid), Some(_prefix)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "delete", name]).output();
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// `io`, counted into `metrics`; when dropped, the connection is recorded
-/// as closed (cleanly unless [`CountingIo::set_error`] said otherwise).
+/// as closed: cleanly, unless an I/O error was seen.
 #[derive(Debug)]
 pub struct CountingIo<I> {
     io: I,
