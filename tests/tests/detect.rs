@@ -30,26 +30,6 @@ async fn recording_server(
 }
 
 #[tokio::test]
-async fn http_is_detected_and_carried_exactly() {
-    let (addr, server) = recording_server(b"").await;
-    let proxy = Proxy::start(OrigDst::Fixed(addr), &[]).await;
-    let request = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
-    let mut c = TcpStream::connect(proxy.outbound).await.unwrap();
-    c.write_all(request).await.unwrap();
-    c.shutdown().await.unwrap();
-    let mut rest = Vec::new();
-    c.read_to_end(&mut rest).await.unwrap();
-    assert_eq!(server.await.unwrap(), request);
-    let m = proxy.metrics().await;
-    let labels = [
-        ("direction", "outbound"),
-        ("protocol", "http/1"),
-        ("reason", "matched"),
-    ];
-    assert_eq!(m.sum("protocol_detect_total", &labels), 1.0, "{}", m.0);
-}
-
-#[tokio::test]
 async fn server_speaks_first_after_the_detect_timeout() {
     let (addr, server) = recording_server(b"220 mail.example ESMTP\r\n").await;
     let proxy = Proxy::start(

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use linnet_admin::{Admin, Readiness};
 use linnet_config::Config;
 use linnet_core::drain;
-use linnet_metrics::{Direction, tcp::TcpMetrics};
+use linnet_metrics::{Direction, http::HttpMetrics, tcp::TcpMetrics};
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc};
 use tokio::{net::TcpListener, sync::Notify};
@@ -79,6 +79,7 @@ pub async fn run(
 ) -> Drained {
     let mut registry = linnet_metrics::registry();
     let tcp_metrics = TcpMetrics::register(&mut registry);
+    let http_metrics = HttpMetrics::register(&mut registry);
     let (signal, watch) = drain::channel();
 
     let outbound = Arc::new(tcp::Forward {
@@ -86,12 +87,16 @@ pub async fn run(
         config: config.outbound.clone(),
         orig_dst: orig_dst.clone(),
         metrics: tcp_metrics.clone(),
+        http_metrics: http_metrics.clone(),
+        upstreams: Default::default(),
     });
     let inbound = Arc::new(tcp::Forward {
         direction: Direction::Inbound,
         config: config.inbound.clone(),
         orig_dst,
         metrics: tcp_metrics,
+        http_metrics,
+        upstreams: Default::default(),
     });
     log_listening(&listeners);
     tokio::spawn(tcp::serve(listeners.outbound, outbound, watch.clone()));

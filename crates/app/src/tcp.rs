@@ -20,16 +20,23 @@
 use linnet_config::ProxyConfig;
 use linnet_core::drain;
 use linnet_detect::{Detected, PrefixedIo, Protocol, Reason};
+use linnet_http::{Proxy, Upstream, client::ConnectConfig};
 use linnet_metrics::{
     Direction,
+    http::HttpMetrics,
     tcp::{CloseReason, Peer, TcpMetrics, Tls},
 };
 use linnet_transport::{
-    Accepted, CopyError, OrigDst, connect, duplex,
+    Accepted, CopyError, CountingIo, OrigDst, connect, duplex,
     duplex::{Side, Transferred},
     reset_on_close,
 };
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::net::{TcpListener, TcpStream};
 
 /// One direction's forwarding: what every connection of that listener needs.
@@ -39,7 +46,13 @@ pub(crate) struct Forward {
     pub(crate) config: ProxyConfig,
     pub(crate) orig_dst: OrigDst,
     pub(crate) metrics: TcpMetrics,
+    pub(crate) http_metrics: HttpMetrics,
+    /// HTTP clients by target, shared by all connections to that target.
+    pub(crate) upstreams: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
 }
+
+/// Upstreams kept before unused ones are dropped.
+const MAX_UPSTREAMS: usize = 1024;
 
 /// Accepts connections until draining starts, then closes the listener.
 pub(crate) async fn serve(listener: TcpListener, fwd: Arc<Forward>, watch: drain::Watch) {
@@ -107,9 +120,18 @@ impl Forward {
             },
             _ => Tls::DISABLED,
         };
-        // Until the HTTP stack exists every protocol is carried as bytes,
-        // starting with those detection read.
+        // Whatever takes the connection reads the detected bytes first.
         let mut client = PrefixedIo::new(detected.buffered.freeze(), client);
+        let version = match detected.protocol {
+            Protocol::Http1 => Some(linnet_http::Version::Http1),
+            Protocol::Http2 => Some(linnet_http::Version::Http2),
+            Protocol::Tls { .. } | Protocol::Opaque => None,
+        };
+        if let Some(version) = version {
+            return self
+                .serve_http(client, client_addr, version, target, watch)
+                .await;
+        }
 
         let src = self.metrics.open(direction, Peer::Src, &tls, target);
         let connecting = connect(
@@ -186,9 +208,60 @@ impl Forward {
 }
 
 impl Forward {
+    /// Serves an HTTP connection: requests go to the target through the
+    /// shared upstream clients.
+    async fn serve_http(
+        &self,
+        client: PrefixedIo<TcpStream>,
+        client_addr: SocketAddr,
+        version: linnet_http::Version,
+        target: SocketAddr,
+        watch: drain::Watch,
+    ) {
+        let direction = self.direction;
+        let src = self
+            .metrics
+            .open(direction, Peer::Src, &Tls::DISABLED, target);
+        let io = CountingIo::new(client, src);
+        let proxy = Proxy::new(
+            self.upstream(target),
+            version,
+            self.http_metrics.clone(),
+            direction,
+            Tls::DISABLED.status,
+        );
+        if let Err(error) = linnet_http::serve(io, version, proxy, watch).await {
+            tracing::debug!(%direction, client = %client_addr, %target, %error, "HTTP connection ended with an error");
+        }
+    }
+
+    /// The shared clients for `target`.
+    fn upstream(&self, target: SocketAddr) -> Arc<Upstream> {
+        let mut upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(u) = upstreams.get(&target) {
+            return u.clone();
+        }
+        if upstreams.len() >= MAX_UPSTREAMS {
+            // Drop the ones no connection uses; their pools close.
+            upstreams.retain(|_, u| Arc::strong_count(u) > 1);
+        }
+        let config = ConnectConfig {
+            timeout: self.config.connect_timeout,
+            keepalive: self.config.connect_keepalive,
+        };
+        let u = Arc::new(Upstream::new(
+            target,
+            config,
+            self.metrics.clone(),
+            self.direction,
+        ));
+        upstreams.insert(target, u.clone());
+        u
+    }
+
     /// Refuses a connection that has no target: counted under the
     /// listener's own address, and reset.
-    fn refuse(&self, client: &TcpStream, client_addr: std::net::SocketAddr, reason: CloseReason) {
+    fn refuse(&self, client: &TcpStream, client_addr: SocketAddr, reason: CloseReason) {
         let local = client.local_addr().unwrap_or(client_addr);
         self.metrics
             .refused(self.direction, Peer::Src, &Tls::DISABLED, local, reason);
@@ -201,8 +274,8 @@ impl Forward {
     async fn detect(
         &self,
         client: &mut TcpStream,
-        client_addr: std::net::SocketAddr,
-        target: std::net::SocketAddr,
+        client_addr: SocketAddr,
+        target: SocketAddr,
         watch: &mut drain::Watch,
     ) -> Option<Detected> {
         let direction = self.direction;

@@ -10,6 +10,7 @@
 //! Fixtures panic on failure: they are for tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod http;
 pub mod metrics;
 pub mod netns;
 pub mod process;

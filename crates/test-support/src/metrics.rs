@@ -10,7 +10,7 @@ pub async fn http(admin: SocketAddr, method: &str, path: &str, body: &str) -> (u
         .unwrap_or_else(|e| panic!("{method} http://{admin}{path}: {e}"))
 }
 
-/// Like [`http`], but a connection failure is an error, not a panic.
+/// Like [`http()`], but a connection failure is an error, not a panic.
 pub async fn try_http(
     addr: SocketAddr,
     method: &str,

@@ -1,0 +1,186 @@
+//! Clients to one target: connection pools for HTTP/1 and HTTP/2.
+//!
+//! An [`Upstream`] is shared by every client connection to the same target
+//! (original destination), so that keep-alive connections are reused
+//! across them and HTTP/2 requests multiplex over one connection. Its
+//! connector always dials the target, whatever the request's authority:
+//! routing is by original destination; the authority travels untouched.
+
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{
+        Client,
+        connect::{Connected, Connection},
+    },
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+use linnet_metrics::{
+    Direction,
+    tcp::{Peer, TcpMetrics, Tls},
+};
+use linnet_transport::{ConnectError, CountingIo};
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+
+/// Idle connections kept per target and protocol.
+const MAX_IDLE_PER_TARGET: usize = 64;
+/// How long an idle pooled connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How to reach a target.
+#[derive(Clone, Debug)]
+pub struct ConnectConfig {
+    /// Time for the target to accept.
+    pub timeout: Duration,
+    /// TCP keepalive on the connection.
+    pub keepalive: Option<Duration>,
+}
+
+/// The pooled clients for one target.
+#[derive(Debug)]
+pub struct Upstream {
+    target: SocketAddr,
+    h1: Client<Connector, Incoming>,
+    h2: Client<Connector, Incoming>,
+}
+
+impl Upstream {
+    /// Clients for `target`; their connections are counted in `metrics` as
+    /// the `dst` side.
+    pub fn new(
+        target: SocketAddr,
+        config: ConnectConfig,
+        metrics: TcpMetrics,
+        direction: Direction,
+    ) -> Self {
+        let connector = Connector {
+            target,
+            config,
+            metrics,
+            direction,
+        };
+        let mut h1 = Client::builder(TokioExecutor::new());
+        h1.pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_max_idle_per_host(MAX_IDLE_PER_TARGET)
+            // The request's own Host (or its absence) travels as is.
+            .set_host(false)
+            .http1_preserve_header_case(true);
+        let mut h2 = h1.clone();
+        h2.http2_only(true)
+            .http2_adaptive_window(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .http2_keep_alive_timeout(Duration::from_secs(3));
+        Self {
+            target,
+            h1: h1.build(connector.clone()),
+            h2: h2.build(connector),
+        }
+    }
+
+    /// The target.
+    pub fn target(&self) -> SocketAddr {
+        self.target
+    }
+
+    /// The client for `version`.
+    pub fn client(&self, version: crate::Version) -> &Client<Connector, Incoming> {
+        match version {
+            crate::Version::Http1 => &self.h1,
+            crate::Version::Http2 => &self.h2,
+        }
+    }
+}
+
+/// Dials the one target of an [`Upstream`].
+#[derive(Clone, Debug)]
+pub struct Connector {
+    target: SocketAddr,
+    config: ConnectConfig,
+    metrics: TcpMetrics,
+    direction: Direction,
+}
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = TokioIo<UpstreamIo>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let stream =
+                linnet_transport::connect(this.target, this.config.timeout, this.config.keepalive)
+                    .await?;
+            let metrics = this
+                .metrics
+                .open(this.direction, Peer::Dst, &Tls::DISABLED, this.target);
+            Ok(TokioIo::new(UpstreamIo(CountingIo::new(stream, metrics))))
+        })
+    }
+}
+
+/// A counted connection to a target.
+#[derive(Debug)]
+pub struct UpstreamIo(CountingIo<TcpStream>);
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,170 @@
+//! Header hygiene: what a proxy must not pass on, and what it reads.
+
+use http::{HeaderMap, HeaderValue, Method, Request, header};
+
+/// Headers that describe one hop, never the message (RFC 9110 §7.6.1),
+/// plus the non-standard `proxy-connection`.
+const HOP_BY_HOP: [header::HeaderName; 5] = [
+    header::CONNECTION,
+    header::HeaderName::from_static("keep-alive"),
+    header::HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, and any header the `Connection` header
+/// names. `te: trailers` is kept (gRPC needs it end to end); with
+/// `keep_upgrade`, so are `Upgrade` and `Connection: upgrade`, which the
+/// next hop needs to agree to the upgrade.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in &named {
+        if keep_upgrade && name == "upgrade" {
+            continue;
+        }
+        headers.remove(name.as_str());
+    }
+    let upgrade = keep_upgrade
+        .then(|| headers.remove(header::UPGRADE))
+        .flatten();
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::UPGRADE, upgrade);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    headers.remove(header::TE);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether an HTTP/1 request asks to switch protocols (WebSocket).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() <= http::Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Whether a request is a `CONNECT` tunnel.
+pub fn is_connect<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc...`).
+pub fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// The request's authority: from the URI (absolute form, HTTP/2
+/// `:authority`) or else the `Host` header.
+pub fn authority<B>(req: &Request<B>) -> Option<http::uri::Authority> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.clone());
+    }
+    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+    host.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("x-end", "2"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "close"),
+            ("te", "trailers, deflate"),
+            ("upgrade", "websocket"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["te", "x-end"]);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn keeps_what_an_upgrade_needs() {
+        let mut h = map(&[
+            ("connection", "Upgrade, x-hop"),
+            ("upgrade", "websocket"),
+            ("x-hop", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert!(!h.contains_key("x-hop"));
+    }
+
+    #[test]
+    fn recognises_requests() {
+        let req = Request::get("/")
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(is_upgrade(&req));
+        let req = Request::get("/")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(!is_upgrade(&req));
+        let req = Request::post("/x")
+            .header("content-type", "application/grpc+proto")
+            .body(())
+            .unwrap();
+        assert!(is_grpc(&req));
+        let req = Request::get("/")
+            .header("host", "web:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(authority(&req).unwrap(), "web:8080");
+        let req = Request::get("http://api:80/x")
+            .header("host", "other")
+            .body(())
+            .unwrap();
+        assert_eq!(authority(&req).unwrap(), "api:80");
+    }
+}

@@ -1,0 +1,138 @@
+//! Answering for a request the proxy could not complete.
+//!
+//! The one place where errors become responses, at the server edge. The
+//! response says what failed in an `l5d-proxy-error` header (Linkerd's
+//! name); a gRPC request gets HTTP 200 with `grpc-status` and
+//! `grpc-message` instead, as gRPC clients expect.
+
+use crate::BoxBody;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use linnet_transport::ConnectError;
+use std::error::Error;
+
+/// The header that carries the proxy's reason on responses it made up.
+pub const L5D_PROXY_ERROR: &str = "l5d-proxy-error";
+
+/// gRPC's UNAVAILABLE.
+const GRPC_UNAVAILABLE: u16 = 14;
+
+/// A response made up by the proxy, and the `error` label it counts under.
+#[derive(Debug)]
+pub struct Rescued {
+    /// The response to send.
+    pub response: Response<BoxBody>,
+    /// The metric label: why the proxy answered.
+    pub error: &'static str,
+    /// The gRPC status it carries, if the request was gRPC.
+    pub grpc_status: Option<i32>,
+}
+
+/// Maps `error` (and its causes) to a response.
+pub fn rescue(error: &(dyn Error + 'static), grpc: bool) -> Rescued {
+    let (status, grpc_code, label) = if linnet_core::is_caused_by::<ConnectError>(error) {
+        (StatusCode::BAD_GATEWAY, GRPC_UNAVAILABLE, "connect")
+    } else {
+        // The connection to the target failed before a response came.
+        (StatusCode::BAD_GATEWAY, GRPC_UNAVAILABLE, "upstream")
+    };
+    let message = linnet_core::display_chain(error);
+    let mut rsp = Response::new(
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    let headers = rsp.headers_mut();
+    headers.insert(L5D_PROXY_ERROR, header_value(&message));
+    if grpc {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(grpc_code));
+        headers.insert("grpc-message", header_value(&grpc_percent_encode(&message)));
+        return Rescued {
+            response: rsp,
+            error: label,
+            grpc_status: Some(i32::from(grpc_code)),
+        };
+    }
+    *rsp.status_mut() = status;
+    rsp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    Rescued {
+        response: rsp,
+        error: label,
+        grpc_status: None,
+    }
+}
+
+/// A header value from arbitrary text: visible ASCII only, at most 512
+/// bytes (an error message can quote anything).
+fn header_value(text: &str) -> HeaderValue {
+    let clean: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(512)
+        .collect();
+    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("proxy error"))
+}
+
+/// gRPC's percent-encoding for `grpc-message`.
+fn grpc_percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect_error() -> ConnectError {
+        ConnectError::Io {
+            addr: "10.0.0.1:80".parse().unwrap(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        }
+    }
+
+    #[test]
+    fn connect_failure_is_502_with_the_reason() {
+        let r = rescue(&connect_error(), false);
+        assert_eq!(r.response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(r.error, "connect");
+        let reason = r.response.headers()[L5D_PROXY_ERROR].to_str().unwrap();
+        assert!(
+            reason.starts_with("connect to 10.0.0.1:80 failed"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn grpc_gets_a_status() {
+        let r = rescue(&connect_error(), true);
+        assert_eq!(r.response.status(), StatusCode::OK);
+        assert_eq!(r.response.headers()["grpc-status"], "14");
+        assert_eq!(r.response.headers()["content-type"], "application/grpc");
+        assert!(
+            r.response.headers()["grpc-message"]
+                .to_str()
+                .unwrap()
+                .contains("10.0.0.1:80")
+        );
+        assert_eq!(grpc_percent_encode("a%b\n"), "a%25b%0A");
+    }
+}
