@@ -103,6 +103,12 @@ impl Inner {
                     }
                 }
                 headers::strip_hop_by_hop(rsp.headers_mut(), switching);
+                // Connection management is our server's business with its
+                // client: an HTTP/1.0 answer from the target must not make it
+                // close a connection the client asked to keep alive.
+                if rsp.version() < http::Version::HTTP_11 {
+                    *rsp.version_mut() = http::Version::HTTP_11;
+                }
                 let grpc_status = rsp
                     .headers()
                     .get("grpc-status")

@@ -29,6 +29,9 @@ where
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .preserve_header_case(true)
+                // A client may send its request and shut its write side
+                // while it waits: the response is still owed.
+                .half_close(true)
                 .serve_connection(io, proxy)
                 .with_upgrades();
             tokio::pin!(conn);

@@ -7,6 +7,9 @@
 //! - `/bytes/<n>`: `n` bytes of a repeating pattern;
 //! - `/trailers`: a body, then trailers `grpc-status: 0`, `x-trailer: yes`;
 //! - `/upgrade`: `101 Switching Protocols`, then echoes the raw stream;
+//! - `/consume`: reads the whole request body, records whether it arrived
+//!   complete ([`HttpServer::bodies`]), answers with its length;
+//! - `/abort/<n>`: promises `2n` bytes, sends `n`, then fails;
 //! - anything else: `hello`.
 
 use bytes::Bytes;
@@ -26,7 +29,7 @@ use std::{
 use tokio::{net::TcpListener, task::JoinHandle};
 
 /// The test server's body type.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, linnet_core::Error>;
 
 /// What the server saw of a request.
 #[derive(Clone, Debug)]
@@ -47,6 +50,7 @@ pub struct HttpServer {
     /// Where it listens.
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    bodies: Arc<Mutex<Vec<Result<usize, String>>>>,
     task: JoinHandle<()>,
 }
 
@@ -56,15 +60,19 @@ impl HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn({
             let seen = seen.clone();
+            let bodies = bodies.clone();
             async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     let seen = seen.clone();
+                    let bodies = bodies.clone();
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
                             let seen = seen.clone();
-                            async move { Ok::<_, Infallible>(route(req, &seen).await) }
+                            let bodies = bodies.clone();
+                            async move { Ok::<_, Infallible>(route(req, &seen, &bodies).await) }
                         });
                         let _ = auto::Builder::new(TokioExecutor::new())
                             .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -73,7 +81,17 @@ impl HttpServer {
                 }
             }
         });
-        Self { addr, seen, task }
+        Self {
+            addr,
+            seen,
+            bodies,
+            task,
+        }
+    }
+
+    /// How each `/consume` request body ended: its length, or the error.
+    pub fn bodies(&self) -> Vec<Result<usize, String>> {
+        self.bodies.lock().unwrap().clone()
     }
 
     /// Every request seen so far.
@@ -88,7 +106,11 @@ impl Drop for HttpServer {
     }
 }
 
-async fn route(mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Body> {
+async fn route(
+    mut req: Request<Incoming>,
+    seen: &Mutex<Vec<Seen>>,
+    bodies: &Mutex<Vec<Result<usize, String>>>,
+) -> Response<Body> {
     seen.lock().unwrap().push(Seen {
         method: req.method().clone(),
         uri: req.uri().clone(),
@@ -98,10 +120,42 @@ async fn route(mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<
     let path = req.uri().path().to_string();
     let mut rsp = if path == "/echo" {
         let ct = req.headers().get("content-type").cloned();
-        let mut rsp = Response::new(req.into_body().boxed());
+        let mut rsp = Response::new(req.into_body().map_err(linnet_core::Error::from).boxed());
         if let Some(ct) = ct {
             rsp.headers_mut().insert("content-type", ct);
         }
+        rsp
+    } else if path == "/consume" {
+        let result = req.into_body().collect().await.map(|c| c.to_bytes().len());
+        let rsp = match &result {
+            Ok(n) => Response::new(full(Bytes::from(n.to_string()))),
+            Err(_) => {
+                let mut rsp = Response::new(empty());
+                *rsp.status_mut() = StatusCode::BAD_REQUEST;
+                rsp
+            }
+        };
+        bodies
+            .lock()
+            .unwrap()
+            .push(result.map_err(|e| e.to_string()));
+        rsp
+    } else if let Some(n) = path.strip_prefix("/abort/") {
+        let n: usize = n.parse().unwrap_or(0);
+        // Data first; the failure a moment later, once the head is out.
+        let body = StreamBody::new(futures_util::stream::unfold(0, move |step| async move {
+            match step {
+                0 => Some((Ok::<_, std::io::Error>(Frame::data(pattern(n))), 1)),
+                1 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    Some((Err(std::io::Error::other("aborted on purpose")), 2))
+                }
+                _ => None,
+            }
+        }));
+        let mut rsp = Response::new(body.map_err(linnet_core::Error::from).boxed());
+        rsp.headers_mut()
+            .insert("content-length", (2 * n).to_string().parse().unwrap());
         rsp
     } else if let Some(code) = path.strip_prefix("/status/") {
         let mut rsp = Response::new(empty());
@@ -115,7 +169,7 @@ async fn route(mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<
         trailers.insert("grpc-status", "0".parse().unwrap());
         trailers.insert("x-trailer", "yes".parse().unwrap());
         let frames = vec![
-            Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(b"with trailers"))),
+            Ok::<_, linnet_core::Error>(Frame::data(Bytes::from_static(b"with trailers"))),
             Ok(Frame::trailers(trailers)),
         ];
         Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed())

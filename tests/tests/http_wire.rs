@@ -1,0 +1,241 @@
+//! HTTP/1 on the wire through the proxy: HTTP/1.0, pipelining, chunked
+//! bodies, `100-continue`, real curl, and bad input. Each well-formed case
+//! is sent directly and through the proxy and the answers compared.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use linnet_app::OrigDst;
+use linnet_test_support::{
+    http::{HttpServer, h1_client, pattern},
+    proxy::Proxy,
+};
+use std::{net::SocketAddr, time::Duration};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// Sends `request` raw, half-closes, and reads everything until the server
+/// closes (or 5s of silence).
+async fn raw(addr: SocketAddr, request: &[u8], half_close: bool) -> String {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(request).await.unwrap();
+    if half_close {
+        c.shutdown().await.unwrap();
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Responses with `date` headers removed (they differ by the second) and
+/// each head's header lines sorted (their order carries no meaning).
+fn normalise(rsp: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut head: Option<Vec<String>> = None;
+    for line in rsp.split("\r\n") {
+        match &mut head {
+            Some(h) if line.is_empty() => {
+                h.sort();
+                out.append(h);
+                out.push(String::new());
+                head = None;
+            }
+            Some(h) => {
+                if !line.to_ascii_lowercase().starts_with("date:") {
+                    h.push(line.to_ascii_lowercase());
+                }
+            }
+            None if line.starts_with("HTTP/") => {
+                out.push(line.to_string());
+                head = Some(Vec::new());
+            }
+            None => out.push(line.to_string()),
+        }
+    }
+    out.join("\r\n")
+}
+
+async fn compare(server: &HttpServer, proxy: &Proxy, request: &[u8], half_close: bool) -> String {
+    let direct = normalise(&raw(server.addr, request, half_close).await);
+    let proxied = normalise(&raw(proxy.outbound, request, half_close).await);
+    assert_eq!(
+        direct,
+        proxied,
+        "request:\n{}",
+        String::from_utf8_lossy(request)
+    );
+    proxied
+}
+
+async fn setup() -> (HttpServer, Proxy) {
+    let server = HttpServer::start().await;
+    let proxy = Proxy::start(OrigDst::Fixed(server.addr), &[]).await;
+    (server, proxy)
+}
+
+#[tokio::test]
+async fn http10_is_answered_as_http10_and_closed() {
+    let (server, proxy) = setup().await;
+    let rsp = compare(&server, &proxy, b"GET /bytes/10 HTTP/1.0\r\n\r\n", false).await;
+    assert!(rsp.starts_with("HTTP/1.0 200"), "{rsp}");
+    // HTTP/1.0 keep-alive, asked for, is honoured the same way.
+    let rsp = compare(
+        &server,
+        &proxy,
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        true,
+    )
+    .await;
+    assert!(rsp.starts_with("HTTP/1.0 200"), "{rsp}");
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let (server, proxy) = setup().await;
+    let mut many = Vec::new();
+    for i in 0..20 {
+        many.extend_from_slice(format!("GET /bytes/{i} HTTP/1.1\r\nHost: p\r\n\r\n").as_bytes());
+    }
+    let rsp = compare(&server, &proxy, &many, true).await;
+    assert_eq!(rsp.matches("HTTP/1.1 200 OK").count(), 20, "{rsp}");
+}
+
+#[tokio::test]
+async fn chunked_request_bodies_stream_through() {
+    let (server, proxy) = setup().await;
+    let req = b"POST /echo HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    let rsp = compare(&server, &proxy, req, true).await;
+    assert!(
+        rsp.contains("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+        "{rsp}"
+    );
+}
+
+#[tokio::test]
+async fn conflicting_framing_never_reaches_the_target_twice_framed() {
+    let (server, proxy) = setup().await;
+    let req = b"POST /consume HTTP/1.1\r\nHost: c\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let rsp = raw(proxy.outbound, req, true).await;
+    let status = rsp
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    // Rejected, or normalised to one framing: never both at the target.
+    for seen in server.seen() {
+        let both = seen.headers.contains_key("content-length")
+            && seen.headers.contains_key("transfer-encoding");
+        assert!(!both, "the target saw two framings: {:?}", seen.headers);
+    }
+    assert!(status == "400" || status == "200", "{rsp}");
+    if status == "200" {
+        assert_eq!(server.bodies(), vec![Ok(5)]);
+    }
+}
+
+#[tokio::test]
+async fn broken_chunked_framing_is_not_passed_on_as_complete() {
+    let (server, proxy) = setup().await;
+    let req = b"POST /consume HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n";
+    let rsp = raw(proxy.outbound, req, true).await;
+    assert!(!rsp.starts_with("HTTP/1.1 200"), "{rsp}");
+    // Whatever the target got of the body, it did not end well.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        server.bodies().iter().all(|b| b.is_err()),
+        "{:?}",
+        server.bodies()
+    );
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let (server, proxy) = setup().await;
+    let mut req = b"GET / HTTP/1.1\r\nHost: big\r\n".to_vec();
+    for i in 0..200 {
+        req.extend_from_slice(format!("x-header-{i}: value\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    let rsp = raw(proxy.outbound, &req, true).await;
+    assert!(rsp.starts_with("HTTP/1.1 431"), "{rsp}");
+    assert!(server.seen().is_empty());
+}
+
+#[tokio::test]
+async fn garbage_after_a_request_line_is_400() {
+    let (server, proxy) = setup().await;
+    let rsp = raw(
+        proxy.outbound,
+        b"GET / HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n",
+        true,
+    )
+    .await;
+    assert!(rsp.starts_with("HTTP/1.1 400"), "{rsp}");
+    assert!(server.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_response_that_fails_midway_is_never_complete() {
+    let (_server, proxy) = setup().await;
+    let rsp = h1_client()
+        .request(
+            http::Request::get(format!("http://{}/abort/1000", proxy.outbound))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    let body = http_body_util::BodyExt::collect(rsp.into_body()).await;
+    assert!(body.is_err(), "a truncated body was presented as complete");
+}
+
+async fn curl(args: &[&str]) -> (String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl must be installed");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn curl_through_the_proxy() {
+    let (server, proxy) = setup().await;
+    let p = proxy.outbound;
+    let (body, _) = curl(&[&format!("http://{p}/")]).await;
+    assert_eq!(body, "hello");
+    let (body, _) = curl(&["--http2-prior-knowledge", &format!("http://{p}/bytes/5")]).await;
+    assert_eq!(body.as_bytes(), &pattern(5)[..]);
+    // A 2 MB upload: curl asks `Expect: 100-continue` and waits for it.
+    let file = std::env::temp_dir().join(format!("linnet-upload-{}", std::process::id()));
+    std::fs::write(&file, pattern(2_000_000)).unwrap();
+    let (body, verbose) = curl(&[
+        "-v",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        "-H",
+        "Expect: 100-continue",
+        &format!("http://{p}/consume"),
+    ])
+    .await;
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(body, "2000000");
+    assert!(verbose.contains("100 Continue"), "{verbose}");
+    assert_eq!(server.bodies(), vec![Ok(2_000_000)]);
+}
