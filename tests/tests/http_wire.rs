@@ -5,7 +5,7 @@
 
 use linnet_app::OrigDst;
 use linnet_test_support::{
-    http::{HttpServer, h1_client, pattern},
+    http::{HttpServer, curl, h1_client, pattern},
     proxy::Proxy,
 };
 use std::{net::SocketAddr, time::Duration};
@@ -194,24 +194,6 @@ async fn a_response_that_fails_midway_is_never_complete() {
     assert_eq!(rsp.status(), 200);
     let body = http_body_util::BodyExt::collect(rsp.into_body()).await;
     assert!(body.is_err(), "a truncated body was presented as complete");
-}
-
-async fn curl(args: &[&str]) -> (String, String) {
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .output()
-        .await
-        .expect("curl must be installed");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]

@@ -240,6 +240,7 @@ async fn refuses_connections_to_itself() {
     let proxy = Proxy::start(OrigDst::from_fn(|s| s.local_addr()), &[]).await;
     for addr in [proxy.outbound, proxy.inbound] {
         let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(OPAQUE_HELLO).await.unwrap();
         assert_eq!(
             read_all(&mut client).await,
             Err(io::ErrorKind::ConnectionReset)
@@ -261,7 +262,7 @@ async fn target_reset_midstream_resets_the_client() {
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
         // Wait for the client's first bytes: the proxy is then copying.
-        let mut go = [0u8; 2];
+        let mut go = [0u8; 3];
         s.read_exact(&mut go).await.unwrap();
         s.write_all(b"partial").await.unwrap();
         // Abort with a RST.
@@ -272,7 +273,7 @@ async fn target_reset_midstream_resets_the_client() {
     });
     let proxy = Proxy::start(OrigDst::Fixed(addr), &[]).await;
     let mut client = TcpStream::connect(proxy.outbound).await.unwrap();
-    client.write_all(b"go").await.unwrap();
+    client.write_all(b"\x00go").await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 64];
     let end = loop {
@@ -326,7 +327,7 @@ async fn shutdown_lets_open_connections_finish_and_refuses_new_ones() {
     )
     .await;
     let mut client = TcpStream::connect(proxy.outbound).await.unwrap();
-    client.write_all(b"before ").await.unwrap();
+    client.write_all(b"\x00before").await.unwrap();
     let mut buf = [0u8; 7];
     client.read_exact(&mut buf).await.unwrap();
 

@@ -20,7 +20,7 @@
 use linnet_config::ProxyConfig;
 use linnet_core::drain;
 use linnet_detect::{Detected, PrefixedIo, Protocol, Reason};
-use linnet_http::{Proxy, Upstream, client::ConnectConfig};
+use linnet_http::{Explicit, Proxy, Route, Upstream, client::ConnectConfig};
 use linnet_metrics::{
     Direction,
     http::HttpMetrics,
@@ -90,6 +90,10 @@ impl Forward {
         let direction = self.direction;
         let target = match self.orig_dst.lookup_redirected(&client) {
             Ok(Some(target)) => target,
+            Ok(None) if direction == Direction::Outbound => {
+                // Dialled directly: HTTP is served in explicit proxy mode.
+                return self.explicit(client, client_addr, watch).await;
+            }
             Ok(None) => {
                 tracing::warn!(
                     %direction, client = %client_addr,
@@ -128,8 +132,9 @@ impl Forward {
             Protocol::Tls { .. } | Protocol::Opaque => None,
         };
         if let Some(version) = version {
+            let route = Route::Target(self.upstream(target));
             return self
-                .serve_http(client, client_addr, version, target, watch)
+                .serve_http(client, client_addr, version, target, route, watch)
                 .await;
         }
 
@@ -216,6 +221,7 @@ impl Forward {
         client_addr: SocketAddr,
         version: linnet_http::Version,
         target: SocketAddr,
+        route: Route,
         watch: drain::Watch,
     ) {
         let direction = self.direction;
@@ -224,7 +230,7 @@ impl Forward {
             .open(direction, Peer::Src, &Tls::DISABLED, target);
         let io = CountingIo::new(client, src);
         let proxy = Proxy::new(
-            self.upstream(target),
+            route,
             version,
             self.http_metrics.clone(),
             direction,
@@ -233,6 +239,42 @@ impl Forward {
         if let Err(error) = linnet_http::serve(io, version, proxy, watch).await {
             tracing::debug!(%direction, client = %client_addr, %target, %error, "HTTP connection ended with an error");
         }
+    }
+
+    /// A connection made to the outbound listener itself (not
+    /// redirected): HTTP is routed by each request's authority, as an
+    /// explicit proxy; anything else would loop, and is refused.
+    async fn explicit(
+        self: Arc<Self>,
+        mut client: TcpStream,
+        client_addr: SocketAddr,
+        mut watch: drain::Watch,
+    ) {
+        let local = client.local_addr().unwrap_or(client_addr);
+        let Some(detected) = self
+            .detect(&mut client, client_addr, local, &mut watch)
+            .await
+        else {
+            return;
+        };
+        let version = match detected.protocol {
+            Protocol::Http1 => linnet_http::Version::Http1,
+            Protocol::Http2 => linnet_http::Version::Http2,
+            Protocol::Tls { .. } | Protocol::Opaque => {
+                tracing::warn!(
+                    direction = %self.direction, client = %client_addr,
+                    "refusing connection: not redirected and not HTTP (a loop, or a client dialling the proxy port)"
+                );
+                return self.refuse(&client, client_addr, CloseReason::error("loop", None));
+            }
+        };
+        let client = PrefixedIo::new(detected.buffered.freeze(), client);
+        let route = Route::Explicit(Arc::new(ExplicitRoutes {
+            fwd: self.clone(),
+            local,
+        }));
+        self.serve_http(client, client_addr, version, local, route, watch)
+            .await;
     }
 
     /// The shared clients for `target`.
@@ -322,6 +364,31 @@ impl Forward {
                 failed(client, CloseReason::error("io", Some(&error)));
                 None
             }
+        }
+    }
+}
+
+/// Explicit proxy mode's view of the stack.
+#[derive(Debug)]
+struct ExplicitRoutes {
+    fwd: Arc<Forward>,
+    /// The listener the client dialled.
+    local: SocketAddr,
+}
+
+impl Explicit for ExplicitRoutes {
+    fn upstream(&self, addr: SocketAddr) -> Arc<Upstream> {
+        self.fwd.upstream(addr)
+    }
+
+    fn is_self(&self, addr: SocketAddr) -> bool {
+        addr == self.local || (self.local.ip().is_unspecified() && addr.port() == self.local.port())
+    }
+
+    fn connect_config(&self) -> ConnectConfig {
+        ConnectConfig {
+            timeout: self.fwd.config.connect_timeout,
+            keepalive: self.fwd.config.connect_keepalive,
         }
     }
 }

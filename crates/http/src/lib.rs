@@ -19,7 +19,11 @@ pub mod proxy;
 pub mod rescue;
 pub mod server;
 
-pub use self::{client::Upstream, proxy::Proxy, server::serve};
+pub use self::{
+    client::Upstream,
+    proxy::{Explicit, Proxy, Route},
+    server::serve,
+};
 
 /// The response body type of the proxy: a boxed stream of bytes.
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, linnet_core::Error>;

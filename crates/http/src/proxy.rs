@@ -4,6 +4,7 @@
 use crate::{
     BoxBody, Upstream, Version,
     body::{MeteredBody, Recorder},
+    client::ConnectConfig,
     headers, rescue,
 };
 use http::{Request, Response, StatusCode, Uri, uri};
@@ -12,7 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use linnet_metrics::{
     Direction,
-    http::{HttpMetrics, ResponseOutcome},
+    http::{HttpMetrics, RequestLabels, ResponseOutcome},
     prometheus_client::metrics::counter::Counter,
 };
 use linnet_transport::duplex::{Side, duplex};
@@ -28,18 +29,38 @@ pub struct Proxy {
 
 #[derive(Debug)]
 struct Inner {
-    upstream: Arc<Upstream>,
+    route: Route,
     version: Version,
     metrics: HttpMetrics,
     direction: Direction,
     tls: &'static str,
 }
 
+/// Where a connection's requests go.
+#[derive(Clone, Debug)]
+pub enum Route {
+    /// All of them to the connection's original destination.
+    Target(Arc<Upstream>),
+    /// Explicit proxy mode (a connection that was not redirected): each
+    /// request to the host its URI or `Host` names.
+    Explicit(Arc<dyn Explicit>),
+}
+
+/// What explicit proxy mode needs from the stack.
+pub trait Explicit: Send + Sync + std::fmt::Debug + 'static {
+    /// The shared clients for `addr`.
+    fn upstream(&self, addr: SocketAddr) -> Arc<Upstream>;
+    /// Whether `addr` is this proxy itself: forwarding there would loop.
+    fn is_self(&self, addr: SocketAddr) -> bool;
+    /// How to connect for a `CONNECT` tunnel.
+    fn connect_config(&self) -> ConnectConfig;
+}
+
 impl Proxy {
-    /// A handler for a connection speaking `version`, forwarding to
-    /// `upstream` with the same version.
+    /// A handler for a connection speaking `version`, forwarding by
+    /// `route` with the same version.
     pub fn new(
-        upstream: Arc<Upstream>,
+        route: Route,
         version: Version,
         metrics: HttpMetrics,
         direction: Direction,
@@ -47,7 +68,7 @@ impl Proxy {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                upstream,
+                route,
                 version,
                 metrics,
                 direction,
@@ -71,19 +92,75 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
 impl Inner {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<BoxBody> {
         let start = Instant::now();
-        let target = self.upstream.target();
         let grpc = headers::is_grpc(&req);
         let upgrade = headers::is_upgrade(&req);
         let connect = headers::is_connect(&req);
         let authority = headers::authority(&req);
-        let labels = HttpMetrics::labels(
-            self.direction,
-            authority
-                .as_ref()
-                .map_or_else(|| Arc::from(""), |a| Arc::from(a.as_str())),
-            target,
-            self.tls,
-        );
+        let authority_label: Arc<str> = authority
+            .as_ref()
+            .map_or_else(|| Arc::from(""), |a| Arc::from(a.as_str()));
+        let upstream = match &self.route {
+            Route::Target(upstream) => upstream.clone(),
+            Route::Explicit(explicit) => {
+                let scheme_port = if req.uri().scheme() == Some(&uri::Scheme::HTTPS) {
+                    443
+                } else {
+                    80
+                };
+                let resolved = match &authority {
+                    Some(a) => resolve(a, scheme_port)
+                        .await
+                        .map_err(|e| (StatusCode::BAD_GATEWAY, "resolve", e.to_string())),
+                    None => Err((
+                        StatusCode::BAD_REQUEST,
+                        "no_authority",
+                        "a request to the proxy itself needs an absolute URI or a Host header"
+                            .to_string(),
+                    )),
+                };
+                let addr = resolved.and_then(|addr| {
+                    if explicit.is_self(addr) {
+                        Err((
+                            StatusCode::LOOP_DETECTED,
+                            "loop",
+                            format!("{addr} is this proxy"),
+                        ))
+                    } else {
+                        Ok(addr)
+                    }
+                });
+                let addr = match addr {
+                    Ok(addr) => addr,
+                    Err((status, label, message)) => {
+                        let labels = HttpMetrics::labels(
+                            self.direction,
+                            authority_label,
+                            UNKNOWN_TARGET,
+                            self.tls,
+                        );
+                        self.metrics.request(&labels);
+                        let grpc_code = if status == StatusCode::BAD_REQUEST {
+                            rescue::GRPC_INVALID_ARGUMENT
+                        } else {
+                            rescue::GRPC_UNAVAILABLE
+                        };
+                        let rescued = rescue::respond(status, grpc_code, label, &message, grpc);
+                        return self.count_rescued(&labels, rescued, start);
+                    }
+                };
+                if connect {
+                    let labels =
+                        HttpMetrics::labels(self.direction, authority_label, addr, self.tls);
+                    self.metrics.request(&labels);
+                    return self
+                        .connect_tunnel(req, addr, explicit.connect_config(), labels, start)
+                        .await;
+                }
+                explicit.upstream(addr)
+            }
+        };
+        let target = upstream.target();
+        let labels = HttpMetrics::labels(self.direction, authority_label, target, self.tls);
         self.metrics.request(&labels);
 
         headers::strip_hop_by_hop(req.headers_mut(), upgrade);
@@ -92,7 +169,7 @@ impl Inner {
         }
         let server_upgrade = (upgrade || connect).then(|| hyper::upgrade::on(&mut req));
 
-        match self.upstream.client(self.version).request(req).await {
+        match upstream.client(self.version).request(req).await {
             Ok(mut rsp) => {
                 let status = rsp.status();
                 let switching = status == StatusCode::SWITCHING_PROTOCOLS;
@@ -127,22 +204,105 @@ impl Inner {
                 })
             }
             Err(error) => {
-                let rescued = rescue::rescue(&error, grpc);
                 tracing::info!(
                     direction = %self.direction, %target,
                     error = %linnet_core::display_chain(&error),
                     "request failed"
                 );
-                let outcome = ResponseOutcome {
-                    status: Some(rescued.response.status().as_u16()),
-                    grpc_status: rescued.grpc_status,
-                    error: rescued.error,
-                };
-                self.metrics.response(&labels, outcome, start.elapsed());
-                rescued.response
+                self.count_rescued(&labels, rescue::rescue(&error, grpc), start)
             }
         }
     }
+
+    /// Counts a response the proxy made up, and returns it.
+    fn count_rescued(
+        &self,
+        labels: &RequestLabels,
+        rescued: rescue::Rescued,
+        start: Instant,
+    ) -> Response<BoxBody> {
+        let outcome = ResponseOutcome {
+            status: Some(rescued.response.status().as_u16()),
+            grpc_status: rescued.grpc_status,
+            error: rescued.error,
+        };
+        self.metrics.response(labels, outcome, start.elapsed());
+        rescued.response
+    }
+
+    /// Explicit proxy mode's `CONNECT host:port`: the proxy itself opens
+    /// the tunnel.
+    async fn connect_tunnel(
+        &self,
+        mut req: Request<Incoming>,
+        addr: SocketAddr,
+        config: ConnectConfig,
+        labels: RequestLabels,
+        start: Instant,
+    ) -> Response<BoxBody> {
+        let mut stream = match linnet_transport::connect(addr, config.timeout, config.keepalive)
+            .await
+        {
+            Ok(s) => s,
+            Err(error) => return self.count_rescued(&labels, rescue::rescue(&error, false), start),
+        };
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let mut client = TokioIo::new(upgraded);
+            let unused: [Counter; 4] = Default::default();
+            let _ = duplex(
+                Side {
+                    io: &mut client,
+                    read_bytes: &unused[0],
+                    write_bytes: &unused[1],
+                },
+                Side {
+                    io: &mut stream,
+                    read_bytes: &unused[2],
+                    write_bytes: &unused[3],
+                },
+            )
+            .await;
+        });
+        let outcome = ResponseOutcome {
+            status: Some(200),
+            grpc_status: None,
+            error: "",
+        };
+        self.metrics.response(&labels, outcome, start.elapsed());
+        Response::new(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+    }
+}
+
+/// The `target_addr` of requests that never got one.
+const UNKNOWN_TARGET: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// The address of an authority: its IP, or the first address its name
+/// resolves to (system resolver).
+async fn resolve(authority: &uri::Authority, default_port: u16) -> std::io::Result<SocketAddr> {
+    let port = authority.port_u16().unwrap_or(default_port);
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{host} has no address"),
+            )
+        })
 }
 
 /// The URI the upstream client is given: absolute, so that its pool has a

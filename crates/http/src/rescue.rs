@@ -16,7 +16,9 @@ use std::error::Error;
 pub const L5D_PROXY_ERROR: &str = "l5d-proxy-error";
 
 /// gRPC's UNAVAILABLE.
-const GRPC_UNAVAILABLE: u16 = 14;
+pub const GRPC_UNAVAILABLE: u16 = 14;
+/// gRPC's INVALID_ARGUMENT.
+pub const GRPC_INVALID_ARGUMENT: u16 = 3;
 
 /// A response made up by the proxy, and the `error` label it counts under.
 #[derive(Debug)]
@@ -31,27 +33,44 @@ pub struct Rescued {
 
 /// Maps `error` (and its causes) to a response.
 pub fn rescue(error: &(dyn Error + 'static), grpc: bool) -> Rescued {
-    let (status, grpc_code, label) = if linnet_core::is_caused_by::<ConnectError>(error) {
-        (StatusCode::BAD_GATEWAY, GRPC_UNAVAILABLE, "connect")
+    let label = if linnet_core::is_caused_by::<ConnectError>(error) {
+        "connect"
     } else {
         // The connection to the target failed before a response came.
-        (StatusCode::BAD_GATEWAY, GRPC_UNAVAILABLE, "upstream")
+        "upstream"
     };
-    let message = linnet_core::display_chain(error);
+    respond(
+        StatusCode::BAD_GATEWAY,
+        GRPC_UNAVAILABLE,
+        label,
+        &linnet_core::display_chain(error),
+        grpc,
+    )
+}
+
+/// A response made up by the proxy: `status` (or, for gRPC, HTTP 200 with
+/// `grpc_code`), `message` in `l5d-proxy-error`, counted as `label`.
+pub fn respond(
+    status: StatusCode,
+    grpc_code: u16,
+    label: &'static str,
+    message: &str,
+    grpc: bool,
+) -> Rescued {
     let mut rsp = Response::new(
         Empty::<Bytes>::new()
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
     let headers = rsp.headers_mut();
-    headers.insert(L5D_PROXY_ERROR, header_value(&message));
+    headers.insert(L5D_PROXY_ERROR, header_value(message));
     if grpc {
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
         headers.insert("grpc-status", HeaderValue::from(grpc_code));
-        headers.insert("grpc-message", header_value(&grpc_percent_encode(&message)));
+        headers.insert("grpc-message", header_value(&grpc_percent_encode(message)));
         return Rescued {
             response: rsp,
             error: label,

@@ -229,3 +229,23 @@ pub async fn collect(rsp: Response<Incoming>) -> (StatusCode, HeaderMap, Bytes, 
     let trailers = collected.trailers().cloned();
     (parts.status, parts.headers, collected.to_bytes(), trailers)
 }
+
+/// Runs `curl -sS --max-time 10 ARGS`; panics unless it succeeds. Returns
+/// stdout and stderr.
+pub async fn curl(args: &[&str]) -> (String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl must be installed");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
