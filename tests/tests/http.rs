@@ -281,3 +281,66 @@ async fn requests_and_responses_are_counted() {
         "keep-alive: one connection"
     );
 }
+
+#[tokio::test]
+async fn requests_beyond_max_in_flight_are_shed() {
+    let server = HttpServer::start().await;
+    let proxy = Proxy::start(
+        OrigDst::Fixed(server.addr),
+        &[("LINNET_OUTBOUND_MAX_IN_FLIGHT", "1")],
+    )
+    .await;
+    let client = h1_client();
+    let slow = tokio::spawn({
+        let client = client.clone();
+        let addr = proxy.outbound;
+        async move {
+            collect(
+                client
+                    .request(req(Method::GET, addr, "/delay/500", Bytes::new()))
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    });
+    // Wait until the slow request is at the server, holding the one permit.
+    eventually("slow request in flight", Duration::from_secs(5), || async {
+        (!server.seen().is_empty()).then_some(())
+    })
+    .await;
+    let (status, headers, _, _) = collect(
+        client
+            .request(req(Method::GET, proxy.outbound, "/", Bytes::new()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        headers["l5d-proxy-error"]
+            .to_str()
+            .unwrap()
+            .contains("load shed")
+    );
+    assert_eq!(slow.await.unwrap().0, StatusCode::OK);
+    // The permit is back once the slow response ended.
+    let (status, _, _, _) = collect(
+        client
+            .request(req(Method::GET, proxy.outbound, "/", Bytes::new()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m.sum(
+            "response_total",
+            &[("error", "load_shed"), ("status_code", "503")]
+        ),
+        1.0,
+        "{}",
+        m.0
+    );
+}

@@ -6,6 +6,7 @@
 use linnet_app::OrigDst;
 use linnet_test_support::{
     eventually,
+    http::{HttpServer, collect, h1_client},
     metrics::try_http,
     process::free_port,
     proxy::Proxy,
@@ -30,12 +31,17 @@ impl Prometheus {
     /// Starts Prometheus scraping `target` every second. Its port is picked
     /// by binding port 0 and releasing it, which another process may take
     /// first: then Prometheus exits, and it is started again elsewhere.
-    async fn start(target: SocketAddr) -> Self {
+    async fn start(targets: &[SocketAddr]) -> Self {
         let dir = std::env::temp_dir().join(format!("linnet-prom-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n  - job_name: linnet\n    static_configs:\n      - targets: ['{target}']\n"
+             scrape_configs:\n  - job_name: linnet\n    static_configs:\n      - targets: [{targets}]\n",
+            targets = targets
+                .iter()
+                .map(|t| format!("'{t}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let log = dir.join("prometheus.log");
@@ -119,12 +125,16 @@ fn percent_encode(s: &str) -> String {
 async fn prometheus_scrapes_what_happened() {
     let server = ExchangeServer::start(64 * 1024).await;
     let proxy = Proxy::start(OrigDst::Fixed(server.addr), &[]).await;
-    let prometheus = Prometheus::start(proxy.admin).await;
+    let web = HttpServer::start().await;
+    let http_proxy = Proxy::start(OrigDst::Fixed(web.addr), &[]).await;
+    let prometheus = Prometheus::start(&[proxy.admin, http_proxy.admin]).await;
 
     eventually(
         "prometheus sees the target up",
         Duration::from_secs(60),
-        || async { (prometheus.query("up{job=\"linnet\"}").await? == vec![1.0]).then_some(()) },
+        || async {
+            (prometheus.query("up{job=\"linnet\"}").await? == vec![1.0, 1.0]).then_some(())
+        },
     )
     .await;
 
@@ -144,10 +154,11 @@ async fn prometheus_scrapes_what_happened() {
     }
 
     server.stats().assert_completed(17).await;
+    let tcp = proxy.admin;
     let target = server.addr;
     for (direction, n) in [("outbound", 12.0), ("inbound", 5.0)] {
         let q = format!(
-            "sum(tcp_open_total{{direction=\"{direction}\",peer=\"src\",target_addr=\"{target}\"}})"
+            "sum(tcp_open_total{{instance=\"{tcp}\",direction=\"{direction}\",peer=\"src\",target_addr=\"{target}\"}})"
         );
         eventually(
             &format!("prometheus stores {n} {direction} connections"),
@@ -155,36 +166,89 @@ async fn prometheus_scrapes_what_happened() {
             || async { (prometheus.query(&q).await? == vec![n]).then_some(()) },
         )
         .await;
-        let q = format!("sum(tcp_close_total{{direction=\"{direction}\",error=\"\"}})");
+        let q = format!(
+            "sum(tcp_close_total{{instance=\"{tcp}\",direction=\"{direction}\",error=\"\"}})"
+        );
         eventually("closes stored", Duration::from_secs(30), || async {
             (prometheus.query(&q).await? == vec![2.0 * n]).then_some(())
         })
         .await;
     }
-    let q = "sum(tcp_read_bytes_total{peer=\"src\"})";
+    let q = format!("sum(tcp_read_bytes_total{{instance=\"{tcp}\",peer=\"src\"}})");
     eventually("bytes stored", Duration::from_secs(30), || async {
-        (prometheus.query(q).await? == vec![sent as f64]).then_some(())
+        (prometheus.query(&q).await? == vec![sent as f64]).then_some(())
     })
     .await;
+
+    // HTTP: 7 requests, 5 answered 200 and 2 answered 500.
+    let client = h1_client();
+    for path in [
+        "/",
+        "/",
+        "/bytes/3",
+        "/",
+        "/bytes/9",
+        "/status/500",
+        "/status/500",
+    ] {
+        let req = http::Request::get(format!("http://{}{path}", http_proxy.outbound))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        collect(client.request(req).await.unwrap()).await;
+    }
+    let web_target = web.addr;
+    for (q, want) in [
+        (
+            format!("sum(request_total{{target_addr=\"{web_target}\"}})"),
+            7.0,
+        ),
+        (
+            "sum(response_total{status_code=\"200\",classification=\"success\"})".to_string(),
+            5.0,
+        ),
+        (
+            "sum(response_total{status_code=\"500\",classification=\"failure\"})".to_string(),
+            2.0,
+        ),
+        (
+            format!("sum(response_latency_ms_count{{target_addr=\"{web_target}\"}})"),
+            7.0,
+        ),
+        (
+            format!("sum(response_latency_ms_bucket{{target_addr=\"{web_target}\",le=\"+Inf\"}})"),
+            7.0,
+        ),
+    ] {
+        eventually(
+            &format!("prometheus stores {q} = {want}"),
+            Duration::from_secs(30),
+            || async { (prometheus.query(&q).await? == vec![want]).then_some(()) },
+        )
+        .await;
+    }
     let rss = prometheus
-        .query("process_resident_memory_bytes{job=\"linnet\"}")
+        .query(&format!(
+            "process_resident_memory_bytes{{instance=\"{tcp}\"}}"
+        ))
         .await
         .unwrap();
     assert!(rss.len() == 1 && rss[0] > 0.0, "{rss:?}");
     let cpu = prometheus
-        .query("process_cpu_seconds_total{job=\"linnet\"}")
+        .query(&format!("process_cpu_seconds_total{{instance=\"{tcp}\"}}"))
         .await
         .unwrap();
     assert_eq!(cpu.len(), 1);
     let build = prometheus
-        .query("proxy_build_info{vendor=\"linnet\"}")
+        .query(&format!(
+            "proxy_build_info{{instance=\"{tcp}\",vendor=\"linnet\"}}"
+        ))
         .await
         .unwrap();
     assert_eq!(build, vec![1.0]);
 
     // promtool parses the page: exit 1 would be a parse error (3 is only
     // naming lints, which Linkerd-compatible names may trip).
-    let page = proxy.metrics().await.0;
+    let page = http_proxy.metrics().await.0;
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

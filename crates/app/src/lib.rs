@@ -89,6 +89,7 @@ pub async fn run(
         metrics: tcp_metrics.clone(),
         http_metrics: http_metrics.clone(),
         upstreams: Default::default(),
+        in_flight: linnet_http::InFlight::new(config.outbound.max_in_flight),
     });
     let inbound = Arc::new(tcp::Forward {
         direction: Direction::Inbound,
@@ -97,6 +98,7 @@ pub async fn run(
         metrics: tcp_metrics,
         http_metrics,
         upstreams: Default::default(),
+        in_flight: linnet_http::InFlight::new(config.inbound.max_in_flight),
     });
     log_listening(&listeners);
     tokio::spawn(tcp::serve(listeners.outbound, outbound, watch.clone()));

@@ -20,7 +20,7 @@
 use linnet_config::ProxyConfig;
 use linnet_core::drain;
 use linnet_detect::{Detected, PrefixedIo, Protocol, Reason};
-use linnet_http::{Explicit, Proxy, Route, Upstream, client::ConnectConfig};
+use linnet_http::{Explicit, InFlight, Proxy, Route, Upstream, client::ConnectConfig};
 use linnet_metrics::{
     Direction,
     http::HttpMetrics,
@@ -49,6 +49,8 @@ pub(crate) struct Forward {
     pub(crate) http_metrics: HttpMetrics,
     /// HTTP clients by target, shared by all connections to that target.
     pub(crate) upstreams: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
+    /// The listener's bound on requests at once.
+    pub(crate) in_flight: InFlight,
 }
 
 /// Upstreams kept before unused ones are dropped.
@@ -231,6 +233,7 @@ impl Forward {
         let io = CountingIo::new(client, src);
         let proxy = Proxy::new(
             route,
+            self.in_flight.clone(),
             version,
             self.http_metrics.clone(),
             direction,

@@ -65,6 +65,9 @@ pub struct ProxyConfig {
     /// where the server speaks first (SMTP, MySQL) would otherwise wait out
     /// the detection timeout.
     pub ports_disable_protocol_detection: parse::PortSet,
+    /// Requests this listener handles at once; beyond it requests are shed
+    /// with 503, so that overload fails fast instead of queueing.
+    pub max_in_flight: usize,
 }
 
 /// The admin server.
@@ -124,6 +127,8 @@ const KNOWN: &[&str] = &[
     "INBOUND_DETECT_TIMEOUT",
     "OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
     "INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
+    "OUTBOUND_MAX_IN_FLIGHT",
+    "INBOUND_MAX_IN_FLIGHT",
 ];
 
 /// Linkerd's default list of ports whose protocols are server-speaks-first
@@ -146,6 +151,7 @@ impl Config {
             detect_timeout: r.timeout("OUTBOUND_DETECT_TIMEOUT", Duration::from_secs(10))?,
             ports_disable_protocol_detection: r
                 .ports("OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION")?,
+            max_in_flight: r.count("OUTBOUND_MAX_IN_FLIGHT", 100_000)?,
         };
         let inbound = ProxyConfig {
             listen_addr: r.addr("INBOUND_LISTEN_ADDR", ([0, 0, 0, 0], 4143))?,
@@ -155,6 +161,7 @@ impl Config {
             detect_timeout: r.timeout("INBOUND_DETECT_TIMEOUT", Duration::from_secs(10))?,
             ports_disable_protocol_detection: r
                 .ports("INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION")?,
+            max_in_flight: r.count("INBOUND_MAX_IN_FLIGHT", 100_000)?,
         };
         let admin = AdminConfig {
             listen_addr: r.addr("ADMIN_LISTEN_ADDR", ([127, 0, 0, 1], 4191))?,
@@ -306,6 +313,14 @@ impl<E: Env + ?Sized> Reader<'_, E> {
             Ok(d)
         })?;
         Ok(d.unwrap_or(default))
+    }
+
+    fn count(&self, name: &str, default: usize) -> Result<usize, ConfigError> {
+        let n = self.get(name, |s| match s.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err("expected a whole number, at least 1".to_string()),
+        })?;
+        Ok(n.unwrap_or(default))
     }
 
     fn ports(&self, name: &str) -> Result<parse::PortSet, ConfigError> {

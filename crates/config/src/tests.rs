@@ -63,6 +63,8 @@ fn bad_values_name_the_variable() {
         ("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT", "10"),
         ("LINNET_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION", "25,smtp"),
         ("LINNET_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION", "99999"),
+        ("LINNET_OUTBOUND_MAX_IN_FLIGHT", "0"),
+        ("LINKERD2_PROXY_INBOUND_MAX_IN_FLIGHT", "many"),
     ];
     for (var, value) in cases {
         let err = Config::from_env(&env(&[(var, value)])).unwrap_err();

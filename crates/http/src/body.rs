@@ -12,6 +12,8 @@ use std::{
 /// What to record, and when the request started.
 #[derive(Debug)]
 pub(crate) struct Recorder {
+    /// The request's in-flight permit, released when the response ends.
+    pub(crate) _permit: tokio::sync::OwnedSemaphorePermit,
     pub(crate) metrics: HttpMetrics,
     pub(crate) labels: RequestLabels,
     pub(crate) start: Instant,

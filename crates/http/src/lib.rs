@@ -21,7 +21,7 @@ pub mod server;
 
 pub use self::{
     client::Upstream,
-    proxy::{Explicit, Proxy, Route},
+    proxy::{Explicit, InFlight, Proxy, Route},
     server::serve,
 };
 

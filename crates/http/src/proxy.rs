@@ -30,10 +30,24 @@ pub struct Proxy {
 #[derive(Debug)]
 struct Inner {
     route: Route,
+    in_flight: InFlight,
     version: Version,
     metrics: HttpMetrics,
     direction: Direction,
     tls: &'static str,
+}
+
+/// The bound on requests a listener handles at once, shared by all its
+/// connections. A request holds a permit until its response ends; when
+/// none is left the request is shed at once (503), not queued.
+#[derive(Clone, Debug)]
+pub struct InFlight(Arc<tokio::sync::Semaphore>);
+
+impl InFlight {
+    /// At most `max` requests at once.
+    pub fn new(max: usize) -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(max)))
+    }
 }
 
 /// Where a connection's requests go.
@@ -61,6 +75,7 @@ impl Proxy {
     /// `route` with the same version.
     pub fn new(
         route: Route,
+        in_flight: InFlight,
         version: Version,
         metrics: HttpMetrics,
         direction: Direction,
@@ -69,6 +84,7 @@ impl Proxy {
         Self {
             inner: Arc::new(Inner {
                 route,
+                in_flight,
                 version,
                 metrics,
                 direction,
@@ -99,6 +115,20 @@ impl Inner {
         let authority_label: Arc<str> = authority
             .as_ref()
             .map_or_else(|| Arc::from(""), |a| Arc::from(a.as_str()));
+        let Ok(permit) = self.in_flight.0.clone().try_acquire_owned() else {
+            let labels =
+                HttpMetrics::labels(self.direction, authority_label, UNKNOWN_TARGET, self.tls);
+            self.metrics.request(&labels);
+            let rescued = rescue::respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                rescue::GRPC_UNAVAILABLE,
+                "load_shed",
+                "too many requests in flight: load shed",
+                grpc,
+            );
+            tracing::debug!(direction = %self.direction, "request shed: too many in flight");
+            return self.count_rescued(&labels, rescued, start);
+        };
         let upstream = match &self.route {
             Route::Target(upstream) => upstream.clone(),
             Route::Explicit(explicit) => {
@@ -191,6 +221,7 @@ impl Inner {
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok()?.parse().ok());
                 let recorder = Recorder {
+                    _permit: permit,
                     metrics: self.metrics.clone(),
                     labels,
                     start,

@@ -10,6 +10,7 @@
 //! - `/consume`: reads the whole request body, records whether it arrived
 //!   complete ([`HttpServer::bodies`]), answers with its length;
 //! - `/abort/<n>`: promises `2n` bytes, sends `n`, then fails;
+//! - `/delay/<ms>`: answers `hello` after `ms` milliseconds;
 //! - anything else: `hello`.
 
 use bytes::Bytes;
@@ -157,6 +158,10 @@ async fn route(
         rsp.headers_mut()
             .insert("content-length", (2 * n).to_string().parse().unwrap());
         rsp
+    } else if let Some(ms) = path.strip_prefix("/delay/") {
+        let ms: u64 = ms.parse().unwrap_or(0);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        Response::new(full(Bytes::from_static(b"hello")))
     } else if let Some(code) = path.strip_prefix("/status/") {
         let mut rsp = Response::new(empty());
         *rsp.status_mut() = code.parse().unwrap_or(StatusCode::BAD_REQUEST);
