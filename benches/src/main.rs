@@ -10,6 +10,8 @@
 //!
 //! ```text
 //! cargo run --release -p linnet-bench -- tcp [--bytes N]
+//! cargo run --release -p linnet-bench -- http-backend [ADDR]
+//! cargo run --release -p linnet-bench -- fixed-proxy TARGET
 //! ```
 
 use anyhow::{Context, Result, bail};
@@ -25,7 +27,8 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("tcp") => tcp(&args[1..]),
         Some("fixed-proxy") => fixed_proxy(&args[1..]),
-        _ => bail!("usage: linnet-bench tcp [--bytes N] | fixed-proxy TARGET"),
+        Some("http-backend") => http_backend(&args[1..]),
+        _ => bail!("usage: linnet-bench tcp [--bytes N] | fixed-proxy TARGET | http-backend ADDR"),
     }
 }
 
@@ -59,6 +62,39 @@ fn fixed_proxy(args: &[String]) -> Result<()> {
         )
         .await;
         Ok(())
+    })
+}
+
+/// An HTTP/1.1 and HTTP/2 keep-alive backend answering every request with
+/// 1 KiB, on one thread; prints its address once listening.
+fn http_backend(args: &[String]) -> Result<()> {
+    let addr: SocketAddr = args.first().map_or("127.0.0.1:0", String::as_str).parse()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        println!("{}", listener.local_addr()?);
+        let body = bytes::Bytes::from(vec![b'x'; 1024]);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let body = body.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(body),
+                        ))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            });
+        }
     })
 }
 
