@@ -344,3 +344,34 @@ async fn requests_beyond_max_in_flight_are_shed() {
         m.0
     );
 }
+
+#[tokio::test]
+async fn inbound_http_reaches_the_application() {
+    let server = HttpServer::start().await;
+    let proxy = Proxy::start(OrigDst::Fixed(server.addr), &[]).await;
+    for client in [h1_client(), h2_client()] {
+        let rsp = client
+            .request(req(Method::POST, proxy.inbound, "/echo", pattern(70_000)))
+            .await
+            .unwrap();
+        let (status, _, body, _) = collect(rsp).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, pattern(70_000));
+    }
+    let admin = proxy.admin;
+    let m = eventually(
+        "inbound responses counted",
+        Duration::from_secs(5),
+        || async {
+            let m = linnet_test_support::metrics::scrape(admin).await;
+            (m.sum("response_total", &[("direction", "inbound")]) == 2.0).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        m.sum("request_total", &[("direction", "outbound")]),
+        0.0,
+        "{}",
+        m.0
+    );
+}

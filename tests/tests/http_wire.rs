@@ -221,3 +221,38 @@ async fn curl_through_the_proxy() {
     assert!(verbose.contains("100 Continue"), "{verbose}");
     assert_eq!(server.bodies(), vec![Ok(2_000_000)]);
 }
+
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    let server = HttpServer::start().await;
+    let proxy = Proxy::start(
+        OrigDst::Fixed(server.addr),
+        &[("LINNET_HTTP_HEADER_READ_TIMEOUT", "500ms")],
+    )
+    .await;
+    let c = TcpStream::connect(proxy.outbound).await.unwrap();
+    let (mut r, mut w) = c.into_split();
+    w.write_all(b"GET / HTTP/1.1\r\nHost: slow\r\n")
+        .await
+        .unwrap();
+    // One header byte every 100ms: never a complete head.
+    let dripper = tokio::spawn(async move {
+        loop {
+            if w.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // The proxy gives up on the client long before the default 10s.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a slowloris client was not cut off");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || rest.starts_with("HTTP/1.1 408"),
+        "{rest}"
+    );
+    dripper.abort();
+    assert!(server.seen().is_empty());
+}

@@ -90,6 +90,7 @@ pub async fn run(
         http_metrics: http_metrics.clone(),
         upstreams: Default::default(),
         in_flight: linnet_http::InFlight::new(config.outbound.max_in_flight),
+        http: config.http.clone(),
     });
     let inbound = Arc::new(tcp::Forward {
         direction: Direction::Inbound,
@@ -99,6 +100,7 @@ pub async fn run(
         http_metrics,
         upstreams: Default::default(),
         in_flight: linnet_http::InFlight::new(config.inbound.max_in_flight),
+        http: config.http.clone(),
     });
     log_listening(&listeners);
     tokio::spawn(tcp::serve(listeners.outbound, outbound, watch.clone()));

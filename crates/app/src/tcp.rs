@@ -17,7 +17,7 @@
 //! or either side fails mid-stream, the other side is reset (RST), never
 //! closed with a FIN that would make a truncated stream look complete.
 
-use linnet_config::ProxyConfig;
+use linnet_config::{HttpConfig, ProxyConfig};
 use linnet_core::drain;
 use linnet_detect::{Detected, PrefixedIo, Protocol, Reason};
 use linnet_http::{Explicit, InFlight, Proxy, Route, Upstream, client::ConnectConfig};
@@ -51,6 +51,8 @@ pub(crate) struct Forward {
     pub(crate) upstreams: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
     /// The listener's bound on requests at once.
     pub(crate) in_flight: InFlight,
+    /// HTTP settings.
+    pub(crate) http: HttpConfig,
 }
 
 /// Upstreams kept before unused ones are dropped.
@@ -239,7 +241,7 @@ impl Forward {
             direction,
             Tls::DISABLED.status,
         );
-        if let Err(error) = linnet_http::serve(io, version, proxy, watch).await {
+        if let Err(error) = linnet_http::serve(io, version, proxy, &self.http, watch).await {
             tracing::debug!(%direction, client = %client_addr, %target, %error, "HTTP connection ended with an error");
         }
     }
@@ -297,6 +299,7 @@ impl Forward {
         let u = Arc::new(Upstream::new(
             target,
             config,
+            &self.http,
             self.metrics.clone(),
             self.direction,
         ));

@@ -34,6 +34,8 @@ pub struct Config {
     /// are closed. Kubernetes' own grace period should be longer.
     #[serde(serialize_with = "parse::ser_duration")]
     pub shutdown_grace_period: Duration,
+    /// HTTP servers and clients, both directions.
+    pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
     /// Runtime worker threads. A sidecar usually gets one or two cores.
@@ -68,6 +70,27 @@ pub struct ProxyConfig {
     /// Requests this listener handles at once; beyond it requests are shed
     /// with 503, so that overload fails fast instead of queueing.
     pub max_in_flight: usize,
+}
+
+/// HTTP settings.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpConfig {
+    /// How long a client may take to send a request's headers; a slower
+    /// client (slowloris) is disconnected.
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub header_read_timeout: Duration,
+    /// HTTP/2 initial stream flow-control window, in bytes; `None` lets
+    /// the window adapt to the connection's bandwidth-delay product.
+    pub http2_initial_stream_window_size: Option<u32>,
+    /// HTTP/2 initial connection flow-control window, in bytes; `None`
+    /// adapts, as above.
+    pub http2_initial_connection_window_size: Option<u32>,
+    /// How often an idle HTTP/2 connection is pinged to check its peer.
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub http2_keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub http2_keepalive_timeout: Duration,
 }
 
 /// The admin server.
@@ -129,6 +152,11 @@ const KNOWN: &[&str] = &[
     "INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
     "OUTBOUND_MAX_IN_FLIGHT",
     "INBOUND_MAX_IN_FLIGHT",
+    "HTTP_HEADER_READ_TIMEOUT",
+    "HTTP2_INITIAL_STREAM_WINDOW_SIZE",
+    "HTTP2_INITIAL_CONNECTION_WINDOW_SIZE",
+    "HTTP2_KEEPALIVE_INTERVAL",
+    "HTTP2_KEEPALIVE_TIMEOUT",
 ];
 
 /// Linkerd's default list of ports whose protocols are server-speaks-first
@@ -162,6 +190,22 @@ impl Config {
             ports_disable_protocol_detection: r
                 .ports("INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION")?,
             max_in_flight: r.count("INBOUND_MAX_IN_FLIGHT", 100_000)?,
+        };
+        let window = |name: &str| {
+            r.get(name, |s| match s.trim().parse::<u32>() {
+                // HTTP/2 windows run from 64 KiB - 1 (the default) to 2^31 - 1.
+                Ok(n) if (65_535..=0x7fff_ffff).contains(&n) => Ok(n),
+                _ => Err("expected a window size in bytes, from 65535 to 2147483647".to_string()),
+            })
+        };
+        let http = HttpConfig {
+            header_read_timeout: r.timeout("HTTP_HEADER_READ_TIMEOUT", Duration::from_secs(10))?,
+            http2_initial_stream_window_size: window("HTTP2_INITIAL_STREAM_WINDOW_SIZE")?,
+            http2_initial_connection_window_size: window("HTTP2_INITIAL_CONNECTION_WINDOW_SIZE")?,
+            http2_keepalive_interval: r
+                .timeout("HTTP2_KEEPALIVE_INTERVAL", Duration::from_secs(10))?,
+            http2_keepalive_timeout: r
+                .timeout("HTTP2_KEEPALIVE_TIMEOUT", Duration::from_secs(3))?,
         };
         let admin = AdminConfig {
             listen_addr: r.addr("ADMIN_LISTEN_ADDR", ([127, 0, 0, 1], 4191))?,
@@ -199,6 +243,7 @@ impl Config {
             inbound,
             admin,
             shutdown_grace_period,
+            http,
             log,
             cores,
         })

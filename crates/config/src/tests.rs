@@ -26,6 +26,15 @@ fn defaults() {
         assert!(c.outbound.ports_disable_protocol_detection.contains(port));
     }
     assert!(!c.outbound.ports_disable_protocol_detection.contains(80));
+    assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.http.http2_initial_stream_window_size, None);
+    assert_eq!(c.http.http2_keepalive_interval, Duration::from_secs(10));
+    let c = Config::from_env(&env(&[(
+        "LINNET_HTTP2_INITIAL_STREAM_WINDOW_SIZE",
+        "1048576",
+    )]))
+    .unwrap();
+    assert_eq!(c.http.http2_initial_stream_window_size, Some(1_048_576));
 }
 
 #[test]
@@ -64,6 +73,11 @@ fn bad_values_name_the_variable() {
         ("LINNET_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION", "25,smtp"),
         ("LINNET_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION", "99999"),
         ("LINNET_OUTBOUND_MAX_IN_FLIGHT", "0"),
+        ("LINNET_HTTP_HEADER_READ_TIMEOUT", "0s"),
+        ("LINNET_HTTP2_INITIAL_STREAM_WINDOW_SIZE", "1000"),
+        ("LINNET_HTTP2_INITIAL_CONNECTION_WINDOW_SIZE", "4294967295"),
+        ("LINNET_HTTP2_KEEPALIVE_INTERVAL", "often"),
+        ("LINNET_HTTP2_KEEPALIVE_TIMEOUT", "3"),
         ("LINKERD2_PROXY_INBOUND_MAX_IN_FLIGHT", "many"),
     ];
     for (var, value) in cases {

@@ -14,6 +14,7 @@ use hyper_util::{
     },
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
+use linnet_config::HttpConfig;
 use linnet_metrics::{
     Direction,
     tcp::{Peer, TcpMetrics, Tls},
@@ -60,6 +61,7 @@ impl Upstream {
     pub fn new(
         target: SocketAddr,
         config: ConnectConfig,
+        http: &HttpConfig,
         metrics: TcpMetrics,
         direction: Direction,
     ) -> Self {
@@ -78,10 +80,14 @@ impl Upstream {
             .set_host(false)
             .http1_preserve_header_case(true);
         let mut h2 = h1.clone();
+        let adaptive = http.http2_initial_stream_window_size.is_none()
+            && http.http2_initial_connection_window_size.is_none();
         h2.http2_only(true)
-            .http2_adaptive_window(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .http2_keep_alive_timeout(Duration::from_secs(3));
+            .http2_adaptive_window(adaptive)
+            .http2_initial_stream_window_size(http.http2_initial_stream_window_size)
+            .http2_initial_connection_window_size(http.http2_initial_connection_window_size)
+            .http2_keep_alive_interval(http.http2_keepalive_interval)
+            .http2_keep_alive_timeout(http.http2_keepalive_timeout);
         Self {
             target,
             h1: h1.build(connector.clone()),

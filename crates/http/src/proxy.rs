@@ -29,6 +29,8 @@ pub struct Proxy {
 
 #[derive(Debug)]
 struct Inner {
+    /// The label set and request counter of the connection's last request.
+    last_labels: std::sync::Mutex<Option<(RequestLabels, Counter)>>,
     route: Route,
     in_flight: InFlight,
     version: Version,
@@ -83,6 +85,7 @@ impl Proxy {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                last_labels: Default::default(),
                 route,
                 in_flight,
                 version,
@@ -112,13 +115,8 @@ impl Inner {
         let upgrade = headers::is_upgrade(&req);
         let connect = headers::is_connect(&req);
         let authority = headers::authority(&req);
-        let authority_label: Arc<str> = authority
-            .as_ref()
-            .map_or_else(|| Arc::from(""), |a| Arc::from(a.as_str()));
         let Ok(permit) = self.in_flight.0.clone().try_acquire_owned() else {
-            let labels =
-                HttpMetrics::labels(self.direction, authority_label, UNKNOWN_TARGET, self.tls);
-            self.metrics.request(&labels);
+            let labels = self.count_request(authority.as_ref(), UNKNOWN_TARGET);
             let rescued = rescue::respond(
                 StatusCode::SERVICE_UNAVAILABLE,
                 rescue::GRPC_UNAVAILABLE,
@@ -162,13 +160,7 @@ impl Inner {
                 let addr = match addr {
                     Ok(addr) => addr,
                     Err((status, label, message)) => {
-                        let labels = HttpMetrics::labels(
-                            self.direction,
-                            authority_label,
-                            UNKNOWN_TARGET,
-                            self.tls,
-                        );
-                        self.metrics.request(&labels);
+                        let labels = self.count_request(authority.as_ref(), UNKNOWN_TARGET);
                         let grpc_code = if status == StatusCode::BAD_REQUEST {
                             rescue::GRPC_INVALID_ARGUMENT
                         } else {
@@ -179,9 +171,7 @@ impl Inner {
                     }
                 };
                 if connect {
-                    let labels =
-                        HttpMetrics::labels(self.direction, authority_label, addr, self.tls);
-                    self.metrics.request(&labels);
+                    let labels = self.count_request(authority.as_ref(), addr);
                     return self
                         .connect_tunnel(req, addr, explicit.connect_config(), labels, start)
                         .await;
@@ -190,8 +180,7 @@ impl Inner {
             }
         };
         let target = upstream.target();
-        let labels = HttpMetrics::labels(self.direction, authority_label, target, self.tls);
-        self.metrics.request(&labels);
+        let labels = self.count_request(authority.as_ref(), target);
 
         headers::strip_hop_by_hop(req.headers_mut(), upgrade);
         if !connect {
@@ -243,6 +232,30 @@ impl Inner {
                 self.count_rescued(&labels, rescue::rescue(&error, grpc), start)
             }
         }
+    }
+
+    /// Counts a request, and returns its label set. The connection keeps
+    /// the last label set and counter it used: requests on one connection
+    /// nearly always share an authority and target, so the label set is
+    /// built once per connection rather than per request.
+    fn count_request(
+        &self,
+        authority: Option<&uri::Authority>,
+        target: SocketAddr,
+    ) -> RequestLabels {
+        let authority = authority.map_or("", |a| a.as_str());
+        let mut last = self.last_labels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((labels, counter)) = last.as_ref() {
+            if &*labels.authority == authority && labels.target_addr.0 == target {
+                counter.inc();
+                return labels.clone();
+            }
+        }
+        let labels = HttpMetrics::labels(self.direction, Arc::from(authority), target, self.tls);
+        let counter = self.metrics.request_counter(&labels);
+        counter.inc();
+        *last = Some((labels.clone(), counter));
+        labels
     }
 
     /// Counts a response the proxy made up, and returns it.

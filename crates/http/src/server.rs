@@ -3,12 +3,12 @@
 use crate::{Proxy, Version};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use linnet_config::HttpConfig;
 use linnet_core::drain;
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 
-/// How long a client may take to send a request's headers (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams a client may open at once on one HTTP/2 connection.
+const MAX_CONCURRENT_STREAMS: u32 = 1000;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Serves `io` with `proxy` until the client closes. When draining starts
 /// the connection is shut down gracefully (HTTP/2 GOAWAY; HTTP/1 closes
@@ -17,6 +17,7 @@ pub async fn serve<I>(
     io: I,
     version: Version,
     proxy: Proxy,
+    config: &HttpConfig,
     mut watch: drain::Watch,
 ) -> Result<(), hyper::Error>
 where
@@ -27,7 +28,7 @@ where
         Version::Http1 => {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(config.header_read_timeout)
                 .preserve_header_case(true)
                 // A client may send its request and shut its write side
                 // while it waits: the response is still owed.
@@ -45,12 +46,16 @@ where
             }
         }
         Version::Http2 => {
+            let adaptive = config.http2_initial_stream_window_size.is_none()
+                && config.http2_initial_connection_window_size.is_none();
             let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .adaptive_window(true)
-                .max_concurrent_streams(1000)
-                .keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(3))
+                .adaptive_window(adaptive)
+                .initial_stream_window_size(config.http2_initial_stream_window_size)
+                .initial_connection_window_size(config.http2_initial_connection_window_size)
+                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                .keep_alive_interval(config.http2_keepalive_interval)
+                .keep_alive_timeout(config.http2_keepalive_timeout)
                 .serve_connection(io, proxy);
             tokio::pin!(conn);
             tokio::select! {

@@ -124,6 +124,11 @@ impl HttpMetrics {
         self.requests.get_or_create(labels).inc();
     }
 
+    /// The request counter of `labels`, to keep and bump without a lookup.
+    pub fn request_counter(&self, labels: &RequestLabels) -> Counter {
+        self.requests.get_or_create_owned(labels)
+    }
+
     /// Counts a response and records its latency.
     pub fn response(&self, labels: &RequestLabels, outcome: ResponseOutcome, elapsed: Duration) {
         self.responses
