@@ -256,3 +256,95 @@ async fn slow_headers_are_cut_off() {
     dripper.abort();
     assert!(server.seen().is_empty());
 }
+
+#[tokio::test]
+async fn absolute_form_targets_are_kept() {
+    let (server, proxy) = setup().await;
+    let req = b"GET http://example.test:8080/x?y=1 HTTP/1.1\r\nHost: example.test:8080\r\n\r\n";
+    compare(&server, &proxy, req, true).await;
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].uri, seen[1].uri);
+    assert_eq!(seen[1].uri, "http://example.test:8080/x?y=1");
+    assert_eq!(seen[1].headers["host"], "example.test:8080");
+}
+
+#[tokio::test]
+async fn a_bad_header_past_the_detection_buffer_is_400() {
+    let (server, proxy) = setup().await;
+    let mut req = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    // Well past the 1 KiB detection reads: the request line alone decided.
+    for i in 0..40 {
+        req.extend_from_slice(format!("x-fine-{i}: {}\r\n", "v".repeat(40)).as_bytes());
+    }
+    assert!(req.len() > 2048);
+    req.extend_from_slice(b"this is not a header\r\n\r\n");
+    let rsp = raw(proxy.outbound, &req, true).await;
+    assert!(rsp.starts_with("HTTP/1.1 400"), "{rsp}");
+    assert!(server.seen().is_empty());
+}
+
+#[tokio::test]
+async fn an_http2_response_that_fails_midway_resets_the_stream() {
+    let (_server, proxy) = setup().await;
+    let rsp = linnet_test_support::http::h2_client()
+        .request(
+            http::Request::get(format!("http://{}/abort/1000", proxy.outbound))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    let body = http_body_util::BodyExt::collect(rsp.into_body()).await;
+    assert!(
+        body.is_err(),
+        "a truncated HTTP/2 body was presented as complete"
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_and_never_arrive_whole() {
+    let server = HttpServer::start().await;
+    let proxy = Proxy::start(
+        OrigDst::Fixed(server.addr),
+        &[("LINNET_HTTP_MAX_REQUEST_BODY_SIZE", "1000")],
+    )
+    .await;
+    // Declared too large: refused before the target is contacted.
+    let req = format!(
+        "POST /consume HTTP/1.1\r\nHost: c\r\nContent-Length: 5000\r\n\r\n{}",
+        "x".repeat(5000)
+    );
+    let rsp = raw(proxy.outbound, req.as_bytes(), true).await;
+    assert!(rsp.starts_with("HTTP/1.1 413"), "{rsp}");
+    assert!(
+        rsp.to_ascii_lowercase()
+            .contains("l5d-proxy-error: the request body is larger"),
+        "{rsp}"
+    );
+    assert!(server.seen().is_empty());
+    // Chunked, too large: cut off; the target never sees it complete.
+    let mut req =
+        b"POST /consume HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..10 {
+        req.extend_from_slice(format!("1f4\r\n{}\r\n", "y".repeat(500)).as_bytes());
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let rsp = raw(proxy.outbound, &req, true).await;
+    assert!(rsp.starts_with("HTTP/1.1 413"), "{rsp}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        server.bodies().iter().all(|b| b.is_err()),
+        "{:?}",
+        server.bodies()
+    );
+    // Within the limit: passed on.
+    let rsp = raw(
+        proxy.outbound,
+        b"POST /consume HTTP/1.1\r\nHost: c\r\nContent-Length: 5\r\n\r\nsmall",
+        true,
+    )
+    .await;
+    assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
+}

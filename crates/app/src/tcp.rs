@@ -236,6 +236,7 @@ impl Forward {
         let proxy = Proxy::new(
             route,
             self.in_flight.clone(),
+            self.http.max_request_body_size,
             version,
             self.http_metrics.clone(),
             direction,

@@ -79,6 +79,10 @@ pub struct HttpConfig {
     /// client (slowloris) is disconnected.
     #[serde(serialize_with = "parse::ser_duration")]
     pub header_read_timeout: Duration,
+    /// The largest request body passed on, in bytes; `None` for no limit.
+    /// A larger body is refused with 413 (when its length is declared) or
+    /// cut off (when chunked; the target never sees it complete).
+    pub max_request_body_size: Option<u64>,
     /// HTTP/2 initial stream flow-control window, in bytes; `None` lets
     /// the window adapt to the connection's bandwidth-delay product.
     pub http2_initial_stream_window_size: Option<u32>,
@@ -153,6 +157,7 @@ const KNOWN: &[&str] = &[
     "OUTBOUND_MAX_IN_FLIGHT",
     "INBOUND_MAX_IN_FLIGHT",
     "HTTP_HEADER_READ_TIMEOUT",
+    "HTTP_MAX_REQUEST_BODY_SIZE",
     "HTTP2_INITIAL_STREAM_WINDOW_SIZE",
     "HTTP2_INITIAL_CONNECTION_WINDOW_SIZE",
     "HTTP2_KEEPALIVE_INTERVAL",
@@ -200,6 +205,12 @@ impl Config {
         };
         let http = HttpConfig {
             header_read_timeout: r.timeout("HTTP_HEADER_READ_TIMEOUT", Duration::from_secs(10))?,
+            max_request_body_size: r.get("HTTP_MAX_REQUEST_BODY_SIZE", |s| {
+                match s.trim().parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err("expected a size in bytes, at least 1".to_string()),
+                }
+            })?,
             http2_initial_stream_window_size: window("HTTP2_INITIAL_STREAM_WINDOW_SIZE")?,
             http2_initial_connection_window_size: window("HTTP2_INITIAL_CONNECTION_WINDOW_SIZE")?,
             http2_keepalive_interval: r

@@ -6,7 +6,6 @@
 //! connector always dials the target, whatever the request's authority:
 //! routing is by original destination; the authority travels untouched.
 
-use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{
         Client,
@@ -33,6 +32,10 @@ use tokio::{
     net::TcpStream,
 };
 
+/// The body of a request sent upstream: the client's, streamed (boxed, so
+/// that a size limit can be put in front of it).
+pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, linnet_core::Error>;
+
 /// Idle connections kept per target and protocol.
 const MAX_IDLE_PER_TARGET: usize = 64;
 /// How long an idle pooled connection is kept.
@@ -51,8 +54,12 @@ pub struct ConnectConfig {
 #[derive(Debug)]
 pub struct Upstream {
     target: SocketAddr,
-    h1: Client<Connector, Incoming>,
-    h2: Client<Connector, Incoming>,
+    h1: Client<Connector, RequestBody>,
+    /// HTTP/1 for requests that arrived in absolute form
+    /// (`GET http://host/path`): its connections are marked as proxied, so
+    /// the request line is passed on in absolute form, as it came.
+    h1_absolute: Client<Connector, RequestBody>,
+    h2: Client<Connector, RequestBody>,
 }
 
 impl Upstream {
@@ -70,6 +77,7 @@ impl Upstream {
             config,
             metrics,
             direction,
+            absolute_form: false,
         };
         let mut h1 = Client::builder(TokioExecutor::new());
         h1.pool_timer(TokioTimer::new())
@@ -91,6 +99,10 @@ impl Upstream {
         Self {
             target,
             h1: h1.build(connector.clone()),
+            h1_absolute: h1.build(Connector {
+                absolute_form: true,
+                ..connector.clone()
+            }),
             h2: h2.build(connector),
         }
     }
@@ -100,9 +112,15 @@ impl Upstream {
         self.target
     }
 
-    /// The client for `version`.
-    pub fn client(&self, version: crate::Version) -> &Client<Connector, Incoming> {
+    /// The client for `version`; for HTTP/1, `absolute_form` picks the
+    /// one that keeps absolute-form request targets.
+    pub fn client(
+        &self,
+        version: crate::Version,
+        absolute_form: bool,
+    ) -> &Client<Connector, RequestBody> {
         match version {
+            crate::Version::Http1 if absolute_form => &self.h1_absolute,
             crate::Version::Http1 => &self.h1,
             crate::Version::Http2 => &self.h2,
         }
@@ -116,6 +134,8 @@ pub struct Connector {
     config: ConnectConfig,
     metrics: TcpMetrics,
     direction: Direction,
+    /// Whether its connections carry absolute-form requests.
+    absolute_form: bool,
 }
 
 impl tower_service::Service<http::Uri> for Connector {
@@ -136,18 +156,25 @@ impl tower_service::Service<http::Uri> for Connector {
             let metrics = this
                 .metrics
                 .open(this.direction, Peer::Dst, &Tls::DISABLED, this.target);
-            Ok(TokioIo::new(UpstreamIo(CountingIo::new(stream, metrics))))
+            Ok(TokioIo::new(UpstreamIo {
+                io: CountingIo::new(stream, metrics),
+                absolute_form: this.absolute_form,
+            }))
         })
     }
 }
 
 /// A counted connection to a target.
 #[derive(Debug)]
-pub struct UpstreamIo(CountingIo<TcpStream>);
+pub struct UpstreamIo {
+    io: CountingIo<TcpStream>,
+    absolute_form: bool,
+}
 
 impl Connection for UpstreamIo {
     fn connected(&self) -> Connected {
-        Connected::new()
+        // "Proxied" is how hyper-util is told to keep absolute-form targets.
+        Connected::new().proxy(self.absolute_form)
     }
 }
 
@@ -157,7 +184,7 @@ impl AsyncRead for UpstreamIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -167,7 +194,7 @@ impl AsyncWrite for UpstreamIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -175,18 +202,18 @@ impl AsyncWrite for UpstreamIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

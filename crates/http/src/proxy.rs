@@ -33,6 +33,8 @@ struct Inner {
     last_labels: std::sync::Mutex<Option<(RequestLabels, Counter)>>,
     route: Route,
     in_flight: InFlight,
+    /// The largest request body passed on.
+    max_body: Option<u64>,
     version: Version,
     metrics: HttpMetrics,
     direction: Direction,
@@ -78,6 +80,7 @@ impl Proxy {
     pub fn new(
         route: Route,
         in_flight: InFlight,
+        max_body: Option<u64>,
         version: Version,
         metrics: HttpMetrics,
         direction: Direction,
@@ -88,6 +91,7 @@ impl Proxy {
                 last_labels: Default::default(),
                 route,
                 in_flight,
+                max_body,
                 version,
                 metrics,
                 direction,
@@ -115,6 +119,7 @@ impl Inner {
         let upgrade = headers::is_upgrade(&req);
         let connect = headers::is_connect(&req);
         let authority = headers::authority(&req);
+        let absolute_form = req.version() <= http::Version::HTTP_11 && req.uri().scheme().is_some();
         let Ok(permit) = self.in_flight.0.clone().try_acquire_owned() else {
             let labels = self.count_request(authority.as_ref(), UNKNOWN_TARGET);
             let rescued = rescue::respond(
@@ -188,7 +193,40 @@ impl Inner {
         }
         let server_upgrade = (upgrade || connect).then(|| hyper::upgrade::on(&mut req));
 
-        match upstream.client(self.version).request(req).await {
+        if let Some(limit) = self.max_body {
+            let declared = req
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit) {
+                let message =
+                    format!("the request body is larger than the proxy's limit of {limit} bytes");
+                let rescued = rescue::respond(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    rescue::GRPC_RESOURCE_EXHAUSTED,
+                    "body_too_large",
+                    &message,
+                    grpc,
+                );
+                return self.count_rescued(&labels, rescued, start);
+            }
+        }
+        let req = req.map(|body| match self.max_body {
+            Some(limit) => {
+                http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+                    .boxed_unsync()
+            }
+            None => body.map_err(linnet_core::Error::from).boxed_unsync(),
+        });
+        // In transparent mode an absolute-form request goes on as it came;
+        // in explicit mode we are the proxy it was addressed to, and the
+        // target gets the usual origin form.
+        let absolute_form = absolute_form && matches!(self.route, Route::Target(_));
+        match upstream
+            .client(self.version, absolute_form)
+            .request(req)
+            .await
+        {
             Ok(mut rsp) => {
                 let status = rsp.status();
                 let switching = status == StatusCode::SWITCHING_PROTOCOLS;

@@ -17,6 +17,8 @@ pub const L5D_PROXY_ERROR: &str = "l5d-proxy-error";
 
 /// gRPC's UNAVAILABLE.
 pub const GRPC_UNAVAILABLE: u16 = 14;
+/// gRPC's RESOURCE_EXHAUSTED.
+pub const GRPC_RESOURCE_EXHAUSTED: u16 = 8;
 /// gRPC's INVALID_ARGUMENT.
 pub const GRPC_INVALID_ARGUMENT: u16 = 3;
 
@@ -33,6 +35,15 @@ pub struct Rescued {
 
 /// Maps `error` (and its causes) to a response.
 pub fn rescue(error: &(dyn Error + 'static), grpc: bool) -> Rescued {
+    if linnet_core::is_caused_by::<http_body_util::LengthLimitError>(error) {
+        return respond(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            GRPC_RESOURCE_EXHAUSTED,
+            "body_too_large",
+            "the request body is larger than the proxy's limit",
+            grpc,
+        );
+    }
     let label = if linnet_core::is_caused_by::<ConnectError>(error) {
         "connect"
     } else {
