@@ -49,24 +49,25 @@ async fn connect_opens_a_tunnel() {
 async fn a_request_for_the_proxy_itself_is_508() {
     let proxy = unredirected().await;
     let p = format!("http://{}", proxy.outbound);
-    let (code, _) = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-x",
-        &p,
-        &format!("{p}/"),
-    ])
-    .await;
-    assert_eq!(code, "508");
+    let port = proxy.outbound.port();
+    // The listener's own address, and other spellings that reach it.
+    let selves = [
+        format!("{p}/"),
+        format!("http://0.0.0.0:{port}/"),
+        format!("http://localhost:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+    ];
+    for url in &selves {
+        let (code, _) = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-x", &p, url]).await;
+        assert_eq!(code, "508", "{url}");
+    }
     let m = proxy.metrics().await;
     assert_eq!(
         m.sum(
             "response_total",
             &[("error", "loop"), ("status_code", "508")]
         ),
-        1.0,
+        4.0,
         "{}",
         m.0
     );

@@ -189,10 +189,7 @@ async fn upgrades_become_tunnels() {
 
 #[tokio::test]
 async fn unreachable_target_is_rescued() {
-    let dead: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let (_reserved, dead) = linnet_test_support::tcp::refused_addr();
     let proxy = Proxy::start(OrigDst::Fixed(dead), &[]).await;
     let rsp = h1_client()
         .request(req(Method::GET, proxy.outbound, "/", Bytes::new()))

@@ -348,3 +348,53 @@ async fn bodies_over_the_limit_get_413_and_never_arrive_whole() {
     .await;
     assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
 }
+
+#[tokio::test]
+async fn long_request_lines_are_still_http() {
+    let (server, proxy) = setup().await;
+    let req = format!(
+        "GET /bytes/3?token={} HTTP/1.1\r\nHost: long\r\n\r\n",
+        "t".repeat(4000)
+    );
+    let rsp = compare(&server, &proxy, req.as_bytes(), true).await;
+    assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m.sum(
+            "protocol_detect_total",
+            &[("protocol", "http/1"), ("reason", "buffer_full")]
+        ),
+        1.0,
+        "{}",
+        m.0
+    );
+}
+
+#[tokio::test]
+async fn a_response_framed_twice_is_framed_once() {
+    // A target that answers with both Transfer-Encoding and Content-Length.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+            .await
+            .unwrap();
+        let _ = s.read(&mut buf).await;
+    });
+    let proxy = Proxy::start(OrigDst::Fixed(addr), &[]).await;
+    let rsp = raw(
+        proxy.outbound,
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        false,
+    )
+    .await;
+    let lower = rsp.to_ascii_lowercase();
+    assert!(!lower.contains("content-length: 3"), "{rsp}");
+    assert!(
+        rsp.contains("hello"),
+        "the body was cut to the untrusted length: {rsp}"
+    );
+}

@@ -7,7 +7,7 @@ use linnet_app::{Drained, OrigDst};
 use linnet_test_support::{
     eventually,
     proxy::Proxy,
-    tcp::{ExchangeServer, exchange, random_payload},
+    tcp::{ExchangeServer, exchange, random_payload, refused_addr},
 };
 use std::{
     io,
@@ -150,10 +150,7 @@ fn by_listener(outbound: SocketAddr, inbound: SocketAddr) -> (OrigDst, Arc<OnceL
 #[tokio::test]
 async fn connect_refused_closes_the_client_and_is_counted() {
     // A port with nothing listening.
-    let dead: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let (_reserved, dead) = refused_addr();
     let server = ExchangeServer::start(1000).await;
     let (lookup, outbound) = by_listener(dead, server.addr);
     let proxy = Proxy::start(lookup, &[]).await;

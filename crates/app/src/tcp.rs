@@ -389,7 +389,12 @@ impl Explicit for ExplicitRoutes {
     }
 
     fn is_self(&self, addr: SocketAddr) -> bool {
-        addr == self.local || (self.local.ip().is_unspecified() && addr.port() == self.local.port())
+        // Any address that reaches this listener: its own, loopback, or
+        // the unspecified address (which connects to this host), in any of
+        // their IPv4, IPv6 or mapped spellings.
+        let ip = addr.ip().to_canonical();
+        addr.port() == self.local.port()
+            && (ip == self.local.ip().to_canonical() || ip.is_loopback() || ip.is_unspecified())
     }
 
     fn connect_config(&self) -> ConnectConfig {

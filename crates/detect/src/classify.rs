@@ -53,6 +53,17 @@ pub fn classify(buf: &[u8]) -> Verdict {
     }
 }
 
+/// Whether `buf` is the unfinished start of an HTTP/1 request line with
+/// its method and a space already read: a request line too long for the
+/// peek buffer (a long URL) is still HTTP, for the HTTP server to parse.
+pub(crate) fn long_request_line(buf: &[u8]) -> bool {
+    let method = buf.iter().take_while(|&&b| is_tchar(b)).count();
+    (1..=MAX_METHOD_LEN).contains(&method)
+        && buf.get(method) == Some(&b' ')
+        && starts_with_partial(buf, H2_PREFACE).is_none()
+        && request_line(buf) == Some(false)
+}
+
 /// `Some(true)` if `buf` starts with `pattern`, `Some(false)` if `buf` is a
 /// proper prefix of it, `None` if they differ.
 fn starts_with_partial(buf: &[u8], pattern: &[u8]) -> Option<bool> {

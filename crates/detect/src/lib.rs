@@ -105,8 +105,13 @@ pub async fn detect<I: AsyncRead + Unpin>(io: &mut I, timeout: Duration) -> io::
             Verdict::NeedMore { limit } => limit,
         };
         if buf.len() >= limit {
+            let protocol = if classify::long_request_line(&buf) {
+                Protocol::Http1
+            } else {
+                Protocol::Opaque
+            };
             return Ok(Detected {
-                protocol: Protocol::Opaque,
+                protocol,
                 reason: Reason::BufferFull,
                 buffered: buf,
             });

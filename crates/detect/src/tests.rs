@@ -183,15 +183,22 @@ async fn eof_and_buffer_limits() {
         (Protocol::Opaque, Reason::Eof, &b"GET /"[..])
     );
 
-    // A request line longer than the HTTP peek: opaque, never more read.
+    // A request line longer than the HTTP peek: HTTP, for the server to
+    // parse (a long URL); never more read than the peek.
     let (mut client, mut server) = duplex(64 * 1024);
     let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(4000));
     client.write_all(long.as_bytes()).await.unwrap();
     let d = detect(&mut server, Duration::from_secs(10)).await.unwrap();
     assert_eq!(
         (d.protocol, d.reason, d.buffered.len()),
-        (Protocol::Opaque, Reason::BufferFull, MAX_HTTP_PEEK)
+        (Protocol::Http1, Reason::BufferFull, MAX_HTTP_PEEK)
     );
+
+    // Bytes that only ever look like a method: opaque.
+    let (mut client, mut server) = duplex(64 * 1024);
+    client.write_all(&[b'A'; 2000]).await.unwrap();
+    let d = detect(&mut server, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(d.protocol, Protocol::Opaque);
 }
 
 #[tokio::test]

@@ -31,6 +31,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(name.as_str());
     }
+    // A message framed by Transfer-Encoding was read that way; a
+    // Content-Length beside it is untrusted and must not frame it again
+    // on the next hop (smuggling).
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let upgrade = keep_upgrade
         .then(|| headers.remove(header::UPGRADE))
         .flatten();
@@ -50,6 +56,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     headers.remove(header::TE);
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Removes a `Content-Length` from an HTTP/1 message whose body was not
+/// framed by it (`exact_body_len` is `None`: chunked). hyper reads a
+/// message that carried both `Transfer-Encoding: chunked` and
+/// `Content-Length` as chunked, and hands on the length header alone:
+/// passed on, it would frame the body again by an untrusted number
+/// (truncating it, or smuggling the rest). Bodies framed by their length,
+/// and the empty bodies of HEAD, 204 and 304 answers, keep theirs.
+pub fn drop_untrusted_length(headers: &mut HeaderMap, exact_body_len: Option<u64>) {
+    if exact_body_len.is_none() {
+        headers.remove(header::CONTENT_LENGTH);
     }
 }
 
@@ -123,6 +142,16 @@ mod tests {
         names.sort();
         assert_eq!(names, ["te", "x-end"]);
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn a_length_beside_transfer_encoding_is_dropped() {
+        let mut h = map(&[("transfer-encoding", "chunked"), ("content-length", "3")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = map(&[("content-length", "3")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["content-length"], "3");
     }
 
     #[test]

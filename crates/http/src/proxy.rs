@@ -135,13 +135,16 @@ impl Inner {
         let upstream = match &self.route {
             Route::Target(upstream) => upstream.clone(),
             Route::Explicit(explicit) => {
-                let scheme_port = if req.uri().scheme() == Some(&uri::Scheme::HTTPS) {
-                    443
-                } else {
-                    80
-                };
+                let https = req.uri().scheme() == Some(&uri::Scheme::HTTPS);
                 let resolved = match &authority {
-                    Some(a) => resolve(a, scheme_port)
+                    // The proxy would have to speak TLS to the target for
+                    // the client; clients use CONNECT for https.
+                    Some(_) if https && !connect => Err((
+                        StatusCode::BAD_REQUEST,
+                        "https_without_connect",
+                        "https:// requests go through the proxy with CONNECT".to_string(),
+                    )),
+                    Some(a) => resolve(a, 80, explicit.connect_config().timeout)
                         .await
                         .map_err(|e| (StatusCode::BAD_GATEWAY, "resolve", e.to_string())),
                     None => Err((
@@ -188,8 +191,25 @@ impl Inner {
         let labels = self.count_request(authority.as_ref(), target);
 
         headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+        if matches!(self.route, Route::Explicit(_)) {
+            // Credentials for this proxy are not the target's business.
+            req.headers_mut().remove(http::header::PROXY_AUTHORIZATION);
+        }
+        // In transparent mode an absolute-form request goes on as it came;
+        // in explicit mode we are the proxy it was addressed to, and the
+        // target gets the usual origin form.
+        let absolute_form = absolute_form && matches!(self.route, Route::Target(_));
         if !connect {
-            *req.uri_mut() = client_uri(req.uri(), authority, target);
+            // HTTP/2 carries the authority in the URI (`:authority`), and so
+            // does an absolute-form request; otherwise the URI names the
+            // target, so that the client's pool is keyed by target and not
+            // by whatever `Host` a client sends (the header travels as is).
+            let uri_authority = if self.version == Version::Http2 || absolute_form {
+                authority
+            } else {
+                None
+            };
+            *req.uri_mut() = client_uri(req.uri(), uri_authority, target);
         }
         let server_upgrade = (upgrade || connect).then(|| hyper::upgrade::on(&mut req));
 
@@ -211,17 +231,18 @@ impl Inner {
                 return self.count_rescued(&labels, rescued, start);
             }
         }
-        let req = req.map(|body| match self.max_body {
-            Some(limit) => {
-                http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-                    .boxed_unsync()
+        let req = req.map(|body| {
+            // A failure reading the client's body is the client's (400),
+            // not the target's: the error says so.
+            let body = body.map_err(rescue::RequestBodyError);
+            match self.max_body {
+                Some(limit) => {
+                    http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+                        .boxed_unsync()
+                }
+                None => body.map_err(linnet_core::Error::from).boxed_unsync(),
             }
-            None => body.map_err(linnet_core::Error::from).boxed_unsync(),
         });
-        // In transparent mode an absolute-form request goes on as it came;
-        // in explicit mode we are the proxy it was addressed to, and the
-        // target gets the usual origin form.
-        let absolute_form = absolute_form && matches!(self.route, Route::Target(_));
         match upstream
             .client(self.version, absolute_form)
             .request(req)
@@ -237,6 +258,10 @@ impl Inner {
                     }
                 }
                 headers::strip_hop_by_hop(rsp.headers_mut(), switching);
+                let exact = hyper::body::Body::size_hint(rsp.body()).exact();
+                if self.version == Version::Http1 && !switching {
+                    headers::drop_untrusted_length(rsp.headers_mut(), exact);
+                }
                 // Connection management is our server's business with its
                 // client: an HTTP/1.0 answer from the target must not make it
                 // close a connection the client asked to keep alive.
@@ -367,7 +392,11 @@ const UNKNOWN_TARGET: SocketAddr =
 
 /// The address of an authority: its IP, or the first address its name
 /// resolves to (system resolver).
-async fn resolve(authority: &uri::Authority, default_port: u16) -> std::io::Result<SocketAddr> {
+async fn resolve(
+    authority: &uri::Authority,
+    default_port: u16,
+    timeout: std::time::Duration,
+) -> std::io::Result<SocketAddr> {
     let port = authority.port_u16().unwrap_or(default_port);
     let host = authority
         .host()
@@ -376,8 +405,14 @@ async fn resolve(authority: &uri::Authority, default_port: u16) -> std::io::Resu
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    tokio::net::lookup_host((host, port))
-        .await?
+    tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("resolving {host} timed out"),
+            )
+        })??
         .next()
         .ok_or_else(|| {
             std::io::Error::new(

@@ -22,6 +22,12 @@ pub const GRPC_RESOURCE_EXHAUSTED: u16 = 8;
 /// gRPC's INVALID_ARGUMENT.
 pub const GRPC_INVALID_ARGUMENT: u16 = 3;
 
+/// Reading the client's request body failed (broken framing, a reset):
+/// the client's fault, answered with 400.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body failed")]
+pub struct RequestBodyError(#[source] pub hyper::Error);
+
 /// A response made up by the proxy, and the `error` label it counts under.
 #[derive(Debug)]
 pub struct Rescued {
@@ -41,6 +47,15 @@ pub fn rescue(error: &(dyn Error + 'static), grpc: bool) -> Rescued {
             GRPC_RESOURCE_EXHAUSTED,
             "body_too_large",
             "the request body is larger than the proxy's limit",
+            grpc,
+        );
+    }
+    if linnet_core::is_caused_by::<RequestBodyError>(error) {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            GRPC_INVALID_ARGUMENT,
+            "request_body",
+            &linnet_core::display_chain(error),
             grpc,
         );
     }

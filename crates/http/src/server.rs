@@ -30,6 +30,8 @@ where
                 .timer(TokioTimer::new())
                 .header_read_timeout(config.header_read_timeout)
                 .preserve_header_case(true)
+                // The target's response says whether it has a date.
+                .auto_date_header(false)
                 // A client may send its request and shut its write side
                 // while it waits: the response is still owed.
                 .half_close(true)
@@ -50,6 +52,7 @@ where
                 && config.http2_initial_connection_window_size.is_none();
             let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .auto_date_header(false)
                 .adaptive_window(adaptive)
                 .initial_stream_window_size(config.http2_initial_stream_window_size)
                 .initial_connection_window_size(config.http2_initial_connection_window_size)

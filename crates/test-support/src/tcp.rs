@@ -161,3 +161,14 @@ impl Drop for ExchangeServer {
         self.task.abort();
     }
 }
+
+/// An address where connections are refused: a socket bound but not
+/// listening. The port stays reserved (no other test can take it) for as
+/// long as the returned socket lives.
+pub fn refused_addr() -> (socket2::Socket, SocketAddr) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    (sock, addr)
+}
