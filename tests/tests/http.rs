@@ -372,3 +372,27 @@ async fn inbound_http_reaches_the_application() {
         m.0
     );
 }
+
+#[tokio::test]
+async fn a_target_that_does_not_accept_in_time_is_504() {
+    let (hole, _fillers) = linnet_test_support::tcp::black_hole();
+    let target = hole.local_addr().unwrap().as_socket().unwrap();
+    let proxy = Proxy::start(
+        OrigDst::Fixed(target),
+        &[("LINNET_OUTBOUND_CONNECT_TIMEOUT", "300ms")],
+    )
+    .await;
+    let rsp = h1_client()
+        .request(req(Method::GET, proxy.outbound, "/", Bytes::new()))
+        .await
+        .unwrap();
+    let (status, headers, _, _) = collect(rsp).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        headers["l5d-proxy-error"]
+            .to_str()
+            .unwrap()
+            .contains("timed out"),
+        "{headers:?}"
+    );
+}

@@ -7,7 +7,7 @@ use linnet_app::{Drained, OrigDst};
 use linnet_test_support::{
     eventually,
     proxy::Proxy,
-    tcp::{ExchangeServer, exchange, random_payload, refused_addr},
+    tcp::{ExchangeServer, black_hole, exchange, random_payload, refused_addr},
 };
 use std::{
     io,
@@ -183,25 +183,6 @@ async fn connect_refused_closes_the_client_and_is_counted() {
         read_all(&mut again).await,
         Err(io::ErrorKind::ConnectionReset)
     );
-}
-
-/// A listener whose accept queue is full, so that new connections to it
-/// hang in SYN-SENT: the kernel drops their SYNs.
-fn black_hole() -> (socket2::Socket, Vec<std::net::TcpStream>) {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    sock.listen(0).unwrap();
-    let addr = sock.local_addr().unwrap().as_socket().unwrap();
-    let mut fillers = Vec::new();
-    // Connect until one does not complete: the queue is then full.
-    for _ in 0..16 {
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            Ok(s) => fillers.push(s),
-            Err(_) => return (sock, fillers),
-        }
-    }
-    panic!("could not fill the accept queue of {addr}");
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use linnet_metrics::http::{HttpMetrics, RequestLabels, ResponseOutcome};
+use linnet_metrics::http::{LabeledMetrics, ResponseOutcome};
 use std::{
     pin::Pin,
     task::{Context, Poll, ready},
@@ -14,8 +14,7 @@ use std::{
 pub(crate) struct Recorder {
     /// The request's in-flight permit, released when the response ends.
     pub(crate) _permit: tokio::sync::OwnedSemaphorePermit,
-    pub(crate) metrics: HttpMetrics,
-    pub(crate) labels: RequestLabels,
+    pub(crate) metrics: LabeledMetrics,
     pub(crate) start: Instant,
     pub(crate) status: u16,
     pub(crate) grpc_status: Option<i32>,
@@ -28,8 +27,7 @@ impl Recorder {
             grpc_status: self.grpc_status,
             error,
         };
-        self.metrics
-            .response(&self.labels, outcome, self.start.elapsed());
+        self.metrics.response(outcome, self.start.elapsed());
     }
 }
 

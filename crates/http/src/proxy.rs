@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use linnet_metrics::{
     Direction,
-    http::{HttpMetrics, RequestLabels, ResponseOutcome},
+    http::{HttpMetrics, LabeledMetrics, ResponseOutcome},
     prometheus_client::metrics::counter::Counter,
 };
 use linnet_transport::duplex::{Side, duplex};
@@ -30,7 +30,7 @@ pub struct Proxy {
 #[derive(Debug)]
 struct Inner {
     /// The label set and request counter of the connection's last request.
-    last_labels: std::sync::Mutex<Option<(RequestLabels, Counter)>>,
+    last_labels: std::sync::Mutex<Option<LabeledMetrics>>,
     route: Route,
     in_flight: InFlight,
     /// The largest request body passed on.
@@ -274,8 +274,7 @@ impl Inner {
                     .and_then(|v| v.to_str().ok()?.parse().ok());
                 let recorder = Recorder {
                     _permit: permit,
-                    metrics: self.metrics.clone(),
-                    labels,
+                    metrics: labels,
                     start,
                     status: status.as_u16(),
                     grpc_status,
@@ -305,26 +304,31 @@ impl Inner {
         &self,
         authority: Option<&uri::Authority>,
         target: SocketAddr,
-    ) -> RequestLabels {
+    ) -> LabeledMetrics {
         let authority = authority.map_or("", |a| a.as_str());
         let mut last = self.last_labels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((labels, counter)) = last.as_ref() {
-            if &*labels.authority == authority && labels.target_addr.0 == target {
-                counter.inc();
-                return labels.clone();
+        let labeled = match last.as_ref() {
+            Some(m)
+                if &*m.labels().authority == authority && m.labels().target_addr.0 == target =>
+            {
+                m.clone()
             }
-        }
-        let labels = HttpMetrics::labels(self.direction, Arc::from(authority), target, self.tls);
-        let counter = self.metrics.request_counter(&labels);
-        counter.inc();
-        *last = Some((labels.clone(), counter));
-        labels
+            _ => {
+                let labels =
+                    HttpMetrics::labels(self.direction, Arc::from(authority), target, self.tls);
+                let m = self.metrics.labeled(labels);
+                *last = Some(m.clone());
+                m
+            }
+        };
+        labeled.request();
+        labeled
     }
 
     /// Counts a response the proxy made up, and returns it.
     fn count_rescued(
         &self,
-        labels: &RequestLabels,
+        labels: &LabeledMetrics,
         rescued: rescue::Rescued,
         start: Instant,
     ) -> Response<BoxBody> {
@@ -333,7 +337,7 @@ impl Inner {
             grpc_status: rescued.grpc_status,
             error: rescued.error,
         };
-        self.metrics.response(labels, outcome, start.elapsed());
+        labels.response(outcome, start.elapsed());
         rescued.response
     }
 
@@ -344,7 +348,7 @@ impl Inner {
         mut req: Request<Incoming>,
         addr: SocketAddr,
         config: ConnectConfig,
-        labels: RequestLabels,
+        labels: LabeledMetrics,
         start: Instant,
     ) -> Response<BoxBody> {
         let mut stream = match linnet_transport::connect(addr, config.timeout, config.keepalive)
@@ -377,7 +381,7 @@ impl Inner {
             grpc_status: None,
             error: "",
         };
-        self.metrics.response(&labels, outcome, start.elapsed());
+        labels.response(outcome, start.elapsed());
         Response::new(
             http_body_util::Empty::new()
                 .map_err(|never| match never {})

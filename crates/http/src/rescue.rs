@@ -17,6 +17,8 @@ pub const L5D_PROXY_ERROR: &str = "l5d-proxy-error";
 
 /// gRPC's UNAVAILABLE.
 pub const GRPC_UNAVAILABLE: u16 = 14;
+/// gRPC's DEADLINE_EXCEEDED.
+pub const GRPC_DEADLINE_EXCEEDED: u16 = 4;
 /// gRPC's RESOURCE_EXHAUSTED.
 pub const GRPC_RESOURCE_EXHAUSTED: u16 = 8;
 /// gRPC's INVALID_ARGUMENT.
@@ -59,19 +61,32 @@ pub fn rescue(error: &(dyn Error + 'static), grpc: bool) -> Rescued {
             grpc,
         );
     }
-    let label = if linnet_core::is_caused_by::<ConnectError>(error) {
-        "connect"
-    } else {
+    let message = linnet_core::display_chain(error);
+    match linnet_core::find_cause::<ConnectError>(error) {
+        // The target did not accept in time: a gateway timeout.
+        Some(ConnectError::Timeout { .. }) => respond(
+            StatusCode::GATEWAY_TIMEOUT,
+            GRPC_DEADLINE_EXCEEDED,
+            "connect_timeout",
+            &message,
+            grpc,
+        ),
+        Some(ConnectError::Io { .. }) => respond(
+            StatusCode::BAD_GATEWAY,
+            GRPC_UNAVAILABLE,
+            "connect",
+            &message,
+            grpc,
+        ),
         // The connection to the target failed before a response came.
-        "upstream"
-    };
-    respond(
-        StatusCode::BAD_GATEWAY,
-        GRPC_UNAVAILABLE,
-        label,
-        &linnet_core::display_chain(error),
-        grpc,
-    )
+        None => respond(
+            StatusCode::BAD_GATEWAY,
+            GRPC_UNAVAILABLE,
+            "upstream",
+            &message,
+            grpc,
+        ),
+    }
 }
 
 /// A response made up by the proxy: `status` (or, for gRPC, HTTP 200 with
@@ -164,6 +179,18 @@ mod tests {
             reason.starts_with("connect to 10.0.0.1:80 failed"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn connect_timeout_is_504() {
+        let e = ConnectError::Timeout {
+            addr: "10.0.0.1:80".parse().unwrap(),
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let r = rescue(&e, false);
+        assert_eq!(r.response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(r.error, "connect_timeout");
+        assert_eq!(rescue(&e, true).response.headers()["grpc-status"], "4");
     }
 
     #[test]

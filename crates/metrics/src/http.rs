@@ -12,7 +12,12 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 /// Linkerd's latency buckets, in milliseconds.
 const LATENCY_BUCKETS_MS: [f64; 25] = [
@@ -51,7 +56,7 @@ struct LatencyLabels {
 }
 
 /// How a response ended, for `response_total`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq)]
 pub struct ResponseOutcome {
     /// The HTTP status, if a response head was sent.
     pub status: Option<u16>,
@@ -119,14 +124,20 @@ impl HttpMetrics {
         }
     }
 
+    /// The metrics of one label set, resolved once and kept by whoever
+    /// sends many requests with it (a connection).
+    pub fn labeled(&self, labels: RequestLabels) -> LabeledMetrics {
+        LabeledMetrics(Arc::new(Labeled {
+            requests: self.requests.get_or_create_owned(&labels),
+            metrics: self.clone(),
+            labels,
+            responses: Mutex::new(HashMap::new()),
+        }))
+    }
+
     /// Counts a request.
     pub fn request(&self, labels: &RequestLabels) {
         self.requests.get_or_create(labels).inc();
-    }
-
-    /// The request counter of `labels`, to keep and bump without a lookup.
-    pub fn request_counter(&self, labels: &RequestLabels) -> Counter {
-        self.requests.get_or_create_owned(labels)
     }
 
     /// Counts a response and records its latency.
@@ -146,6 +157,54 @@ impl HttpMetrics {
                 status_code: outcome.status,
             })
             .observe(elapsed.as_secs_f64() * 1000.0);
+    }
+}
+
+/// [`HttpMetrics`] for one label set: the request counter, and the
+/// response counter and latency histogram of each outcome as it first
+/// occurs, so that a request and its response cost no family lookups.
+#[derive(Clone, Debug)]
+pub struct LabeledMetrics(Arc<Labeled>);
+
+#[derive(Debug)]
+struct Labeled {
+    metrics: HttpMetrics,
+    labels: RequestLabels,
+    requests: Counter,
+    responses: Mutex<HashMap<ResponseOutcome, (Counter, Histogram)>>,
+}
+
+impl LabeledMetrics {
+    /// The label set.
+    pub fn labels(&self) -> &RequestLabels {
+        &self.0.labels
+    }
+
+    /// Counts a request.
+    pub fn request(&self) {
+        self.0.requests.inc();
+    }
+
+    /// Counts a response and records its latency.
+    pub fn response(&self, outcome: ResponseOutcome, elapsed: Duration) {
+        let mut responses = self.0.responses.lock().unwrap_or_else(|e| e.into_inner());
+        let (counter, histogram) = responses.entry(outcome).or_insert_with(|| {
+            let m = &self.0.metrics;
+            let counter = m.responses.get_or_create_owned(&ResponseLabels {
+                request: self.0.labels.clone(),
+                status_code: outcome.status,
+                classification: outcome.classification(),
+                grpc_status: outcome.grpc_status,
+                error: outcome.error,
+            });
+            let histogram = m.latency.get_or_create_owned(&LatencyLabels {
+                request: self.0.labels.clone(),
+                status_code: outcome.status,
+            });
+            (counter, histogram)
+        });
+        counter.inc();
+        histogram.observe(elapsed.as_secs_f64() * 1000.0);
     }
 }
 
@@ -190,13 +249,23 @@ mod tests {
             },
             Duration::from_millis(3),
         );
+        // The same series, through a kept label set.
+        let kept = m.labeled(l.clone());
+        kept.request();
+        kept.response(
+            ResponseOutcome {
+                status: Some(200),
+                ..Default::default()
+            },
+            Duration::from_millis(30),
+        );
         let text = crate::encode(&registry);
         let base =
             r#"direction="outbound",authority="web:80",target_addr="10.0.0.1:80",tls="disabled""#;
         for line in [
-            format!("request_total{{{base}}} 1"),
+            format!("request_total{{{base}}} 2"),
             format!(
-                r#"response_total{{{base},status_code="200",classification="success",grpc_status="",error=""}} 1"#
+                r#"response_total{{{base},status_code="200",classification="success",grpc_status="",error=""}} 2"#
             ),
             format!(
                 r#"response_total{{{base},status_code="200",classification="failure",grpc_status="14",error=""}} 1"#
@@ -204,8 +273,9 @@ mod tests {
             format!(
                 r#"response_total{{{base},status_code="502",classification="failure",grpc_status="",error="connect"}} 1"#
             ),
-            format!(r#"response_latency_ms_count{{{base},status_code="200"}} 2"#),
+            format!(r#"response_latency_ms_count{{{base},status_code="200"}} 3"#),
             format!(r#"response_latency_ms_bucket{{le="3.0",{base},status_code="200"}} 2"#),
+            format!(r#"response_latency_ms_bucket{{le="30.0",{base},status_code="200"}} 3"#),
         ] {
             assert!(text.contains(&line), "missing {line} in\n{text}");
         }

@@ -172,3 +172,22 @@ pub fn refused_addr() -> (socket2::Socket, SocketAddr) {
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
     (sock, addr)
 }
+
+/// A listener whose accept queue is full, so that new connections to it
+/// hang in SYN-SENT: the kernel drops their SYNs.
+pub fn black_hole() -> (socket2::Socket, Vec<std::net::TcpStream>) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    // Connect until one does not complete: the queue is then full.
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => return (sock, fillers),
+        }
+    }
+    panic!("could not fill the accept queue of {addr}");
+}
