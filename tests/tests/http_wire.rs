@@ -398,3 +398,42 @@ async fn a_response_framed_twice_is_framed_once() {
         "the body was cut to the untrusted length: {rsp}"
     );
 }
+
+#[tokio::test]
+async fn a_refusal_before_100_continue_spares_the_client_its_upload() {
+    // A target that refuses at once, without reading the body.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read_exact(&mut b).await.is_ok() {
+                    head.push(b[0]);
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 417 Expectation Failed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let proxy = Proxy::start(OrigDst::Fixed(addr), &[]).await;
+    let mut c = TcpStream::connect(proxy.outbound).await.unwrap();
+    c.write_all(b"PUT /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    // The client waits for 100 Continue before sending its body; the first
+    // thing it hears must be the refusal.
+    let mut first = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut first))
+        .await
+        .expect("an answer without the body")
+        .unwrap();
+    assert_eq!(
+        &first,
+        b"HTTP/1.1 417",
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
+}

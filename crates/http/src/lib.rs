@@ -14,6 +14,7 @@
 
 mod body;
 pub mod client;
+mod continue_gate;
 pub mod headers;
 pub mod proxy;
 pub mod rescue;

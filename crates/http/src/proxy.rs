@@ -5,7 +5,7 @@ use crate::{
     BoxBody, Upstream, Version,
     body::{MeteredBody, Recorder},
     client::ConnectConfig,
-    headers, rescue,
+    continue_gate, headers, rescue,
 };
 use http::{Request, Response, StatusCode, Uri, uri};
 use http_body_util::BodyExt;
@@ -231,10 +231,16 @@ impl Inner {
                 return self.count_rescued(&labels, rescued, start);
             }
         }
+        let gate = (self.version == Version::Http1 && continue_gate::expects_continue(&req))
+            .then(|| continue_gate::gate(&mut req));
         let req = req.map(|body| {
             // A failure reading the client's body is the client's (400),
             // not the target's: the error says so.
             let body = body.map_err(rescue::RequestBodyError);
+            let body = match gate {
+                Some(gate) => continue_gate::Gated::new(body, gate).boxed_unsync(),
+                None => body.boxed_unsync(),
+            };
             match self.max_body {
                 Some(limit) => {
                     http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
