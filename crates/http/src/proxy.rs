@@ -367,20 +367,9 @@ impl Inner {
         tokio::spawn(async move {
             let Ok(upgraded) = upgrade.await else { return };
             let mut client = TokioIo::new(upgraded);
-            let unused: [Counter; 4] = Default::default();
-            let _ = duplex(
-                Side {
-                    io: &mut client,
-                    read_bytes: &unused[0],
-                    write_bytes: &unused[1],
-                },
-                Side {
-                    io: &mut stream,
-                    read_bytes: &unused[2],
-                    write_bytes: &unused[3],
-                },
-            )
-            .await;
+            if let Err(error) = splice(&mut client, &mut stream).await {
+                tracing::debug!(%addr, %error, "CONNECT tunnel failed");
+            }
         });
         let outcome = ResponseOutcome {
             status: Some(200),
@@ -461,22 +450,31 @@ async fn tunnel(
         return;
     };
     let (mut down, mut up) = (TokioIo::new(server), TokioIo::new(client));
-    // The connections' own metrics count these bytes already.
+    if let Err(error) = splice(&mut down, &mut up).await {
+        tracing::debug!(%target, %error, "upgraded connection failed");
+    }
+}
+
+/// Copies both ways between a tunnel's two ends. The connections' own
+/// metrics count these bytes already, so the copy's counters are unused.
+async fn splice<A, B>(a: &mut A, b: &mut B) -> Result<(), linnet_transport::CopyError>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let unused: [Counter; 4] = Default::default();
-    let result = duplex(
+    duplex(
         Side {
-            io: &mut down,
+            io: a,
             read_bytes: &unused[0],
             write_bytes: &unused[1],
         },
         Side {
-            io: &mut up,
+            io: b,
             read_bytes: &unused[2],
             write_bytes: &unused[3],
         },
     )
-    .await;
-    if let Err(error) = result {
-        tracing::debug!(%target, %error, "upgraded connection failed");
-    }
+    .await
+    .map(|_| ())
 }

@@ -33,6 +33,17 @@ impl<I> CountingIo<I> {
         &self.io
     }
 
+    fn wrote(&mut self, result: &io::Result<usize>) {
+        match result {
+            Ok(n) => {
+                if let Some(m) = &self.metrics {
+                    m.write_bytes.inc_by(*n as u64);
+                }
+            }
+            Err(e) => self.error = linnet_metrics::tcp::CloseReason::error("io", Some(e)),
+        }
+    }
+
     fn note(&mut self, result: &io::Result<()>, error: &'static str) {
         if let Err(e) = result {
             self.error = linnet_metrics::tcp::CloseReason::error(error, Some(e));
@@ -71,14 +82,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for CountingIo<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = ready!(Pin::new(&mut self.io).poll_write(cx, buf));
-        match &result {
-            Ok(n) => {
-                if let Some(m) = &self.metrics {
-                    m.write_bytes.inc_by(*n as u64);
-                }
-            }
-            Err(e) => self.error = linnet_metrics::tcp::CloseReason::error("io", Some(e)),
-        }
+        self.wrote(&result);
         Poll::Ready(result)
     }
 
@@ -88,14 +92,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for CountingIo<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs));
-        match &result {
-            Ok(n) => {
-                if let Some(m) = &self.metrics {
-                    m.write_bytes.inc_by(*n as u64);
-                }
-            }
-            Err(e) => self.error = linnet_metrics::tcp::CloseReason::error("io", Some(e)),
-        }
+        self.wrote(&result);
         Poll::Ready(result)
     }
 
