@@ -10,6 +10,25 @@ use linnet_core::drain;
 const MAX_CONCURRENT_STREAMS: u32 = 1000;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+/// Runs a hyper server connection until it ends: when draining starts it
+/// is shut down gracefully, and when the grace period ends it is dropped.
+/// (A macro: hyper's HTTP/1 and HTTP/2 connections share no trait for
+/// `graceful_shutdown`.)
+macro_rules! drive {
+    ($conn:expr, $watch:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = $watch.draining() => conn.as_mut().graceful_shutdown(),
+        }
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = $watch.closing() => Ok(()),
+        }
+    }};
+}
+
 /// Serves `io` with `proxy` until the client closes. When draining starts
 /// the connection is shut down gracefully (HTTP/2 GOAWAY; HTTP/1 closes
 /// after the request in flight); when the grace period ends it is dropped.
@@ -37,15 +56,7 @@ where
                 .half_close(true)
                 .serve_connection(io, proxy)
                 .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => return r,
-                _ = watch.draining() => conn.as_mut().graceful_shutdown(),
-            }
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = watch.closing() => Ok(()),
-            }
+            drive!(conn, watch)
         }
         Version::Http2 => {
             let adaptive = config.http2_initial_stream_window_size.is_none()
@@ -60,15 +71,7 @@ where
                 .keep_alive_interval(config.http2_keepalive_interval)
                 .keep_alive_timeout(config.http2_keepalive_timeout)
                 .serve_connection(io, proxy);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => return r,
-                _ = watch.draining() => conn.as_mut().graceful_shutdown(),
-            }
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = watch.closing() => Ok(()),
-            }
+            drive!(conn, watch)
         }
     }
 }
