@@ -396,3 +396,47 @@ async fn a_target_that_does_not_accept_in_time_is_504() {
         "{headers:?}"
     );
 }
+
+#[tokio::test]
+async fn a_request_the_client_abandons_is_counted_as_cancelled() {
+    let server = HttpServer::start().await;
+    let proxy = Proxy::start(OrigDst::Fixed(server.addr), &[]).await;
+    let client = h2_client();
+    // Keep the connection: a first request that completes.
+    collect(
+        client
+            .request(req(Method::GET, proxy.outbound, "/", Bytes::new()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let slow = tokio::spawn({
+        let client = client.clone();
+        let addr = proxy.outbound;
+        async move {
+            client
+                .request(req(Method::GET, addr, "/delay/3000", Bytes::new()))
+                .await
+        }
+    });
+    eventually("slow request in flight", Duration::from_secs(5), || async {
+        (server.seen().len() == 2).then_some(())
+    })
+    .await;
+    // Dropping the request resets its HTTP/2 stream.
+    slow.abort();
+    let admin = proxy.admin;
+    eventually(
+        "the abandoned request counted",
+        Duration::from_secs(5),
+        || async {
+            let m = linnet_test_support::metrics::scrape(admin).await;
+            (m.sum(
+                "response_total",
+                &[("error", "cancelled"), ("status_code", "")],
+            ) == 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+}

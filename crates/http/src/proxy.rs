@@ -249,11 +249,16 @@ impl Inner {
                 None => body.map_err(linnet_core::Error::from).boxed_unsync(),
             }
         });
-        match upstream
+        // If the client goes away while the target is thinking (an HTTP/2
+        // stream reset drops this future), the request still gets an
+        // outcome in `response_total`.
+        let waiting = Unanswered::new(&labels, start);
+        let result = upstream
             .client(self.version, absolute_form)
             .request(req)
-            .await
-        {
+            .await;
+        waiting.answered();
+        match result {
             Ok(mut rsp) => {
                 let status = rsp.status();
                 let switching = status == StatusCode::SWITCHING_PROTOCOLS;
@@ -382,6 +387,38 @@ impl Inner {
                 .map_err(|never| match never {})
                 .boxed_unsync(),
         )
+    }
+}
+
+/// Records a request as `cancelled` if dropped before [`Unanswered::answered`].
+struct Unanswered<'a> {
+    labels: Option<&'a LabeledMetrics>,
+    start: Instant,
+}
+
+impl<'a> Unanswered<'a> {
+    fn new(labels: &'a LabeledMetrics, start: Instant) -> Self {
+        Self {
+            labels: Some(labels),
+            start,
+        }
+    }
+
+    fn answered(mut self) {
+        self.labels = None;
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(labels) = self.labels.take() {
+            let outcome = ResponseOutcome {
+                status: None,
+                grpc_status: None,
+                error: "cancelled",
+            };
+            labels.response(outcome, self.start.elapsed());
+        }
     }
 }
 
