@@ -50,6 +50,13 @@ pub(crate) fn gate<B>(req: &mut http::Request<B>) -> Gate {
 /// The opening condition of a [`Gated`] body; `None` once open.
 pub(crate) struct Gate(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
 
+impl Gate {
+    /// A gate that is already open.
+    pub(crate) fn open() -> Self {
+        Gate(None)
+    }
+}
+
 /// A body that is not read until its gate opens.
 pub(crate) struct Gated<B> {
     gate: Gate,

@@ -237,10 +237,9 @@ impl Inner {
             // A failure reading the client's body is the client's (400),
             // not the target's: the error says so.
             let body = body.map_err(rescue::RequestBodyError);
-            let body = match gate {
-                Some(gate) => continue_gate::Gated::new(body, gate).boxed_unsync(),
-                None => body.boxed_unsync(),
-            };
+            // One box per request: an open gate passes frames straight on.
+            let body =
+                continue_gate::Gated::new(body, gate.unwrap_or_else(continue_gate::Gate::open));
             match self.max_body {
                 Some(limit) => {
                     http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
