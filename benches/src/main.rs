@@ -1,254 +1,653 @@
-//! `linnet-bench`: measures the proxy on loopback.
-//!
-//! For now one scenario, `tcp`: a single bulk TCP stream (1 GiB by default)
-//! sent directly to a sink, then through one proxy hop, reporting Gbit/s
-//! and the proxy process's RSS (idle, after the run, and peak) and CPU time.
-//! The proxy under test is a separate process (this binary re-executed as
-//! `linnet-bench fixed-proxy`), which runs the same `linnet_app::run` as
-//! `linnet proxy`, with the original destination fixed to the sink instead
-//! of read from iptables, so no root is needed.
+//! `linnet-bench`: Linnet's numbers, measured the way the field measures
+//! them, next to HAProxy on the same machine in the same run.
 //!
 //! ```text
-//! cargo run --release -p linnet-bench -- tcp [--bytes N]
-//! cargo run --release -p linnet-bench -- http-backend [ADDR]
-//! cargo run --release -p linnet-bench -- fixed-proxy TARGET
+//! cargo run --release -p linnet-bench -- [--quick] [--scenario NAME...]
 //! ```
+//!
+//! It starts everything itself on loopback (backends, the proxies under
+//! test, HAProxy, iperf3), drives load with oha (HTTP) or a tonic client
+//! loop (gRPC) at fixed rates, open loop with coordinated-omission
+//! correction, and as fast as it goes; reads each proxy's CPU time and
+//! memory from `/proc`; and writes JSON, Markdown and an SVG chart under
+//! `target/bench/`. Scenarios run interleaved and repeated, so that the
+//! machine's noise shows as the spread between repeats.
+//!
+//! The proxy under test is any command line (`--proxy`, `--proxy-env`)
+//! that reads Linkerd's `LINKERD2_PROXY_*` variables: the listeners, the
+//! admin server and `*_ORIG_DST_ADDR`, which stands in for iptables.
+
+mod backend;
+mod load;
+mod procs;
+mod report;
+mod topology;
 
 use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use load::{Client, Load, Rate};
+use procs::Memory;
+use report::{ProxySample, Run, TcpRun};
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
+use topology::{Dirs, HaMode, ProxyCmd, Topology};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "linnet-bench",
+    about = "Benchmarks of the Linnet proxy, beside HAProxy"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// A short run (one repeat, short loads, 1000 requests/s only) that
+    /// finishes in under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Scenarios to run (default: all). Those measured against a floor
+    /// bring it along (`http2` runs `http2-direct` too).
+    #[arg(long = "scenario", value_enum)]
+    scenarios: Vec<Selected>,
+    /// Fixed rates in requests/s (default 1000 and 5000; 1000 with --quick).
+    #[arg(long = "rate")]
+    rates: Vec<u32>,
+    /// Skip the saturation runs.
+    #[arg(long)]
+    no_saturation: bool,
+    /// Seconds of measured load per run (default 6; 2 with --quick;
+    /// saturation runs take at most 4).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Seconds of warm-up load before each run (default 1; 0.5 with --quick).
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Times each run is repeated, interleaved (default 3; 1 with --quick).
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Client connections.
+    #[arg(long, default_value_t = 10)]
+    connections: u32,
+    /// The proxy under test, as a command line (default: the `linnet`
+    /// binary built beside this one, with `proxy`).
+    #[arg(long)]
+    proxy: Option<String>,
+    /// Extra environment for the proxy under test, as NAME=VALUE.
+    #[arg(long = "proxy-env")]
+    proxy_env: Vec<String>,
+    /// Where results go (default: `target/bench`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Runs a backend (used by the harness).
+    #[command(hide = true)]
+    Backend {
+        #[arg(value_enum)]
+        kind: backend::Kind,
+        #[arg(default_value = "127.0.0.1:0")]
+        addr: SocketAddr,
+    },
+}
+
+/// Scenarios as named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Selected {
+    Direct,
+    Outbound,
+    Mesh,
+    Haproxy,
+    Http2,
+    Grpc,
+    Tcp,
+}
+
+/// A request/response scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    Direct,
+    Outbound,
+    Mesh,
+    Haproxy,
+    Http2Direct,
+    Http2,
+    GrpcDirect,
+    Grpc,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 8] = [
+        Scenario::Direct,
+        Scenario::Outbound,
+        Scenario::Mesh,
+        Scenario::Haproxy,
+        Scenario::Http2Direct,
+        Scenario::Http2,
+        Scenario::GrpcDirect,
+        Scenario::Grpc,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Direct => "direct",
+            Scenario::Outbound => "outbound",
+            Scenario::Mesh => "mesh",
+            Scenario::Haproxy => "haproxy",
+            Scenario::Http2Direct => "http2-direct",
+            Scenario::Http2 => "http2",
+            Scenario::GrpcDirect => "grpc-direct",
+            Scenario::Grpc => "grpc",
+        }
+    }
+
+    fn client(self) -> Client {
+        match self {
+            Scenario::Direct | Scenario::Outbound | Scenario::Mesh | Scenario::Haproxy => {
+                Client::Http1
+            }
+            Scenario::Http2Direct | Scenario::Http2 => Client::Http2,
+            Scenario::GrpcDirect | Scenario::Grpc => Client::Grpc,
+        }
+    }
+
+    /// The floor it is compared with: the same client straight to the
+    /// backend.
+    fn baseline(self) -> Option<Scenario> {
+        match self {
+            Scenario::Outbound | Scenario::Mesh | Scenario::Haproxy => Some(Scenario::Direct),
+            Scenario::Http2 => Some(Scenario::Http2Direct),
+            Scenario::Grpc => Some(Scenario::GrpcDirect),
+            _ => None,
+        }
+    }
+
+    fn selected_by(self, s: Selected) -> bool {
+        matches!(
+            (s, self),
+            (Selected::Direct, Scenario::Direct)
+                | (Selected::Outbound, Scenario::Outbound)
+                | (Selected::Mesh, Scenario::Mesh)
+                | (Selected::Haproxy, Scenario::Haproxy)
+                | (Selected::Http2, Scenario::Http2)
+                | (Selected::Grpc, Scenario::Grpc)
+        )
+    }
+}
+
+/// A bulk TCP path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TcpPath {
+    Direct,
+    Outbound,
+    HaproxyHop,
+    Mesh,
+    Haproxy,
+}
+
+impl TcpPath {
+    const ALL: [TcpPath; 5] = [
+        TcpPath::Direct,
+        TcpPath::Outbound,
+        TcpPath::HaproxyHop,
+        TcpPath::Mesh,
+        TcpPath::Haproxy,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            TcpPath::Direct => "tcp-direct",
+            TcpPath::Outbound => "tcp-outbound",
+            TcpPath::HaproxyHop => "tcp-haproxy-hop",
+            TcpPath::Mesh => "tcp-mesh",
+            TcpPath::Haproxy => "tcp-haproxy",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            TcpPath::Direct => "iperf3 straight to its server",
+            TcpPath::Outbound => "one proxy hop (outbound)",
+            TcpPath::HaproxyHop => "one HAProxy hop (mode tcp)",
+            TcpPath::Mesh => "two proxies (outbound, then inbound)",
+            TcpPath::Haproxy => "two HAProxy hops (mode tcp)",
+        }
+    }
+}
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("tcp") => tcp(&args[1..]),
-        Some("fixed-proxy") => fixed_proxy(&args[1..]),
-        Some("http-backend") => http_backend(&args[1..]),
-        _ => bail!("usage: linnet-bench tcp [--bytes N] | fixed-proxy TARGET | http-backend ADDR"),
+    let args = Args::parse();
+    match args.command {
+        Some(Sub::Backend { kind, addr }) => backend::serve(kind, addr),
+        None => bench(&args),
     }
 }
 
-/// Runs the proxy with every connection forwarded to `TARGET`; prints the
-/// outbound listener's address on stdout once ready.
-fn fixed_proxy(args: &[String]) -> Result<()> {
-    let target: SocketAddr = args
-        .first()
-        .context("fixed-proxy needs a TARGET")?
-        .parse()?;
-    let env = [
-        ("LINNET_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0"),
-        ("LINNET_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
-        ("LINNET_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
-        ("LINNET_CORES", "1"),
-    ];
-    let config = linnet_config::Config::from_env(env.as_slice())?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listeners = linnet_app::Listeners::bind(&config)?;
-        println!("{}", listeners.outbound.local_addr()?);
-        let orig_dst = linnet_app::OrigDst::Fixed(target);
-        linnet_app::run(
-            config,
-            listeners,
-            orig_dst,
-            Default::default(),
-            std::future::pending(),
-        )
-        .await;
-        Ok(())
-    })
+/// Everything a run needs.
+struct Harness {
+    settings: report::Settings,
+    proxy: ProxyCmd,
+    dirs: Dirs,
+    load: Load,
+    http_backend: SocketAddr,
+    grpc_backend: Option<SocketAddr>,
+    rt: tokio::runtime::Runtime,
+    _backends: Vec<procs::Proc>,
 }
 
-/// An HTTP/1.1 and HTTP/2 keep-alive backend answering every request with
-/// 1 KiB, on one thread; prints its address once listening.
-fn http_backend(args: &[String]) -> Result<()> {
-    let addr: SocketAddr = args.first().map_or("127.0.0.1:0", String::as_str).parse()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        println!("{}", listener.local_addr()?);
-        let body = bytes::Bytes::from(vec![b'x'; 1024]);
-        loop {
-            let (stream, _) = listener.accept().await?;
-            let body = body.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| {
-                    let body = body.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            http_body_util::Full::new(body),
-                        ))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
-            });
-        }
-    })
-}
-
-fn tcp(args: &[String]) -> Result<()> {
-    let bytes: u64 = match args {
-        [flag, n] if flag == "--bytes" => n.parse()?,
-        [] => 1 << 30,
-        _ => bail!("usage: linnet-bench tcp [--bytes N]"),
+fn bench(args: &Args) -> Result<()> {
+    let started = Instant::now();
+    let quick = args.quick;
+    let secs = |v: Option<f64>, full: f64, short: f64| {
+        Duration::from_secs_f64(v.unwrap_or(if quick { short } else { full }).max(0.0))
     };
-    let sink = start_sink()?;
-    let direct = stream(sink, bytes)?;
-
-    let mut proxy = ProxyProcess::start(sink)?;
-    std::thread::sleep(Duration::from_millis(200));
-    let idle = proxy.status()?;
-    let cpu_before = proxy.cpu_seconds()?;
-    let hop = stream(proxy.addr, bytes)?;
-    let cpu = proxy.cpu_seconds()? - cpu_before;
-    let after = proxy.status()?;
-
-    // Loaded: 64 connections at once, 16 MiB each, sampled mid-run.
-    let conns = 64;
-    let each = 16 << 20;
-    let start = Instant::now();
-    let senders: Vec<_> = (0..conns)
-        .map(|_| {
-            let addr = proxy.addr;
-            std::thread::spawn(move || stream(addr, each))
-        })
+    let mut scenarios: Vec<Scenario> = Scenario::ALL
+        .into_iter()
+        .filter(|s| args.scenarios.is_empty() || args.scenarios.iter().any(|&x| s.selected_by(x)))
         .collect();
-    std::thread::sleep(Duration::from_millis(100));
-    let loaded = proxy.status()?;
-    for s in senders {
-        s.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    // Floors come along with what is measured against them.
+    for s in scenarios.clone() {
+        if let Some(b) = s.baseline() {
+            if !scenarios.contains(&b) {
+                scenarios.push(b);
+            }
+        }
     }
-    let concurrent = start.elapsed();
-    let after_load = proxy.status()?;
+    scenarios.sort_by_key(|s| Scenario::ALL.iter().position(|x| x == s));
+    let tcp = args.scenarios.is_empty() || args.scenarios.contains(&Selected::Tcp);
+    let rates = if args.rates.is_empty() {
+        if quick { vec![1000] } else { vec![1000, 5000] }
+    } else {
+        args.rates.clone()
+    };
+    if rates.contains(&0) {
+        bail!("--rate must be at least 1 request/s");
+    }
+    let settings = report::Settings {
+        quick,
+        scenarios: scenarios.iter().map(|s| s.name().to_string()).collect(),
+        tcp,
+        rates: rates.clone(),
+        saturation: !args.no_saturation,
+        duration_s: secs(args.duration, 6.0, 2.0).as_secs_f64(),
+        warmup_s: secs(args.warmup, 1.0, 0.5).as_secs_f64(),
+        saturation_s: secs(args.duration.map(|d| d.min(4.0)), 4.0, 2.0).as_secs_f64(),
+        tcp_duration_s: secs(args.duration, 3.0, 1.0).as_secs_f64(),
+        repeats: args.repeats.unwrap_or(if quick { 1 } else { 3 }).max(1),
+        connections: args.connections.max(1),
+        proxy: String::new(),
+    };
 
-    let gbit = |d: Duration| bytes as f64 * 8.0 / d.as_secs_f64() / 1e9;
-    println!("| path | bytes | seconds | Gbit/s |");
-    println!("|---|---:|---:|---:|");
-    println!(
-        "| direct | {bytes} | {:.3} | {:.2} |",
-        direct.as_secs_f64(),
-        gbit(direct)
+    let exe = std::env::current_exe()?;
+    let out = match &args.out {
+        Some(o) => o.clone(),
+        None => exe
+            .parent()
+            .and_then(Path::parent)
+            .context("cannot place target/bench")?
+            .join("bench"),
+    };
+    let dirs = Dirs {
+        logs: out.join("logs"),
+        work: out.join("work"),
+    };
+    for d in [&dirs.logs, &dirs.work] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+
+    let mut need = Vec::new();
+    if scenarios.contains(&Scenario::Haproxy) || tcp {
+        need.push(("haproxy", "haproxy"));
+    }
+    if tcp {
+        need.push(("iperf3", "iperf3"));
+    }
+    topology::ensure_packages(&need)?;
+    let oha = find_or_install_oha()?;
+    let proxy = match &args.proxy {
+        Some(line) => {
+            let mut words = line.split_whitespace().map(String::from);
+            ProxyCmd {
+                program: words.next().context("--proxy is empty")?.into(),
+                args: words.collect(),
+                env: Vec::new(),
+            }
+        }
+        None => default_proxy(&exe)?,
+    };
+    let mut proxy = proxy;
+    for kv in &args.proxy_env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--proxy-env {kv}: expected NAME=VALUE"))?;
+        proxy.env.push((k.to_string(), v.to_string()));
+    }
+    let mut settings = settings;
+    settings.proxy = std::iter::once(proxy.program.display().to_string())
+        .chain(proxy.args.iter().cloned())
+        .chain(proxy.env.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ");
+
+    let mut backends = Vec::new();
+    let http_backend = start_backend(&exe, backend::Kind::Http, &dirs, &mut backends)?;
+    let grpc_backend = if scenarios.iter().any(|s| s.client() == Client::Grpc) {
+        Some(start_backend(
+            &exe,
+            backend::Kind::Grpc,
+            &dirs,
+            &mut backends,
+        )?)
+    } else {
+        None
+    };
+    let h = Harness {
+        proxy,
+        dirs,
+        load: Load {
+            oha: oha.clone(),
+            connections: settings.connections,
+        },
+        http_backend,
+        grpc_backend,
+        rt: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?,
+        _backends: backends,
+        settings,
+    };
+
+    let mut loads: Vec<Rate> = h.settings.rates.iter().map(|&r| Rate::Fixed(r)).collect();
+    if h.settings.saturation {
+        loads.push(Rate::Max);
+    }
+    let mut runs = Vec::new();
+    let mut tcp_runs = Vec::new();
+    for repeat in 0..h.settings.repeats {
+        for &rate in &loads {
+            // Rotate the order each repeat, so that no scenario always
+            // runs first (or right after the heaviest).
+            let n = scenarios.len();
+            for i in 0..n {
+                let s = scenarios[(i + repeat) % n];
+                let run = h
+                    .measure(s, rate, repeat)
+                    .with_context(|| format!("scenario {} at {}", s.name(), rate.label()))?;
+                eprintln!("{}", run.summary());
+                runs.push(run);
+            }
+        }
+        if tcp {
+            let n = TcpPath::ALL.len();
+            for i in 0..n {
+                let p = TcpPath::ALL[(i + repeat) % n];
+                let run = h
+                    .measure_tcp(p, repeat)
+                    .with_context(|| format!("TCP path {}", p.name()))?;
+                eprintln!("{}", run.summary());
+                tcp_runs.push(run);
+            }
+        }
+    }
+
+    let machine = report::Machine::read(&oha);
+    let report = report::Report::build(
+        h.settings.clone(),
+        machine,
+        runs,
+        tcp_runs,
+        started.elapsed(),
     );
-    println!(
-        "| one proxy hop | {bytes} | {:.3} | {:.2} |",
-        hop.as_secs_f64(),
-        gbit(hop)
+    std::fs::create_dir_all(&out)?;
+    let json = out.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+    let md = report.markdown();
+    std::fs::write(out.join("results.md"), &md)?;
+    std::fs::write(out.join("latency.svg"), report.svg())?;
+    println!("{md}");
+    eprintln!(
+        "wrote {}, results.md and latency.svg in {:.0}s",
+        json.display(),
+        started.elapsed().as_secs_f64()
     );
-    println!();
-    println!("proxy / direct: {:.0}%", gbit(hop) / gbit(direct) * 100.0);
-    println!("proxy CPU during the stream: {cpu:.3} s");
-    println!(
-        "proxy RSS: idle {} KiB, after the stream {} KiB, peak (VmHWM) {} KiB",
-        idle.rss_kib, after.rss_kib, after.hwm_kib
-    );
-    println!(
-        "{conns} concurrent streams of {} MiB through the proxy: {:.2} Gbit/s in all; \
-         proxy RSS mid-run {} KiB, after {} KiB, peak (VmHWM) {} KiB",
-        each >> 20,
-        (conns * each) as f64 * 8.0 / concurrent.as_secs_f64() / 1e9,
-        loaded.rss_kib,
-        after_load.rss_kib,
-        after_load.hwm_kib
-    );
-    proxy.child.kill().ok();
     Ok(())
 }
 
-/// A server that reads and discards everything, then closes.
-fn start_sink() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 256 * 1024];
-                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-            });
+impl Harness {
+    fn start(&self, s: Scenario) -> Result<Topology> {
+        let http = self.http_backend;
+        let grpc = || self.grpc_backend.context("no gRPC backend");
+        match s {
+            Scenario::Direct | Scenario::Http2Direct => Ok(Topology::direct(http)),
+            Scenario::GrpcDirect => Ok(Topology::direct(grpc()?)),
+            Scenario::Outbound => Topology::linnet(&self.proxy, 1, http, &self.dirs),
+            Scenario::Mesh | Scenario::Http2 => Topology::linnet(&self.proxy, 2, http, &self.dirs),
+            Scenario::Grpc => Topology::linnet(&self.proxy, 2, grpc()?, &self.dirs),
+            Scenario::Haproxy => Topology::haproxy(HaMode::Http, 2, http, &self.dirs),
         }
-    });
-    Ok(addr)
-}
-
-/// Sends `bytes` to `addr` and waits for the far end to close; returns
-/// how long that took.
-fn stream(addr: SocketAddr, bytes: u64) -> Result<Duration> {
-    let mut s = TcpStream::connect(addr)?;
-    let buf = vec![0x5au8; 256 * 1024];
-    let start = Instant::now();
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        s.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    s.shutdown(std::net::Shutdown::Write)?;
-    // The sink closes after reading everything: EOF means all arrived.
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest)?;
-    Ok(start.elapsed())
-}
-
-struct ProxyProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-struct Memory {
-    rss_kib: u64,
-    hwm_kib: u64,
-}
-
-impl ProxyProcess {
-    fn start(target: SocketAddr) -> Result<Self> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["fixed-proxy", &target.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .parse()
-            .context("proxy did not print its address")?;
-        Ok(Self { child, addr })
     }
 
-    fn status(&self) -> Result<Memory> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
+    /// One run: fresh processes, warm-up, measured load.
+    fn measure(&self, s: Scenario, rate: Rate, repeat: usize) -> Result<Run> {
+        let mut topo = self.start(s)?;
+        std::thread::sleep(Duration::from_millis(100));
+        let idle = memory(&topo.proxies)?;
+        let warmup = Duration::from_secs_f64(self.settings.warmup_s);
+        if !warmup.is_zero() {
+            self.load
+                .run(&self.rt, s.client(), topo.entry, rate, warmup)?;
+        }
+        let cpu_before = cpu(&topo.proxies)?;
+        let duration = match rate {
+            Rate::Fixed(_) => self.settings.duration_s,
+            Rate::Max => self.settings.saturation_s,
         };
-        Ok(Memory {
-            rss_kib: field("VmRSS:"),
-            hwm_kib: field("VmHWM:"),
+        let outcome = self.load.run(
+            &self.rt,
+            s.client(),
+            topo.entry,
+            rate,
+            Duration::from_secs_f64(duration),
+        )?;
+        let cpu_after = cpu(&topo.proxies)?;
+        let end = memory(&topo.proxies)?;
+        for p in &mut topo.proxies {
+            p.check_running()?;
+        }
+        let proxies = topo
+            .proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ProxySample {
+                name: p.name.clone(),
+                cpu_us_per_request: (cpu_after[i] - cpu_before[i]) as f64
+                    / outcome.requests.max(1) as f64,
+                rss_idle_kib: idle[i].rss_kib,
+                rss_end_kib: end[i].rss_kib,
+                rss_peak_kib: end[i].peak_kib,
+            })
+            .collect();
+        Ok(Run {
+            scenario: s.name(),
+            baseline: s.baseline().map(Scenario::name),
+            client: s.client(),
+            load: rate.label(),
+            rate: match rate {
+                Rate::Fixed(r) => Some(r),
+                Rate::Max => None,
+            },
+            repeat,
+            success_rate: outcome.success_rate(),
+            outcome,
+            proxies,
         })
     }
 
-    fn cpu_seconds(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        let rest = &stat[stat.rfind(')').context("bad stat")? + 1..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15; `rest` starts at field 3.
-        // /proc reports them in USER_HZ, which is 100 on Linux.
-        let ticks = |i: usize| -> Result<u64> { Ok(f.get(i).context("short stat")?.parse()?) };
-        Ok((ticks(11)? + ticks(12)?) as f64 / 100.0)
+    fn measure_tcp(&self, path: TcpPath, repeat: usize) -> Result<TcpRun> {
+        let (mut server, addr) = topology::iperf3_server(&self.dirs)?;
+        let mut topo = match path {
+            TcpPath::Direct => Topology::direct(addr),
+            TcpPath::Outbound => Topology::linnet(&self.proxy, 1, addr, &self.dirs)?,
+            TcpPath::Mesh => Topology::linnet(&self.proxy, 2, addr, &self.dirs)?,
+            TcpPath::HaproxyHop => Topology::haproxy(HaMode::Tcp, 1, addr, &self.dirs)?,
+            TcpPath::Haproxy => Topology::haproxy(HaMode::Tcp, 2, addr, &self.dirs)?,
+        };
+        let idle = memory(&topo.proxies)?;
+        let cpu_before = cpu(&topo.proxies)?;
+        let duration = Duration::from_secs_f64(self.settings.tcp_duration_s);
+        let gbit_s = topology::iperf3_client(topo.entry, duration, &self.dirs)?;
+        let cpu_after = cpu(&topo.proxies)?;
+        let end = memory(&topo.proxies)?;
+        for p in &mut topo.proxies {
+            p.check_running()?;
+        }
+        drop(topo);
+        let _ = server.check_running();
+        Ok(TcpRun {
+            path: path.name(),
+            describe: path.describe(),
+            repeat,
+            gbit_s,
+            proxies: topo_samples(&idle, &end, &cpu_before, &cpu_after, duration, path),
+        })
     }
+}
+
+fn topo_samples(
+    idle: &[Memory],
+    end: &[Memory],
+    before: &[u64],
+    after: &[u64],
+    duration: Duration,
+    path: TcpPath,
+) -> Vec<report::TcpProxySample> {
+    let names: &[&str] = match path {
+        TcpPath::Direct => &[],
+        TcpPath::Outbound => &["outbound"],
+        TcpPath::Mesh => &["outbound", "inbound"],
+        TcpPath::HaproxyHop => &["haproxy"],
+        TcpPath::Haproxy => &["haproxy-out", "haproxy-in"],
+    };
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| report::TcpProxySample {
+            name: (*name).to_string(),
+            cpu_percent: (after[i] - before[i]) as f64 / duration.as_micros() as f64 * 100.0,
+            rss_idle_kib: idle[i].rss_kib,
+            rss_end_kib: end[i].rss_kib,
+            rss_peak_kib: end[i].peak_kib,
+        })
+        .collect()
+}
+
+fn memory(procs: &[procs::Proc]) -> Result<Vec<Memory>> {
+    procs.iter().map(procs::Proc::memory).collect()
+}
+
+fn cpu(procs: &[procs::Proc]) -> Result<Vec<u64>> {
+    procs.iter().map(procs::Proc::cpu_us).collect()
+}
+
+fn start_backend(
+    exe: &Path,
+    kind: backend::Kind,
+    dirs: &Dirs,
+    all: &mut Vec<procs::Proc>,
+) -> Result<SocketAddr> {
+    let name = match kind {
+        backend::Kind::Http => "http",
+        backend::Kind::Grpc => "grpc",
+    };
+    let mut cmd = Command::new(exe);
+    cmd.args(["backend", name]);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .parse()
+        .with_context(|| format!("the {name} backend did not print its address"))?;
+    all.push(procs::Proc::adopt(
+        &format!("{name}-backend"),
+        child,
+        &dirs.logs,
+    ));
+    Ok(addr)
+}
+
+/// The `linnet` binary beside this one, built first when running under
+/// cargo (so a stale binary is never measured).
+fn default_proxy(exe: &Path) -> Result<ProxyCmd> {
+    let dir = exe.parent().context("no directory")?;
+    let linnet = dir.join("linnet");
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let profile = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(p) => p,
+        };
+        eprintln!("building linnet ({profile} profile)");
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "linnet",
+                "--bin",
+                "linnet",
+                "--profile",
+                profile,
+            ])
+            .status()?;
+        if !status.success() {
+            bail!("cannot build linnet");
+        }
+    }
+    if !linnet.is_file() {
+        bail!(
+            "no proxy at {}: build it (cargo build --release -p linnet) or pass --proxy",
+            linnet.display()
+        );
+    }
+    Ok(ProxyCmd {
+        program: linnet,
+        args: vec!["proxy".to_string()],
+        env: Vec::new(),
+    })
+}
+
+/// oha from the PATH or cargo's bin directory, installed with
+/// `cargo install oha --locked` when missing.
+fn find_or_install_oha() -> Result<PathBuf> {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|h| h.join("bin").join("oha"));
+    let find = || topology::on_path("oha").or_else(|| cargo_bin.clone().filter(|p| p.is_file()));
+    if let Some(p) = find() {
+        return Ok(p);
+    }
+    eprintln!("installing oha (cargo install oha --locked); this takes a few minutes, once");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["install", "oha", "--locked"])
+        // oha's own rust-toolchain.toml names a toolchain that may not be
+        // installed; the stable one builds it.
+        .env("RUSTUP_TOOLCHAIN", "stable")
+        .status()
+        .context("cannot run cargo install")?;
+    if !status.success() {
+        bail!("cargo install oha failed");
+    }
+    find().context("oha installed but not found on the PATH or in cargo's bin directory")
 }

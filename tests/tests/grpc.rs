@@ -4,55 +4,23 @@
 //! of our own), which is all the proxy sees of them anyway.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt, stream};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use linnet_app::OrigDst;
-use linnet_test_support::proxy::Proxy;
+use linnet_test_support::{
+    grpc::{Msg, Raw},
+    proxy::Proxy,
+};
 use std::{convert::Infallible, future::Future, pin::Pin};
 use tonic::{
     Code, Request, Response, Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming},
+    codec::Streaming,
     server::{ClientStreamingService, ServerStreamingService, StreamingService, UnaryService},
 };
 
-type Msg = Vec<u8>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send>>;
 type BoxStream = Pin<Box<dyn Stream<Item = Result<Msg, Status>> + Send>>;
-
-/// Messages as raw bytes.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Msg;
-    type Decode = Msg;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Msg;
-    type Error = Status;
-    fn encode(&mut self, item: Msg, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Msg;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Msg>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-    }
-}
 
 struct Unary;
 impl UnaryService<Msg> for Unary {

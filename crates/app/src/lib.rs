@@ -68,6 +68,17 @@ pub struct Options {
     pub log_level: Option<Arc<dyn LogLevel>>,
 }
 
+/// A configured fixed destination replaces the given lookup.
+fn fixed_or(direction: Direction, addr: Option<SocketAddr>, lookup: &OrigDst) -> OrigDst {
+    match addr {
+        Some(addr) => {
+            tracing::info!(%direction, %addr, "every connection goes to a fixed destination (ORIG_DST_ADDR)");
+            OrigDst::Fixed(addr)
+        }
+        None => lookup.clone(),
+    }
+}
+
 /// Runs the proxy until `shutdown` (or the admin server's `/shutdown`)
 /// has drained; see the crate docs.
 pub async fn run(
@@ -85,7 +96,11 @@ pub async fn run(
     let outbound = Arc::new(tcp::Forward {
         direction: Direction::Outbound,
         config: config.outbound.clone(),
-        orig_dst: orig_dst.clone(),
+        orig_dst: fixed_or(
+            Direction::Outbound,
+            config.outbound.orig_dst_addr,
+            &orig_dst,
+        ),
         metrics: tcp_metrics.clone(),
         http_metrics: http_metrics.clone(),
         upstreams: Default::default(),
@@ -95,7 +110,7 @@ pub async fn run(
     let inbound = Arc::new(tcp::Forward {
         direction: Direction::Inbound,
         config: config.inbound.clone(),
-        orig_dst,
+        orig_dst: fixed_or(Direction::Inbound, config.inbound.orig_dst_addr, &orig_dst),
         metrics: tcp_metrics,
         http_metrics,
         upstreams: Default::default(),

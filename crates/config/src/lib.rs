@@ -70,6 +70,11 @@ pub struct ProxyConfig {
     /// Requests this listener handles at once; beyond it requests are shed
     /// with 503, so that overload fails fast instead of queueing.
     pub max_in_flight: usize,
+    /// Where every connection accepted by this listener goes, instead of
+    /// its original destination as recovered from iptables. For running
+    /// without interception (benchmarks, tests, a fixed upstream); the
+    /// name is Linkerd's.
+    pub orig_dst_addr: Option<SocketAddr>,
 }
 
 /// HTTP settings.
@@ -156,6 +161,8 @@ const KNOWN: &[&str] = &[
     "INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
     "OUTBOUND_MAX_IN_FLIGHT",
     "INBOUND_MAX_IN_FLIGHT",
+    "OUTBOUND_ORIG_DST_ADDR",
+    "INBOUND_ORIG_DST_ADDR",
     "HTTP_HEADER_READ_TIMEOUT",
     "HTTP_MAX_REQUEST_BODY_SIZE",
     "HTTP2_INITIAL_STREAM_WINDOW_SIZE",
@@ -185,6 +192,7 @@ impl Config {
             ports_disable_protocol_detection: r
                 .ports("OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION")?,
             max_in_flight: r.count("OUTBOUND_MAX_IN_FLIGHT", 100_000)?,
+            orig_dst_addr: r.opt_addr("OUTBOUND_ORIG_DST_ADDR")?,
         };
         let inbound = ProxyConfig {
             listen_addr: r.addr("INBOUND_LISTEN_ADDR", ([0, 0, 0, 0], 4143))?,
@@ -195,6 +203,7 @@ impl Config {
             ports_disable_protocol_detection: r
                 .ports("INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION")?,
             max_in_flight: r.count("INBOUND_MAX_IN_FLIGHT", 100_000)?,
+            orig_dst_addr: r.opt_addr("INBOUND_ORIG_DST_ADDR")?,
         };
         let window = |name: &str| {
             r.get(name, |s| match s.trim().parse::<u32>() {
@@ -353,11 +362,14 @@ impl<E: Env + ?Sized> Reader<'_, E> {
     }
 
     fn addr(&self, name: &str, default: impl Into<SocketAddr>) -> Result<SocketAddr, ConfigError> {
-        let addr = self.get(name, |s| {
+        Ok(self.opt_addr(name)?.unwrap_or_else(|| default.into()))
+    }
+
+    fn opt_addr(&self, name: &str) -> Result<Option<SocketAddr>, ConfigError> {
+        self.get(name, |s| {
             SocketAddr::from_str(s.trim())
                 .map_err(|_| "expected an IP address and port, like 127.0.0.1:4140".to_string())
-        })?;
-        Ok(addr.unwrap_or_else(|| default.into()))
+        })
     }
 
     fn timeout(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {

@@ -124,3 +124,24 @@ fn linkerd_log_filters_apply_to_linnet() {
         "warn,linnet=info,linkerd2_proxy::app=debug,hyper=warn"
     );
 }
+
+#[test]
+fn fixed_original_destinations() {
+    let c = Config::from_env(&env(&[])).unwrap();
+    assert_eq!(c.outbound.orig_dst_addr, None);
+    assert_eq!(c.inbound.orig_dst_addr, None);
+    let c = Config::from_env(&env(&[
+        ("LINKERD2_PROXY_OUTBOUND_ORIG_DST_ADDR", "127.0.0.1:4143"),
+        ("LINNET_INBOUND_ORIG_DST_ADDR", "[::1]:8080"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        c.outbound.orig_dst_addr,
+        Some("127.0.0.1:4143".parse().unwrap())
+    );
+    assert_eq!(c.inbound.orig_dst_addr, Some("[::1]:8080".parse().unwrap()));
+    let err =
+        Config::from_env(&env(&[("LINNET_INBOUND_ORIG_DST_ADDR", "backend:80")])).unwrap_err();
+    assert_eq!(err.var, "LINNET_INBOUND_ORIG_DST_ADDR");
+    assert!(Config::unknown_variables(&env(&[("LINNET_INBOUND_ORIG_DST_ADDR", "x")])).is_empty());
+}

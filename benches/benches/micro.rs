@@ -1,0 +1,125 @@
+//! Micro-benchmarks of the pieces every connection or request passes
+//! through: protocol detection, header hygiene, and metric recording.
+//!
+//! ```text
+//! cargo bench -p linnet-bench --bench micro
+//! ```
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, header};
+use linnet_detect::{classify, test_util::client_hello};
+use linnet_metrics::{
+    Direction,
+    http::{HttpMetrics, ResponseOutcome},
+};
+use std::{hint::black_box, sync::Arc, time::Duration};
+
+fn detection(c: &mut Criterion) {
+    let mut g = c.benchmark_group("detect");
+    let cases: [(&str, Vec<u8>); 4] = [
+        (
+            "http2_preface",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x12\x04\0\0\0\0\0".to_vec(),
+        ),
+        (
+            "http1_request",
+            b"GET /api/v1/items?page=2 HTTP/1.1\r\nhost: svc.ns.svc.cluster.local\r\n\r\n".to_vec(),
+        ),
+        (
+            "tls_client_hello",
+            client_hello(Some("web.default.svc.cluster.local"), 0),
+        ),
+        (
+            "opaque",
+            b"\x16\x00binary protocol bytes\x00\x01\x02".to_vec(),
+        ),
+    ];
+    for (name, bytes) in &cases {
+        g.bench_function(*name, |b| b.iter(|| classify(black_box(bytes))));
+    }
+    g.finish();
+}
+
+fn request_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::HOST,
+        HeaderValue::from_static("svc.ns.svc.cluster.local"),
+    );
+    h.insert(header::USER_AGENT, HeaderValue::from_static("curl/8.5.0"));
+    h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+    h.insert(
+        header::CONNECTION,
+        HeaderValue::from_static("keep-alive, x-custom"),
+    );
+    h.insert("x-custom", HeaderValue::from_static("1"));
+    h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    h.insert(
+        "x-request-id",
+        HeaderValue::from_static("c0ffee00-1234-5678-9abc-def012345678"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    h
+}
+
+fn headers(c: &mut Criterion) {
+    let mut g = c.benchmark_group("headers");
+    g.bench_function("strip_hop_by_hop", |b| {
+        b.iter_batched_ref(
+            request_headers,
+            |h| linnet_http::headers::strip_hop_by_hop(black_box(h), false),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("strip_hop_by_hop_clean", |b| {
+        // The common case: nothing to strip.
+        let mut clean = request_headers();
+        linnet_http::headers::strip_hop_by_hop(&mut clean, false);
+        b.iter_batched_ref(
+            || clean.clone(),
+            |h| linnet_http::headers::strip_hop_by_hop(black_box(h), false),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn metrics(c: &mut Criterion) {
+    let mut registry = linnet_metrics::registry();
+    let m = HttpMetrics::register(&mut registry);
+    let labels = HttpMetrics::labels(
+        Direction::Outbound,
+        Arc::from("svc.ns.svc.cluster.local:80"),
+        "10.1.2.3:8080".parse().unwrap(),
+        "no_identity",
+    );
+    let ok = ResponseOutcome {
+        status: Some(200),
+        grpc_status: None,
+        error: "",
+    };
+    let mut g = c.benchmark_group("metrics");
+    // Per request, through the label set a connection resolved once.
+    let labeled = m.labeled(labels.clone());
+    g.bench_function("labeled_request_response", |b| {
+        b.iter(|| {
+            labeled.request();
+            labeled.response(black_box(ok), Duration::from_micros(350));
+        })
+    });
+    // The same through the families' lookups, for comparison.
+    g.bench_function("family_request_response", |b| {
+        b.iter(|| {
+            m.request(black_box(&labels));
+            m.response(&labels, black_box(ok), Duration::from_micros(350));
+        })
+    });
+    g.bench_function("encode_registry", |b| {
+        b.iter(|| linnet_metrics::encode(black_box(&registry)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, detection, headers, metrics);
+criterion_main!(benches);
