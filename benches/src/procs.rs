@@ -133,8 +133,23 @@ fn memory_from_status(status: &str) -> Memory {
     }
 }
 
-/// A loopback port free at the time of asking.
+/// A loopback port free at the time of asking, chosen below the kernel's
+/// ephemeral range: a port from that range can be taken by an outgoing
+/// connection (the load generator opens many) before the process it was
+/// meant for binds it.
 pub(crate) fn free_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Walk 20000..32000 from a per-process offset, so that concurrent
+    // harnesses are unlikely to collide either.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % 12_000) as u16;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (start.wrapping_add(n) % 12_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

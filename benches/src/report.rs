@@ -455,8 +455,8 @@ impl Report {
         }
         if !self.tcp.is_empty() {
             s.push_str("### Bulk TCP, one iperf3 stream\n\n");
-            s.push_str("| path | Gbit/s | % of direct | proxies: CPU %, peak RSS MiB |\n");
-            s.push_str("|---|---:|---:|---|\n");
+            s.push_str("| path | what | Gbit/s | % of direct | proxies: CPU %, peak RSS MiB |\n");
+            s.push_str("|---|---|---:|---:|---|\n");
             for t in &self.tcp {
                 let procs: Vec<String> = t
                     .proxies
@@ -472,7 +472,7 @@ impl Report {
                     .collect();
                 let _ = writeln!(
                     s,
-                    "| {} ({}) | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} |",
                     t.path,
                     t.describe,
                     t.gbit_s.show(2),
