@@ -1,0 +1,944 @@
+//! The mesh file: what `linnet control` serves, in YAML.
+//!
+//! The file format is ours; [`Mesh::parse`] reads and validates it into a
+//! [`Mesh`], whose parts map onto Linkerd's proxy API (see
+//! `examples/mesh.yaml` for a commented example). Every error names where
+//! in the file it is.
+
+use linnet_config::parse::duration;
+use serde::Deserialize;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// A validated mesh file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Mesh {
+    /// The identity issuer's settings (files, lifetimes, tokens).
+    pub identity: Identity,
+    /// Services by authority (`name:port`, lower case).
+    pub services: BTreeMap<String, Service>,
+    /// Inbound server policies by workload, then port.
+    pub workloads: BTreeMap<String, BTreeMap<u16, Server>>,
+}
+
+/// The mesh CA.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Identity {
+    /// The issuer's certificate (PEM); generated at first start, with its
+    /// key, when it does not exist.
+    pub issuer_certificate: PathBuf,
+    /// The issuer's private key (PEM, PKCS#8).
+    pub issuer_key: PathBuf,
+    /// The trust anchors (PEM), when the issuer is an intermediate under
+    /// them; without them the issuer itself is the trust anchor.
+    pub trust_anchors: Option<PathBuf>,
+    /// How long issued certificates are valid.
+    pub certificate_lifetime: Duration,
+    /// How far back issued certificates' validity starts, for clocks that
+    /// run behind.
+    pub clock_skew_allowance: Duration,
+    /// The token each identity must present to be certified.
+    pub tokens: BTreeMap<String, String>,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Self {
+            issuer_certificate: PathBuf::from("issuer.crt"),
+            issuer_key: PathBuf::from("issuer.key"),
+            trust_anchors: None,
+            certificate_lifetime: Duration::from_secs(24 * 3600),
+            clock_skew_allowance: Duration::from_secs(20),
+            tokens: BTreeMap::new(),
+        }
+    }
+}
+
+/// A service: its endpoints, its profile and its outbound policy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Service {
+    /// The service's name without the port (`web.default.svc.cluster.local`).
+    pub name: String,
+    /// The port.
+    pub port: u16,
+    /// Virtual addresses (cluster IPs) that stand for the service: a
+    /// connection to one of them is a connection to the service.
+    pub addresses: Vec<SocketAddr>,
+    /// Labels for every endpoint's metrics.
+    pub labels: BTreeMap<String, String>,
+    /// The endpoints, in file order.
+    pub endpoints: Vec<Endpoint>,
+    /// Its service profile (`Destination.GetProfile`).
+    pub profile: Profile,
+    /// Its outbound policy (`OutboundPolicies`).
+    pub policy: Policy,
+}
+
+/// One endpoint of a service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Relative weight, at least 1.
+    pub weight: u32,
+    /// Its TLS identity, when it runs a proxy with one.
+    pub identity: Option<String>,
+    /// What the endpoint's proxy accepts.
+    pub protocol: Option<Hint>,
+    /// The endpoint's proxy's inbound port, for opaque traffic wrapped in
+    /// the transport header.
+    pub opaque_transport_port: Option<u16>,
+    /// Labels for its metrics.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A protocol hint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hint {
+    /// HTTP/2, and HTTP/1 upgraded to it between proxies.
+    H2,
+    /// Opaque TCP.
+    Opaque,
+}
+
+/// A service profile: routes with timeouts and retries, and a retry budget.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Profile {
+    /// Treat connections to the service as opaque TCP.
+    pub opaque: bool,
+    /// Routes; the first that matches a request wins.
+    pub routes: Vec<ProfileRoute>,
+    /// The retry budget, if retries are allowed.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// A profile route.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProfileRoute {
+    /// The route's name, for metrics.
+    pub name: String,
+    /// Method to match, if any.
+    pub method: Option<String>,
+    /// Regular expression the path must match, if any.
+    pub path_regex: Option<String>,
+    /// How long a request may take in all.
+    pub timeout: Option<Duration>,
+    /// Whether failed requests may be retried.
+    pub retryable: bool,
+    /// Response statuses that count as failures (inclusive ranges).
+    pub failure_statuses: Vec<(u16, u16)>,
+}
+
+/// How much extra load retries may add.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetryBudget {
+    /// Retries allowed per original request (0.2: one in five).
+    pub ratio: f32,
+    /// Retries always allowed per second.
+    pub min_per_second: u32,
+    /// The window the ratio is computed over.
+    pub ttl: Duration,
+}
+
+/// The outbound policy for connections to a service.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Policy {
+    /// The protocol of the port.
+    pub protocol: Protocol,
+    /// HTTP or gRPC routes, first match wins.
+    pub routes: Vec<Route>,
+    /// When to stop sending to a failing endpoint.
+    pub failure_accrual: Option<FailureAccrual>,
+}
+
+/// The protocol a port speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Detect it from the first bytes.
+    #[default]
+    Detect,
+    /// HTTP/1.x.
+    Http1,
+    /// HTTP/2.
+    Http2,
+    /// gRPC (HTTP/2).
+    Grpc,
+    /// Opaque TCP: no detection.
+    Opaque,
+}
+
+/// An outbound HTTP or gRPC route.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// The name, for metrics and logs.
+    pub name: String,
+    /// The request matches (any of them); none matches every request.
+    pub matches: Vec<RouteMatch>,
+    /// Where matching requests go; empty means the service itself.
+    pub backends: Vec<Backend>,
+    /// How long a request may take in all.
+    pub timeout: Option<Duration>,
+    /// Retries of failed requests.
+    pub retry: Option<Retry>,
+}
+
+/// What a request must have to match a route (all of it).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteMatch {
+    /// The path starts with this.
+    pub path_prefix: Option<String>,
+    /// The path is this.
+    pub path_exact: Option<String>,
+    /// The method is this (upper case).
+    pub method: Option<String>,
+    /// Headers with these exact values.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A weighted backend of a route: another service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backend {
+    /// Its authority (`name:port`).
+    pub service: String,
+    /// Relative weight, at least 1.
+    pub weight: u32,
+}
+
+/// Retries of a route.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Retry {
+    /// Retries per request.
+    pub limit: u32,
+    /// Response statuses to retry (inclusive ranges).
+    pub statuses: Vec<(u16, u16)>,
+    /// How long a request may take in all.
+    pub timeout: Option<Duration>,
+}
+
+/// When to stop sending to a failing endpoint.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FailureAccrual {
+    /// Failures in a row that trip it.
+    pub consecutive_failures: u32,
+    /// First wait before probing again.
+    pub min_backoff: Duration,
+    /// Longest wait.
+    pub max_backoff: Duration,
+    /// Randomness added to waits.
+    pub jitter_ratio: f32,
+}
+
+/// A workload's port: its protocol and who may connect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Server {
+    /// The protocol of the port.
+    pub protocol: Protocol,
+    /// Who may connect; nobody when empty.
+    pub authorizations: Vec<Authorization>,
+}
+
+/// One rule admitting clients.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Authorization {
+    /// Any client, meshed or not, from these networks (all when empty).
+    Unauthenticated {
+        /// Client networks admitted (all when empty).
+        networks: Vec<ipnet::IpNet>,
+    },
+    /// Meshed clients with one of these identities or identity suffixes
+    /// (any meshed client when both are empty).
+    MeshTls {
+        /// Client identities admitted.
+        identities: Vec<String>,
+        /// Client identity suffixes admitted (`ns.serviceaccount.identity.linkerd.cluster.local`).
+        suffixes: Vec<String>,
+        /// Client networks admitted (all when empty).
+        networks: Vec<ipnet::IpNet>,
+    },
+}
+
+/// A file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not YAML of the expected shape.
+    #[error("not valid YAML for a mesh file: {0}")]
+    Yaml(String),
+    /// A value is wrong.
+    #[error("{at}: {reason}")]
+    Invalid {
+        /// Where in the file.
+        at: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(at: impl Into<String>, reason: impl Into<String>) -> Error {
+    Error::Invalid {
+        at: at.into(),
+        reason: reason.into(),
+    }
+}
+
+// === the file as written ===
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileMesh {
+    #[serde(default)]
+    identity: Option<FileIdentity>,
+    #[serde(default)]
+    services: BTreeMap<String, FileService>,
+    #[serde(default)]
+    workloads: BTreeMap<String, FileWorkload>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileIdentity {
+    issuer: Option<FileIssuer>,
+    certificate_lifetime: Option<String>,
+    clock_skew_allowance: Option<String>,
+    #[serde(default)]
+    tokens: BTreeMap<String, FileToken>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIssuer {
+    certificate: PathBuf,
+    key: PathBuf,
+    trust_anchors: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FileToken {
+    Inline(String),
+    File {
+        #[serde(rename = "file")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileService {
+    #[serde(default)]
+    addresses: Vec<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    endpoints: Vec<FileEndpoint>,
+    #[serde(default)]
+    profile: Option<FileProfile>,
+    #[serde(default)]
+    policy: Option<FilePolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEndpoint {
+    addr: String,
+    weight: Option<u32>,
+    identity: Option<String>,
+    protocol: Option<Hint>,
+    opaque_transport_port: Option<u16>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileProfile {
+    #[serde(default)]
+    opaque: bool,
+    #[serde(default)]
+    routes: Vec<FileProfileRoute>,
+    retry_budget: Option<FileRetryBudget>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProfileRoute {
+    name: String,
+    method: Option<String>,
+    path: Option<String>,
+    timeout: Option<String>,
+    #[serde(default)]
+    retryable: bool,
+    #[serde(default)]
+    failure_statuses: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRetryBudget {
+    ratio: f32,
+    #[serde(default)]
+    min_per_second: u32,
+    ttl: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FilePolicy {
+    #[serde(default)]
+    protocol: Protocol,
+    #[serde(default)]
+    routes: Vec<FileRoute>,
+    failure_accrual: Option<FileFailureAccrual>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    name: String,
+    #[serde(default)]
+    matches: Vec<FileMatch>,
+    #[serde(default)]
+    backends: Vec<FileBackend>,
+    timeout: Option<String>,
+    retry: Option<FileRetry>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileMatch {
+    path_prefix: Option<String>,
+    path: Option<String>,
+    method: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackend {
+    service: String,
+    weight: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRetry {
+    limit: Option<u32>,
+    #[serde(default)]
+    statuses: Vec<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFailureAccrual {
+    consecutive_failures: u32,
+    min_backoff: Option<String>,
+    max_backoff: Option<String>,
+    jitter_ratio: Option<f32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileWorkload {
+    #[serde(default)]
+    ports: BTreeMap<u16, FileServer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServer {
+    #[serde(default)]
+    protocol: Protocol,
+    #[serde(default)]
+    authorizations: Vec<FileAuthz>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuthz {
+    #[serde(default)]
+    unauthenticated: bool,
+    #[serde(default)]
+    /// Client identities admitted.
+    identities: Vec<String>,
+    #[serde(default)]
+    /// Client identity suffixes admitted (`ns.serviceaccount.identity.linkerd.cluster.local`).
+    suffixes: Vec<String>,
+    #[serde(default)]
+    networks: Vec<String>,
+}
+
+// === validation ===
+
+impl Mesh {
+    /// Reads and validates the file at `path`; relative paths inside it
+    /// are relative to its directory.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, dir)
+    }
+
+    /// Validates a mesh file's text; `dir` anchors relative paths.
+    pub fn parse(text: &str, dir: &Path) -> Result<Self, Error> {
+        let file: FileMesh = if text.trim().is_empty() {
+            FileMesh::default()
+        } else {
+            yaml_serde::from_str(text).map_err(|e| Error::Yaml(e.to_string()))?
+        };
+        let mut mesh = Mesh {
+            identity: identity(file.identity.unwrap_or_default(), dir)?,
+            ..Mesh::default()
+        };
+        for (authority, svc) in file.services {
+            let at = format!("services.{authority}");
+            let (name, port) = parse_authority(&authority).map_err(|r| invalid(&at, r))?;
+            let key = format!("{name}:{port}");
+            if mesh.services.contains_key(&key) {
+                return Err(invalid(&at, "listed twice"));
+            }
+            mesh.services.insert(key, service(name, port, svc, &at)?);
+        }
+        // Backends must name services that exist.
+        for (authority, svc) in &mesh.services {
+            for route in &svc.policy.routes {
+                for b in &route.backends {
+                    if !mesh.services.contains_key(&b.service) {
+                        return Err(invalid(
+                            format!("services.{authority}.policy.routes.{}", route.name),
+                            format!("backend {} is not a service in this file", b.service),
+                        ));
+                    }
+                }
+            }
+        }
+        for (workload, w) in file.workloads {
+            let mut ports = BTreeMap::new();
+            for (port, s) in w.ports {
+                let at = format!("workloads.{workload}.ports.{port}");
+                if port == 0 {
+                    return Err(invalid(at, "port 0"));
+                }
+                let authorizations = s
+                    .authorizations
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, a)| authz(a, &format!("{at}.authorizations[{i}]")))
+                    .collect::<Result<_, _>>()?;
+                ports.insert(
+                    port,
+                    Server {
+                        protocol: s.protocol,
+                        authorizations,
+                    },
+                );
+            }
+            mesh.workloads.insert(workload, ports);
+        }
+        Ok(mesh)
+    }
+
+    /// The service at `authority` (`name:port`, any case).
+    pub fn service(&self, authority: &str) -> Option<&Service> {
+        let (name, port) = parse_authority(authority).ok()?;
+        self.services.get(&format!("{name}:{port}"))
+    }
+
+    /// The service one of whose virtual addresses is `addr`.
+    pub fn service_by_addr(&self, addr: SocketAddr) -> Option<&Service> {
+        self.services.values().find(|s| s.addresses.contains(&addr))
+    }
+
+    /// An endpoint at `addr`, with the service it belongs to.
+    pub fn endpoint(&self, addr: SocketAddr) -> Option<(&Service, &Endpoint)> {
+        self.services
+            .values()
+            .find_map(|s| s.endpoints.iter().find(|e| e.addr == addr).map(|e| (s, e)))
+    }
+}
+
+/// `name:port` → (lower-case name without a trailing dot, port).
+pub fn parse_authority(authority: &str) -> Result<(String, u16), String> {
+    let (name, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{authority:?} is not name:port"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{authority:?} has no valid port"))?;
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !valid {
+        return Err(format!("{name:?} is not a DNS name"));
+    }
+    Ok((name, port))
+}
+
+fn dur(s: &Option<String>, at: &str, default: Duration) -> Result<Duration, Error> {
+    match s {
+        None => Ok(default),
+        Some(s) => duration(s).map_err(|r| invalid(at, r)),
+    }
+}
+
+fn opt_dur(s: &Option<String>, at: &str) -> Result<Option<Duration>, Error> {
+    s.as_ref()
+        .map(|s| duration(s).map_err(|r| invalid(at, r)))
+        .transpose()
+}
+
+fn identity(id: FileIdentity, dir: &Path) -> Result<Identity, Error> {
+    let d = Identity::default();
+    let (cert, key, anchors) = match id.issuer {
+        Some(i) => (i.certificate, i.key, i.trust_anchors),
+        None => (d.issuer_certificate, d.issuer_key, None),
+    };
+    let certificate_lifetime = dur(
+        &id.certificate_lifetime,
+        "identity.certificate_lifetime",
+        d.certificate_lifetime,
+    )?;
+    if certificate_lifetime < Duration::from_secs(1) {
+        return Err(invalid(
+            "identity.certificate_lifetime",
+            "must be at least 1s",
+        ));
+    }
+    let mut tokens = BTreeMap::new();
+    for (name, token) in id.tokens {
+        let at = format!("identity.tokens.{name}");
+        check_identity_name(&name).map_err(|r| invalid(&at, r))?;
+        let token = match token {
+            FileToken::Inline(t) => t,
+            FileToken::File { file } => {
+                let path = dir.join(file);
+                std::fs::read_to_string(&path)
+                    .map_err(|e| invalid(&at, format!("cannot read {}: {e}", path.display())))?
+                    .trim()
+                    .to_string()
+            }
+        };
+        if token.is_empty() {
+            return Err(invalid(at, "empty token"));
+        }
+        tokens.insert(name, token);
+    }
+    Ok(Identity {
+        issuer_certificate: dir.join(cert),
+        issuer_key: dir.join(key),
+        trust_anchors: anchors.map(|a| dir.join(a)),
+        certificate_lifetime,
+        clock_skew_allowance: dur(
+            &id.clock_skew_allowance,
+            "identity.clock_skew_allowance",
+            d.clock_skew_allowance,
+        )?,
+        tokens,
+    })
+}
+
+/// An identity is a DNS-like name (or a `spiffe://` URI).
+pub fn check_identity_name(name: &str) -> Result<(), String> {
+    if let Some(rest) = name.strip_prefix("spiffe://") {
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return Err(format!("{name:?} is not a SPIFFE ID"));
+        }
+        return Ok(());
+    }
+    parse_authority(&format!("{name}:1")).map(|_| ())
+}
+
+fn service(name: String, port: u16, svc: FileService, at: &str) -> Result<Service, Error> {
+    let addresses = svc
+        .addresses
+        .iter()
+        .map(|a| {
+            a.parse::<SocketAddr>()
+                .map_err(|_| invalid(format!("{at}.addresses"), format!("{a:?} is not IP:port")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut seen = BTreeSet::new();
+    let mut endpoints = Vec::new();
+    for (i, e) in svc.endpoints.into_iter().enumerate() {
+        let at = format!("{at}.endpoints[{i}]");
+        let addr: SocketAddr = e
+            .addr
+            .parse()
+            .map_err(|_| invalid(&at, format!("addr {:?} is not IP:port", e.addr)))?;
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(invalid(&at, format!("addr {addr} cannot be connected to")));
+        }
+        if !seen.insert(addr) {
+            return Err(invalid(&at, format!("{addr} is listed twice")));
+        }
+        let weight = e.weight.unwrap_or(1);
+        if weight == 0 {
+            return Err(invalid(&at, "weight 0: remove the endpoint instead"));
+        }
+        if let Some(id) = &e.identity {
+            check_identity_name(id).map_err(|r| invalid(&at, r))?;
+        }
+        if e.opaque_transport_port == Some(0) {
+            return Err(invalid(&at, "opaque_transport_port 0"));
+        }
+        endpoints.push(Endpoint {
+            addr,
+            weight,
+            identity: e.identity,
+            protocol: e.protocol,
+            opaque_transport_port: e.opaque_transport_port,
+            labels: e.labels,
+        });
+    }
+    let profile = match svc.profile {
+        None => Profile::default(),
+        Some(p) => profile(p, &format!("{at}.profile"))?,
+    };
+    let policy = match svc.policy {
+        None => Policy::default(),
+        Some(p) => policy(p, &format!("{at}.policy"))?,
+    };
+    Ok(Service {
+        name,
+        port,
+        addresses,
+        labels: svc.labels,
+        endpoints,
+        profile,
+        policy,
+    })
+}
+
+/// `500`, `500-599` or `5xx` → an inclusive range.
+fn status_range(s: &str) -> Option<(u16, u16)> {
+    let s = s.trim();
+    let in_range = |n: u16| (100..=599).contains(&n);
+    if let Some(d) = s.strip_suffix("xx") {
+        let d: u16 = d.parse().ok()?;
+        return (1..=5).contains(&d).then_some((d * 100, d * 100 + 99));
+    }
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+        None => {
+            let n = s.parse().ok()?;
+            (n, n)
+        }
+    };
+    (in_range(lo) && in_range(hi) && lo <= hi).then_some((lo, hi))
+}
+
+fn statuses(list: &[String], at: &str) -> Result<Vec<(u16, u16)>, Error> {
+    list.iter()
+        .map(|s| {
+            status_range(s).ok_or_else(|| {
+                invalid(
+                    at,
+                    format!("{s:?} is not a status, a range like 500-599, or 5xx"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn method(m: &Option<String>, at: &str) -> Result<Option<String>, Error> {
+    match m {
+        None => Ok(None),
+        Some(m) => {
+            let up = m.to_ascii_uppercase();
+            http::Method::from_bytes(up.as_bytes())
+                .map_err(|_| invalid(at, format!("{m:?} is not an HTTP method")))?;
+            Ok(Some(up))
+        }
+    }
+}
+
+fn profile(p: FileProfile, at: &str) -> Result<Profile, Error> {
+    let mut routes = Vec::new();
+    for r in p.routes {
+        let at = format!("{at}.routes.{}", r.name);
+        if let Some(path) = &r.path {
+            regex_syntax::Parser::new()
+                .parse(path)
+                .map_err(|e| invalid(&at, format!("path is not a regular expression: {e}")))?;
+        }
+        routes.push(ProfileRoute {
+            method: method(&r.method, &at)?,
+            path_regex: r.path,
+            timeout: opt_dur(&r.timeout, &format!("{at}.timeout"))?,
+            retryable: r.retryable,
+            failure_statuses: statuses(&r.failure_statuses, &format!("{at}.failure_statuses"))?,
+            name: r.name,
+        });
+    }
+    let retry_budget = match p.retry_budget {
+        None => None,
+        Some(b) => {
+            if !(0.0..=1000.0).contains(&b.ratio) {
+                return Err(invalid(
+                    format!("{at}.retry_budget.ratio"),
+                    "must be from 0 to 1000",
+                ));
+            }
+            Some(RetryBudget {
+                ratio: b.ratio,
+                min_per_second: b.min_per_second,
+                ttl: dur(
+                    &b.ttl,
+                    &format!("{at}.retry_budget.ttl"),
+                    Duration::from_secs(10),
+                )?,
+            })
+        }
+    };
+    Ok(Profile {
+        opaque: p.opaque,
+        routes,
+        retry_budget,
+    })
+}
+
+fn policy(p: FilePolicy, at: &str) -> Result<Policy, Error> {
+    let mut routes = Vec::new();
+    for r in p.routes {
+        let at = format!("{at}.routes.{}", r.name);
+        let matches = r
+            .matches
+            .into_iter()
+            .map(|m| {
+                for path in [&m.path_prefix, &m.path].into_iter().flatten() {
+                    if !path.starts_with('/') {
+                        return Err(invalid(&at, format!("path {path:?} does not start with /")));
+                    }
+                }
+                for name in m.headers.keys() {
+                    http::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| invalid(&at, format!("{name:?} is not a header name")))?;
+                }
+                Ok(RouteMatch {
+                    method: method(&m.method, &at)?,
+                    path_prefix: m.path_prefix,
+                    path_exact: m.path,
+                    headers: m.headers,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let backends = r
+            .backends
+            .into_iter()
+            .map(|b| {
+                let (name, port) = parse_authority(&b.service).map_err(|e| invalid(&at, e))?;
+                let weight = b.weight.unwrap_or(1);
+                if weight == 0 {
+                    return Err(invalid(&at, "backend weight 0: remove the backend instead"));
+                }
+                Ok(Backend {
+                    service: format!("{name}:{port}"),
+                    weight,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let retry = match r.retry {
+            None => None,
+            Some(x) => Some(Retry {
+                limit: x.limit.unwrap_or(1),
+                statuses: statuses(&x.statuses, &format!("{at}.retry.statuses"))?,
+                timeout: opt_dur(&x.timeout, &format!("{at}.retry.timeout"))?,
+            }),
+        };
+        routes.push(Route {
+            timeout: opt_dur(&r.timeout, &format!("{at}.timeout"))?,
+            name: r.name,
+            matches,
+            backends,
+            retry,
+        });
+    }
+    let failure_accrual = match p.failure_accrual {
+        None => None,
+        Some(f) => {
+            let at = format!("{at}.failure_accrual");
+            if f.consecutive_failures == 0 {
+                return Err(invalid(&at, "consecutive_failures must be at least 1"));
+            }
+            let jitter_ratio = f.jitter_ratio.unwrap_or(0.5);
+            if !(0.0..=100.0).contains(&jitter_ratio) {
+                return Err(invalid(&at, "jitter_ratio must be from 0 to 100"));
+            }
+            let min_backoff = dur(&f.min_backoff, &at, Duration::from_secs(1))?;
+            let max_backoff = dur(&f.max_backoff, &at, Duration::from_secs(60))?;
+            if min_backoff > max_backoff {
+                return Err(invalid(&at, "min_backoff is above max_backoff"));
+            }
+            Some(FailureAccrual {
+                consecutive_failures: f.consecutive_failures,
+                min_backoff,
+                max_backoff,
+                jitter_ratio,
+            })
+        }
+    };
+    Ok(Policy {
+        protocol: p.protocol,
+        routes,
+        failure_accrual,
+    })
+}
+
+fn authz(a: FileAuthz, at: &str) -> Result<Authorization, Error> {
+    let networks = a
+        .networks
+        .iter()
+        .map(|n| {
+            n.parse::<ipnet::IpNet>()
+                .or_else(|_| n.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| invalid(at, format!("{n:?} is not a network (CIDR) or address")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let meshed = !a.identities.is_empty() || !a.suffixes.is_empty();
+    if a.unauthenticated && meshed {
+        return Err(invalid(
+            at,
+            "unauthenticated admits every client: drop identities and suffixes, or unauthenticated",
+        ));
+    }
+    for id in &a.identities {
+        check_identity_name(id).map_err(|r| invalid(at, r))?;
+    }
+    Ok(if a.unauthenticated {
+        Authorization::Unauthenticated { networks }
+    } else {
+        Authorization::MeshTls {
+            identities: a.identities,
+            suffixes: a.suffixes,
+            networks,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+use super::*;
+
+fn parse(yaml: &str) -> Result<Mesh, Error> {
+    Mesh::parse(yaml, Path::new("/etc/linnet"))
+}
+
+fn err(yaml: &str) -> String {
+    parse(yaml).unwrap_err().to_string()
+}
+
+#[test]
+fn the_example_file_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let text = std::fs::read_to_string(dir.join("mesh.yaml")).unwrap();
+    // Token files are read relative to the file: give them a home.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("tokens")).unwrap();
+    std::fs::write(tmp.path().join("tokens/client"), "client-token\n").unwrap();
+    let mesh = Mesh::parse(&text, tmp.path()).unwrap();
+    assert!(!mesh.services.is_empty());
+    assert!(!mesh.workloads.is_empty());
+    assert!(!mesh.identity.tokens.is_empty());
+}
+
+#[test]
+fn empty_file_is_an_empty_mesh() {
+    for text in ["", "# nothing yet\n"] {
+        let m = parse(text).unwrap();
+        assert!(m.services.is_empty() && m.workloads.is_empty() && m.identity.tokens.is_empty());
+        // The issuer's files default to beside the mesh file.
+        assert_eq!(
+            m.identity.issuer_certificate,
+            Path::new("/etc/linnet/issuer.crt")
+        );
+    }
+}
+
+#[test]
+fn services_are_normalised() {
+    let m = parse(
+        "services:\n  Web.Default.svc.cluster.local.:80:\n    endpoints:\n      - addr: 127.0.0.1:8080\n",
+    )
+    .unwrap();
+    let s = m.service("web.default.svc.cluster.local:80").unwrap();
+    assert_eq!(
+        (s.name.as_str(), s.port),
+        ("web.default.svc.cluster.local", 80)
+    );
+    assert_eq!(s.endpoints[0].weight, 1);
+    assert!(m.service("WEB.default.svc.cluster.local:80").is_some());
+}
+
+#[test]
+fn full_policy_and_profile() {
+    let m = parse(
+        r#"
+identity:
+  certificate_lifetime: 1h
+  tokens:
+    web.ns.serviceaccount.identity.linkerd.cluster.local: secret
+services:
+  web.ns.svc.cluster.local:80:
+    profile:
+      retry_budget: {ratio: 0.2, min_per_second: 10, ttl: 10s}
+      routes:
+        - name: items
+          method: get
+          path: "^/items(/.*)?$"
+          timeout: 2s
+          retryable: true
+          failure_statuses: ["5xx", "429"]
+    policy:
+      protocol: http1
+      failure_accrual: {consecutive_failures: 7}
+      routes:
+        - name: api
+          matches: [{path_prefix: /api, method: POST, headers: {x-canary: "1"}}]
+          backends: [{service: web.ns.svc.cluster.local:80, weight: 9}]
+          timeout: 5s
+          retry: {limit: 2, statuses: ["500-599"], timeout: 1s}
+workloads:
+  web-1:
+    ports:
+      8080:
+        protocol: http1
+        authorizations:
+          - unauthenticated: true
+            networks: [10.0.0.0/8, 192.168.1.1]
+          - identities: [client.ns.serviceaccount.identity.linkerd.cluster.local]
+"#,
+    )
+    .unwrap();
+    assert_eq!(m.identity.certificate_lifetime, Duration::from_secs(3600));
+    assert_eq!(m.identity.issuer_key, Path::new("/etc/linnet/issuer.key"));
+    let s = m.service("web.ns.svc.cluster.local:80").unwrap();
+    let r = &s.profile.routes[0];
+    assert_eq!(r.method.as_deref(), Some("GET"));
+    assert_eq!(r.failure_statuses, [(500, 599), (429, 429)]);
+    assert_eq!(s.policy.protocol, Protocol::Http1);
+    assert_eq!(
+        s.policy.routes[0].retry.as_ref().unwrap().statuses,
+        [(500, 599)]
+    );
+    assert_eq!(s.policy.failure_accrual.unwrap().consecutive_failures, 7);
+    let port = &m.workloads["web-1"][&8080];
+    assert_eq!(port.authorizations.len(), 2);
+    assert!(
+        matches!(&port.authorizations[0], Authorization::Unauthenticated { networks } if networks.len() == 2)
+    );
+}
+
+#[test]
+fn errors_say_where() {
+    let cases = [
+        (
+            "services:\n  web:80:\n    endpoints:\n      - addr: nope\n",
+            "services.web:80.endpoints[0]",
+        ),
+        (
+            "services:\n  web:80:\n    endpoints:\n      - addr: 10.0.0.1:80\n        weight: 0\n",
+            "weight 0",
+        ),
+        (
+            "services:\n  web:80:\n    endpoints:\n      - addr: 10.0.0.1:80\n      - addr: 10.0.0.1:80\n",
+            "listed twice",
+        ),
+        ("services:\n  web:0: {}\n", "no valid port"),
+        ("services:\n  \"we b:80\": {}\n", "not a DNS name"),
+        (
+            "services:\n  web:80:\n    profile:\n      routes:\n        - {name: r, path: \"(\"}\n",
+            "not a regular expression",
+        ),
+        (
+            "services:\n  web:80:\n    profile:\n      routes:\n        - {name: r, failure_statuses: [\"700\"]}\n",
+            "not a status",
+        ),
+        (
+            "services:\n  web:80:\n    policy:\n      routes:\n        - {name: r, backends: [{service: other:80}]}\n",
+            "not a service in this file",
+        ),
+        (
+            "services:\n  web:80:\n    policy:\n      protocol: carrier-pigeon\n",
+            "carrier-pigeon",
+        ),
+        (
+            "workloads:\n  w:\n    ports:\n      80:\n        authorizations: [{networks: [\"10.0.0.0/33\"]}]\n",
+            "not a network",
+        ),
+        ("identity:\n  tokens:\n    web: \"\"\n", "empty token"),
+        (
+            "identity:\n  certificate_lifetime: forever\n",
+            "identity.certificate_lifetime",
+        ),
+        ("servics: {}\n", "unknown field"),
+        ("services: [1, 2]\n", "not valid YAML for a mesh file"),
+    ];
+    for (yaml, want) in cases {
+        let e = err(yaml);
+        assert!(
+            e.contains(want),
+            "{yaml:?}: {e:?} does not mention {want:?}"
+        );
+    }
+}
+
+#[test]
+fn status_ranges() {
+    assert_eq!(status_range("5xx"), Some((500, 599)));
+    assert_eq!(status_range("404"), Some((404, 404)));
+    assert_eq!(status_range("500-504"), Some((500, 504)));
+    assert_eq!(status_range("504-500"), None);
+    assert_eq!(status_range("6xx"), None);
+    assert_eq!(status_range("99"), None);
+}

@@ -1,0 +1,90 @@
+//! The control plane's own metrics.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    rpc: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Counters and gauges of requests, watches, reloads and certificates.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    requests: Family<RpcLabels, Counter>,
+    watches: Family<RpcLabels, Gauge>,
+    reloads: Family<ResultLabels, Counter>,
+    config_valid: Gauge,
+    certify: Family<ResultLabels, Counter>,
+}
+
+impl Metrics {
+    /// Registers the families in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("control");
+        r.register("requests", "Requests by RPC", m.requests.clone());
+        r.register(
+            "watches",
+            "Open watches (streams) by RPC",
+            m.watches.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Reloads of the mesh file by result (ok, or error: the last good file stays in force)",
+            m.reloads.clone(),
+        );
+        r.register(
+            "config_last_reload_ok",
+            "1 when the last reload of the mesh file succeeded, 0 when it was rejected",
+            m.config_valid.clone(),
+        );
+        r.register(
+            "certify",
+            "Identity.Certify calls by result (issued, or why refused)",
+            m.certify.clone(),
+        );
+        m.config_valid.set(1);
+        m
+    }
+
+    /// Counts a request to `rpc`.
+    pub(crate) fn request(&self, rpc: &'static str) {
+        self.requests.get_or_create(&RpcLabels { rpc }).inc();
+    }
+
+    /// Counts an open watch on `rpc` until the guard is dropped.
+    pub(crate) fn watch(&self, rpc: &'static str) -> WatchGuard {
+        let g = self.watches.get_or_create(&RpcLabels { rpc }).clone();
+        g.inc();
+        WatchGuard(g)
+    }
+
+    pub(crate) fn reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+        self.config_valid.set(i64::from(ok));
+    }
+
+    pub(crate) fn certified(&self, result: &'static str) {
+        self.certify.get_or_create(&ResultLabels { result }).inc();
+    }
+}
+
+/// Decrements the open-watch gauge when dropped.
+#[derive(Debug)]
+pub(crate) struct WatchGuard(Gauge);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
