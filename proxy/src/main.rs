@@ -3,12 +3,15 @@
 //! - `linnet proxy`: the sidecar (the container's entrypoint), configured
 //!   from `LINNET_*` / `LINKERD2_PROXY_*` environment variables;
 //! - `linnet init`: programs the pod's iptables to send its TCP through the
-//!   proxy.
+//!   proxy;
+//! - `linnet control`: the embedded control plane, serving Linkerd's proxy
+//!   API from a mesh file.
 //!
 //! This file only parses the command line, sets up logging and the
 //! runtime, and maps failures to exit codes; the proxy itself is
 //! `linnet_app::run`.
 
+mod control;
 mod trace;
 
 use anyhow::Context as _;
@@ -36,12 +39,15 @@ enum Command {
     Proxy,
     /// Program the pod's iptables so its TCP traffic goes through the proxy.
     Init(linnet_init::InitArgs),
+    /// Serve Linkerd's proxy API (destinations, identity, policies) from a mesh file.
+    Control(control::ControlArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Proxy => proxy(),
+        Command::Control(args) => control::main(args),
         Command::Init(args) => match linnet_init::run(&args) {
             Ok(outcome) => {
                 eprintln!("linnet init: {outcome}");
@@ -113,7 +119,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
 
 /// Installs the SIGTERM and SIGINT handlers; the future resolves on the
 /// first of them.
-fn signals() -> std::io::Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn signals() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -96,11 +96,7 @@ fn addrs(u: &update::Update) -> Vec<SocketAddr> {
             .iter()
             .map(|a| a.addr.unwrap().try_into().unwrap())
             .collect(),
-        update::Update::Remove(set) => set
-            .addrs
-            .iter()
-            .map(|a| (*a).try_into().unwrap())
-            .collect(),
+        update::Update::Remove(set) => set.addrs.iter().map(|a| (*a).try_into().unwrap()).collect(),
         update::Update::NoEndpoints(_) => Vec::new(),
     };
     v.sort();
@@ -421,4 +417,208 @@ fn verify(anchor_pem: &[u8], leaf: &[u8], intermediates: &[Vec<u8>], identity: &
         .is_err()
     );
     let _ = Path::new("");
+}
+
+#[tokio::test]
+async fn inbound_server_policies() {
+    use linkerd2_proxy_api::inbound::{
+        PortSpec, authn, inbound_server_policies_client::InboundServerPoliciesClient,
+        proxy_protocol::Kind,
+    };
+    let yaml = "workloads:\n  web-1:\n    ports:\n      8080:\n        protocol: http1\n        authorizations:\n          - identities: [client.test.serviceaccount.identity.linkerd.cluster.local]\n          - {unauthenticated: true, networks: [10.0.0.0/8]}\n      5432: {protocol: opaque}\n";
+    let plane = Plane::start(yaml).await;
+    let mut client = InboundServerPoliciesClient::connect(plane.url())
+        .await
+        .unwrap();
+    let spec = |workload: &str, port| PortSpec {
+        workload: workload.into(),
+        port,
+    };
+    let s = client
+        .get_port(spec("web-1", 8080))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(s.protocol.unwrap().kind, Some(Kind::Http1(_))));
+    assert_eq!(s.authorizations.len(), 2);
+    let permit = s.authorizations[0]
+        .authentication
+        .clone()
+        .unwrap()
+        .permit
+        .unwrap();
+    let authn::Permit::MeshTls(mtls) = permit else {
+        panic!("{permit:?}")
+    };
+    let Some(authn::permit_mesh_tls::Clients::Identities(ids)) = mtls.clients else {
+        panic!()
+    };
+    assert_eq!(
+        ids.identities[0].name,
+        "client.test.serviceaccount.identity.linkerd.cluster.local"
+    );
+    let net = s.authorizations[1].networks[0].net.unwrap();
+    assert_eq!(
+        ipnet::IpNet::try_from(net).unwrap(),
+        "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()
+    );
+    let s = client
+        .get_port(spec("web-1", 5432))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(s.protocol.unwrap().kind, Some(Kind::Opaque(_))));
+    // An unknown port gets the default: detect, and admit everyone.
+    let s = client
+        .get_port(spec("other", 80))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(s.protocol.unwrap().kind, Some(Kind::Detect(_))));
+    assert!(matches!(
+        s.authorizations[0].authentication.clone().unwrap().permit,
+        Some(authn::Permit::Unauthenticated(_))
+    ));
+    assert_eq!(
+        client
+            .get_port(spec("web-1", 70000))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+
+    // Watches follow the file.
+    let mut w = client
+        .watch_port(spec("web-1", 5432))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        w.message().await.unwrap().unwrap().protocol.unwrap().kind,
+        Some(Kind::Opaque(_))
+    ));
+    plane.write("workloads:\n  web-1:\n    ports:\n      5432: {protocol: http2}\n");
+    let s = tokio::time::timeout(Duration::from_secs(5), w.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(s.protocol.unwrap().kind, Some(Kind::Http2(_))));
+    assert!(
+        s.authorizations.is_empty(),
+        "no authorizations: nobody is admitted"
+    );
+}
+
+#[tokio::test]
+async fn outbound_policies() {
+    use linkerd2_proxy_api::outbound::{
+        TrafficSpec, backend, outbound_policies_client::OutboundPoliciesClient,
+        proxy_protocol::Kind, traffic_spec::Target,
+    };
+    let yaml = format!(
+        "services:\n  {WEB}:\n    addresses: [\"10.96.0.1:80\"]\n    endpoints: [{{addr: \"10.0.0.1:8080\"}}]\n    policy:\n      protocol: http1\n      failure_accrual: {{consecutive_failures: 5, min_backoff: 2s}}\n      routes:\n        - name: split\n          matches: [{{path_prefix: /api, method: POST, headers: {{x-user: alice}}}}]\n          backends: [{{service: \"{WEB}\", weight: 3}}, {{service: \"canary.test.svc.cluster.local:80\", weight: 1}}]\n          timeout: 4s\n          retry: {{limit: 2, statuses: [\"502-504\"]}}\n  canary.test.svc.cluster.local:80: {{}}\n"
+    );
+    let plane = Plane::start(&yaml).await;
+    let mut client = OutboundPoliciesClient::connect(plane.url()).await.unwrap();
+    let spec = |target| TrafficSpec {
+        source_workload: "client".into(),
+        target: Some(target),
+    };
+    let by_name = spec(Target::Authority(WEB.into()));
+    let by_addr = spec(Target::Addr(
+        "10.96.0.1:80".parse::<SocketAddr>().unwrap().into(),
+    ));
+    for s in [by_name.clone(), by_addr] {
+        let p = client.get(s).await.unwrap().into_inner();
+        let Some(Kind::Http1(h1)) = p.protocol.unwrap().kind else {
+            panic!()
+        };
+        let fa = h1.failure_accrual.unwrap();
+        let Some(linkerd2_proxy_api::outbound::failure_accrual::Kind::ConsecutiveFailures(cf)) =
+            fa.kind
+        else {
+            panic!()
+        };
+        assert_eq!(cf.max_failures, 5);
+        assert_eq!(cf.backoff.unwrap().min_backoff.unwrap().seconds, 2);
+        let rule = &h1.routes[0].rules[0];
+        let m = &rule.matches[0];
+        assert_eq!(m.headers[0].name, "x-user");
+        assert!(m.method.is_some());
+        assert_eq!(rule.timeouts.unwrap().request.unwrap().seconds, 4);
+        let retry = rule.retry.clone().unwrap();
+        assert_eq!(retry.max_retries, 2);
+        assert_eq!(retry.conditions.unwrap().status_ranges[0].start, 502);
+        let Some(linkerd2_proxy_api::outbound::http_route::distribution::Kind::RandomAvailable(ra)) =
+            rule.backends.clone().unwrap().kind
+        else {
+            panic!()
+        };
+        let weights: Vec<(String, u32)> = ra
+            .backends
+            .iter()
+            .map(|b| {
+                let be = b.backend.clone().unwrap().backend.unwrap();
+                let Some(backend::Kind::Balancer(p2c)) = be.kind else {
+                    panic!()
+                };
+                let Some(backend::endpoint_discovery::Kind::Dst(d)) = p2c.discovery.unwrap().kind
+                else {
+                    panic!()
+                };
+                (d.path, b.weight)
+            })
+            .collect();
+        assert_eq!(
+            weights,
+            [
+                (WEB.to_string(), 3),
+                ("canary.test.svc.cluster.local:80".to_string(), 1)
+            ]
+        );
+    }
+    // An address outside the mesh is forwarded as it is.
+    let outside = spec(Target::Addr(
+        "192.0.2.7:443".parse::<SocketAddr>().unwrap().into(),
+    ));
+    let p = client.get(outside).await.unwrap().into_inner();
+    let Some(Kind::Detect(d)) = p.protocol.unwrap().kind else {
+        panic!()
+    };
+    let be = d.opaque.unwrap().routes[0].rules[0]
+        .backends
+        .clone()
+        .unwrap();
+    assert!(format!("{be:?}").contains("Forward"), "{be:?}");
+    // An unknown name is not found; nonsense is refused.
+    let e = client
+        .get(spec(Target::Authority(
+            "nope.test.svc.cluster.local:80".into(),
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = client
+        .get(TrafficSpec {
+            source_workload: String::new(),
+            target: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // Watch: the policy follows the file.
+    let mut w = client.watch(by_name).await.unwrap().into_inner();
+    w.message().await.unwrap().unwrap();
+    plane.write(&format!(
+        "services:\n  {WEB}:\n    policy: {{protocol: opaque}}\n"
+    ));
+    let p = tokio::time::timeout(Duration::from_secs(5), w.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(p.protocol.unwrap().kind, Some(Kind::Opaque(_))));
 }
