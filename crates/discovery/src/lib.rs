@@ -1,0 +1,541 @@
+//! Service discovery: what the control plane says about where traffic
+//! goes.
+//!
+//! [`Discovery`] keeps one watch per authority (`Destination.Get`), per
+//! original destination (`Destination.GetProfile`) and per inbound port
+//! (`InboundServerPolicies.WatchPort`), shared by every connection that
+//! needs it and dropped after an idle timeout. Watches reconnect with
+//! jittered exponential backoff and keep their last answer meanwhile, so
+//! an unreachable control plane leaves traffic flowing to the endpoints
+//! last known. Names the control plane does not know fall back to DNS.
+//! Malformed answers (an endpoint with no address, a weight of 0, a
+//! protocol hint this proxy does not know) are skipped, logged and
+//! counted.
+
+mod destination;
+mod dns;
+mod metrics;
+mod watch;
+
+pub use self::{dns::Dns, metrics::Metrics};
+
+use linkerd2_proxy_api::{
+    destination::{GetDestination, destination_client::DestinationClient},
+    inbound::{self, PortSpec, inbound_server_policies_client::InboundServerPoliciesClient},
+};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::sync::watch as tw;
+use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+
+/// A control-plane service's address: `host:port`, and the identity it
+/// must present (for mTLS to the control plane, when identity lands).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlAddr {
+    /// `host:port` or `ip:port`.
+    pub addr: String,
+    /// The service's identity, if any.
+    pub name: Option<String>,
+}
+
+/// Discovery settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The Destination service; without it, nothing is discovered.
+    pub destination: Option<ControlAddr>,
+    /// The policy service.
+    pub policy: Option<ControlAddr>,
+    /// This workload, as the policy service knows it.
+    pub workload: Option<String>,
+    /// Sent with every Destination lookup.
+    pub context_token: String,
+    /// Watches nobody has used for this long are closed.
+    pub idle_timeout: Duration,
+    /// How long a connection waits for a first answer before going on
+    /// without one.
+    pub initial_wait: Duration,
+    /// DNS servers for the fallback (the system's when empty).
+    pub dns_servers: Vec<SocketAddr>,
+    /// Bounds on how long DNS answers are kept.
+    pub dns_min_ttl: Duration,
+    /// See `dns_min_ttl`.
+    pub dns_max_ttl: Duration,
+}
+
+/// What a lookup has found so far.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Resolution {
+    /// No answer yet.
+    #[default]
+    Pending,
+    /// The name does not exist here: fall back.
+    NotFound,
+    /// The endpoints (possibly none).
+    Endpoints(Arc<BTreeMap<SocketAddr, Endpoint>>),
+}
+
+/// One endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Relative weight (at least 1).
+    pub weight: u32,
+    /// Its TLS identity, if it is meshed.
+    pub identity: Option<String>,
+    /// What its proxy accepts.
+    pub hint: Hint,
+    /// Its proxy's port for opaque traffic with a transport header.
+    pub opaque_transport_port: Option<u16>,
+    /// Labels for metrics.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A protocol hint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Hint {
+    /// None given.
+    #[default]
+    Unknown,
+    /// HTTP/2 between proxies.
+    H2,
+    /// Opaque TCP.
+    Opaque,
+}
+
+/// What `GetProfile` says of an original destination.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Profile {
+    /// The service it stands for (without the port), if it is one.
+    pub name: Option<String>,
+    /// Treat its connections as opaque TCP.
+    pub opaque: bool,
+    /// The endpoint it is, if it is one.
+    pub endpoint: Option<Endpoint>,
+}
+
+/// The protocol an inbound port's policy sets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PortProtocol {
+    /// Detect it.
+    #[default]
+    Detect,
+    /// HTTP/1.
+    Http1,
+    /// HTTP/2.
+    Http2,
+    /// gRPC.
+    Grpc,
+    /// Opaque: no detection.
+    Opaque,
+    /// TLS the application terminates.
+    Tls,
+}
+
+const DST_GET: &str = "Destination.Get";
+const DST_PROFILE: &str = "Destination.GetProfile";
+const INBOUND_PORT: &str = "InboundServerPolicies.WatchPort";
+
+/// The discovery service; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Discovery {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    dst: Option<DestinationClient<Channel>>,
+    policy: Option<InboundServerPoliciesClient<Channel>>,
+    endpoints: watch::Cache<String, Resolution>,
+    profiles: watch::Cache<SocketAddr, Option<Profile>>,
+    ports: watch::Cache<u16, Option<PortProtocol>>,
+    dns_names: watch::Cache<(String, u16), Resolution>,
+    dns: Dns,
+    metrics: Metrics,
+}
+
+fn channel(c: &ControlAddr) -> Result<Channel, tonic::transport::Error> {
+    Ok(TonicEndpoint::from_shared(format!("http://{}", c.addr))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .connect_lazy())
+}
+
+/// Discovery could not be set up.
+#[derive(Debug)]
+pub struct Error(String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Discovery {
+    /// Clients for the configured services (connected lazily).
+    pub fn new(config: Config, metrics: Metrics) -> Result<Self, Error> {
+        let dst = config
+            .destination
+            .as_ref()
+            .map(|c| channel(c).map(DestinationClient::new))
+            .transpose()
+            .map_err(|e| Error(format!("destination service address: {e}")))?;
+        let policy = config
+            .policy
+            .as_ref()
+            .map(|c| channel(c).map(InboundServerPoliciesClient::new))
+            .transpose()
+            .map_err(|e| Error(format!("policy service address: {e}")))?;
+        let dns = Dns::new(&config.dns_servers, config.dns_min_ttl, config.dns_max_ttl)
+            .map_err(|e| Error(format!("DNS resolver: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                dst,
+                policy,
+                endpoints: Default::default(),
+                profiles: Default::default(),
+                ports: Default::default(),
+                dns_names: Default::default(),
+                dns,
+                metrics,
+            }),
+        })
+    }
+
+    /// Whether a Destination service is configured.
+    pub fn has_destination(&self) -> bool {
+        self.inner.dst.is_some()
+    }
+
+    /// How long a connection waits for a first answer.
+    pub fn initial_wait(&self) -> Duration {
+        self.inner.config.initial_wait
+    }
+
+    fn get(&self, path: &str) -> GetDestination {
+        GetDestination {
+            scheme: "k8s".to_string(),
+            path: path.to_string(),
+            context_token: self.inner.config.context_token.clone(),
+        }
+    }
+
+    /// The endpoints of `authority` (`name:port`), watched.
+    pub fn endpoints(&self, authority: &str) -> Option<tw::Receiver<Resolution>> {
+        let client = self.inner.dst.clone()?;
+        let key = authority.to_ascii_lowercase();
+        let (idle, metrics) = (self.inner.config.idle_timeout, self.inner.metrics.clone());
+        let req = self.get(&key);
+        Some(
+            self.inner
+                .endpoints
+                .get(&key, Resolution::default, move |tx, evict| {
+                    let apply = destination::Endpoints {
+                        metrics: metrics.clone(),
+                    };
+                    tokio::spawn(watch::run(
+                        DST_GET,
+                        tx,
+                        evict,
+                        idle,
+                        metrics,
+                        move || {
+                            let mut client = client.clone();
+                            let req = req.clone();
+                            async move { client.get(req).await.map(|r| r.into_inner()) }
+                        },
+                        apply,
+                    ));
+                }),
+        )
+    }
+
+    /// The profile of an original destination, watched.
+    pub fn profile(&self, addr: SocketAddr) -> Option<tw::Receiver<Option<Profile>>> {
+        let client = self.inner.dst.clone()?;
+        let (idle, metrics) = (self.inner.config.idle_timeout, self.inner.metrics.clone());
+        let req = self.get(&addr.to_string());
+        Some(self.inner.profiles.get(
+            &addr,
+            || None,
+            move |tx, evict| {
+                let apply = destination::Profiles {
+                    metrics: metrics.clone(),
+                };
+                tokio::spawn(watch::run(
+                    DST_PROFILE,
+                    tx,
+                    evict,
+                    idle,
+                    metrics,
+                    move || {
+                        let mut client = client.clone();
+                        let req = req.clone();
+                        async move { client.get_profile(req).await.map(|r| r.into_inner()) }
+                    },
+                    apply,
+                ));
+            },
+        ))
+    }
+
+    /// `name` resolved with DNS, followed as its records expire.
+    pub fn dns(&self, name: &str, port: u16) -> tw::Receiver<Resolution> {
+        let key = (name.to_ascii_lowercase(), port);
+        let dns = self.inner.dns.clone();
+        let (name, port) = key.clone();
+        self.inner
+            .dns_names
+            .get(&key, Resolution::default, move |tx, evict| {
+                tokio::spawn(async move {
+                    dns.follow(name, port, tx.clone()).await;
+                    evict.try_evict(&tx);
+                });
+            })
+    }
+
+    /// The protocol the policy for inbound `port` sets, watched; `None`
+    /// until it arrives (or without a policy service).
+    pub fn port_protocol(&self, port: u16) -> Option<tw::Receiver<Option<PortProtocol>>> {
+        let client = self.inner.policy.clone()?;
+        let workload = self.inner.config.workload.clone()?;
+        let (idle, metrics) = (self.inner.config.idle_timeout, self.inner.metrics.clone());
+        Some(self.inner.ports.get(
+            &port,
+            || None,
+            move |tx, evict| {
+                tokio::spawn(watch::run(
+                    INBOUND_PORT,
+                    tx,
+                    evict,
+                    idle,
+                    metrics,
+                    move || {
+                        let mut client = client.clone();
+                        let req = PortSpec {
+                            workload: workload.clone(),
+                            port: u32::from(port),
+                        };
+                        async move { client.watch_port(req).await.map(|r| r.into_inner()) }
+                    },
+                    PortPolicies,
+                ));
+            },
+        ))
+    }
+
+    /// Where an outbound connection to `orig_dst` goes: to the endpoints
+    /// of the service it stands for, or to itself.
+    pub async fn outbound(&self, orig_dst: SocketAddr) -> Outbound {
+        let Some(mut profile) = self.profile(orig_dst) else {
+            return Outbound::Forward { opaque: false };
+        };
+        let wait = self.inner.config.initial_wait;
+        let p = match tokio::time::timeout(wait, profile.wait_for(Option::is_some)).await {
+            Ok(Ok(p)) => p.clone().unwrap_or_default(),
+            _ => {
+                tracing::info!(%orig_dst, ?wait, "no profile from the control plane in time; forwarding to the original destination");
+                Profile::default()
+            }
+        };
+        match p.name {
+            Some(name) => {
+                let authority = format!("{name}:{}", orig_dst.port());
+                Outbound::Service {
+                    opaque: p.opaque,
+                    balancer: Balancer::new(self.clone(), authority, Fallback::Forward(orig_dst)),
+                }
+            }
+            None => Outbound::Forward { opaque: p.opaque },
+        }
+    }
+
+    /// A balancer over `name:port`'s endpoints, falling back to DNS.
+    pub fn authority(&self, name: &str, port: u16) -> Balancer {
+        Balancer::new(
+            self.clone(),
+            format!("{}:{port}", name.trim_end_matches('.').to_ascii_lowercase()),
+            Fallback::Dns {
+                name: name.to_string(),
+                port,
+            },
+        )
+    }
+}
+
+/// Applies inbound port policies.
+struct PortPolicies;
+
+impl watch::Apply<inbound::Server, Option<PortProtocol>> for PortPolicies {
+    fn message(&mut self, tx: &tw::Sender<Option<PortProtocol>>, s: inbound::Server, _first: bool) {
+        use inbound::proxy_protocol::Kind;
+        let p = match s.protocol.and_then(|p| p.kind) {
+            Some(Kind::Detect(_)) | None => PortProtocol::Detect,
+            Some(Kind::Http1(_)) => PortProtocol::Http1,
+            Some(Kind::Http2(_)) => PortProtocol::Http2,
+            Some(Kind::Grpc(_)) => PortProtocol::Grpc,
+            Some(Kind::Opaque(_)) => PortProtocol::Opaque,
+            Some(Kind::Tls(_)) => PortProtocol::Tls,
+        };
+        tx.send_replace(Some(p));
+    }
+}
+
+/// Where an outbound connection goes.
+#[derive(Debug)]
+pub enum Outbound {
+    /// To its original destination.
+    Forward {
+        /// Skip protocol detection.
+        opaque: bool,
+    },
+    /// To the endpoints of a service.
+    Service {
+        /// Skip protocol detection.
+        opaque: bool,
+        /// Picks an endpoint per request or connection.
+        balancer: Balancer,
+    },
+}
+
+/// What to do when the control plane does not know an authority.
+#[derive(Clone, Debug)]
+enum Fallback {
+    /// Resolve the name with DNS.
+    Dns { name: String, port: u16 },
+    /// Connect to the original destination.
+    Forward(SocketAddr),
+}
+
+/// Picks endpoints of an authority, as its answers change.
+#[derive(Clone, Debug)]
+pub struct Balancer {
+    discovery: Discovery,
+    authority: String,
+    dst: Option<tw::Receiver<Resolution>>,
+    fallback: Fallback,
+}
+
+/// No endpoint could be picked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PickError {
+    /// The service exists but has no endpoints now.
+    NoEndpoints(String),
+    /// Neither the control plane nor DNS knows the name.
+    NotFound(String),
+}
+
+impl std::fmt::Display for PickError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PickError::NoEndpoints(a) => write!(f, "{a} has no endpoints"),
+            PickError::NotFound(a) => write!(f, "{a} is not known to the control plane or DNS"),
+        }
+    }
+}
+
+impl std::error::Error for PickError {}
+
+impl Balancer {
+    fn new(discovery: Discovery, authority: String, fallback: Fallback) -> Self {
+        let dst = discovery.endpoints(&authority);
+        Self {
+            discovery,
+            authority,
+            dst,
+            fallback,
+        }
+    }
+
+    /// The authority balanced over.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// An endpoint, weighted at random among those known now; waits for a
+    /// first answer (up to the initial wait) before falling back.
+    pub async fn pick(&self) -> Result<Endpoint, PickError> {
+        let wait = self.discovery.initial_wait();
+        if let Some(rx) = &self.dst {
+            let mut rx = rx.clone();
+            let r = match tokio::time::timeout(wait, rx.wait_for(|r| *r != Resolution::Pending))
+                .await
+            {
+                Ok(Ok(r)) => r.clone(),
+                _ => Resolution::Pending,
+            };
+            match r {
+                Resolution::Endpoints(set) => {
+                    return weighted(&set)
+                        .ok_or_else(|| PickError::NoEndpoints(self.authority.clone()));
+                }
+                Resolution::NotFound => {}
+                Resolution::Pending => {
+                    tracing::info!(authority = %self.authority, ?wait, "no answer from the control plane in time; falling back");
+                }
+            }
+        }
+        match &self.fallback {
+            Fallback::Forward(addr) => Ok(Endpoint {
+                addr: *addr,
+                weight: 1,
+                identity: None,
+                hint: Hint::Unknown,
+                opaque_transport_port: None,
+                labels: BTreeMap::new(),
+            }),
+            Fallback::Dns { name, port } => {
+                if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+                    return Ok(Endpoint {
+                        addr: SocketAddr::new(ip, *port),
+                        weight: 1,
+                        identity: None,
+                        hint: Hint::Unknown,
+                        opaque_transport_port: None,
+                        labels: BTreeMap::new(),
+                    });
+                }
+                let mut rx = self.discovery.dns(name, *port);
+                let r = match tokio::time::timeout(
+                    wait + Duration::from_secs(4),
+                    rx.wait_for(|r| *r != Resolution::Pending),
+                )
+                .await
+                {
+                    Ok(Ok(r)) => r.clone(),
+                    _ => Resolution::NotFound,
+                };
+                match r {
+                    Resolution::Endpoints(set) => {
+                        weighted(&set).ok_or_else(|| PickError::NotFound(self.authority.clone()))
+                    }
+                    _ => Err(PickError::NotFound(self.authority.clone())),
+                }
+            }
+        }
+    }
+}
+
+fn weighted(set: &BTreeMap<SocketAddr, Endpoint>) -> Option<Endpoint> {
+    let total: u64 = set.values().map(|e| u64::from(e.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut n = rand::random_range(0..total);
+    for e in set.values() {
+        let w = u64::from(e.weight);
+        if n < w {
+            return Some(e.clone());
+        }
+        n -= w;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,97 @@
+//! The control-plane client's metrics: open watches, updates, errors,
+//! reconnects and skipped data, by API.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    api: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    api: &'static str,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SkipLabels {
+    reason: &'static str,
+}
+
+/// Counters and gauges of the control-plane client.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    watches: Family<ApiLabels, Gauge>,
+    connected: Family<ApiLabels, Gauge>,
+    updates: Family<ApiLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    reconnects: Family<ApiLabels, Counter>,
+    skipped: Family<SkipLabels, Counter>,
+}
+
+impl Metrics {
+    /// Registers the families under `control_client_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("control_client");
+        r.register("watches", "Open watches by API", m.watches.clone());
+        r.register(
+            "watches_connected",
+            "Watches whose stream to the control plane is up, by API",
+            m.connected.clone(),
+        );
+        r.register("updates", "Updates received by API", m.updates.clone());
+        r.register(
+            "errors",
+            "Failed watch streams by API and gRPC code (the watch reconnects; the last answer stays in use)",
+            m.errors.clone(),
+        );
+        r.register(
+            "reconnects",
+            "Watch streams reopened, by API",
+            m.reconnects.clone(),
+        );
+        r.register(
+            "skipped",
+            "Malformed items in control-plane answers, skipped, by reason",
+            m.skipped.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn watch_opened(&self, api: &'static str) -> Gauge {
+        let g = self.watches.get_or_create(&ApiLabels { api }).clone();
+        g.inc();
+        g
+    }
+
+    pub(crate) fn connected(&self, api: &'static str) -> Gauge {
+        self.connected.get_or_create(&ApiLabels { api }).clone()
+    }
+
+    pub(crate) fn update(&self, api: &'static str) {
+        self.updates.get_or_create(&ApiLabels { api }).inc();
+    }
+
+    pub(crate) fn error(&self, api: &'static str, code: tonic::Code) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                api,
+                code: format!("{code:?}"),
+            })
+            .inc();
+    }
+
+    pub(crate) fn reconnect(&self, api: &'static str) {
+        self.reconnects.get_or_create(&ApiLabels { api }).inc();
+    }
+
+    pub(crate) fn skipped(&self, reason: &'static str) {
+        self.skipped.get_or_create(&SkipLabels { reason }).inc();
+    }
+}
