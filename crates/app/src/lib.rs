@@ -68,6 +68,51 @@ pub struct Options {
     pub log_level: Option<Arc<dyn LogLevel>>,
 }
 
+/// The control-plane clients, when a destination or policy service is
+/// configured. Their failure to start is logged, and the proxy runs
+/// without them (as it does with none configured).
+fn discovery(
+    config: &Config,
+    registry: &mut linnet_metrics::prometheus_client::registry::Registry,
+) -> Option<linnet_discovery::Discovery> {
+    let c = &config.control;
+    if c.destination.is_none() && c.policy.is_none() {
+        return None;
+    }
+    let addr = |a: &Option<linnet_config::ControlAddr>| {
+        a.as_ref().map(|a| linnet_discovery::ControlAddr {
+            addr: a.addr.clone(),
+            name: a.name.clone(),
+        })
+    };
+    let metrics = linnet_discovery::Metrics::register(registry);
+    let d = linnet_discovery::Config {
+        destination: addr(&c.destination),
+        policy: addr(&c.policy),
+        workload: c.workload.clone(),
+        context_token: c.destination_context.clone(),
+        idle_timeout: c.discovery_idle_timeout,
+        initial_wait: c.discovery_initial_wait,
+        dns_servers: c.dns_servers.clone(),
+        dns_min_ttl: c.dns_min_ttl,
+        dns_max_ttl: c.dns_max_ttl,
+    };
+    match linnet_discovery::Discovery::new(d, metrics) {
+        Ok(d) => {
+            tracing::info!(
+                destination = ?c.destination.as_ref().map(|a| &a.addr),
+                policy = ?c.policy.as_ref().map(|a| &a.addr),
+                "discovering endpoints and policies from the control plane"
+            );
+            Some(d)
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot start the control-plane clients; forwarding to original destinations");
+            None
+        }
+    }
+}
+
 /// A configured fixed destination replaces the given lookup.
 fn fixed_or(direction: Direction, addr: Option<SocketAddr>, lookup: &OrigDst) -> OrigDst {
     match addr {
@@ -91,6 +136,7 @@ pub async fn run(
     let mut registry = linnet_metrics::registry();
     let tcp_metrics = TcpMetrics::register(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
+    let discovery = discovery(&config, &mut registry);
     let (signal, watch) = drain::channel();
 
     let outbound = Arc::new(tcp::Forward {
@@ -106,6 +152,8 @@ pub async fn run(
         upstreams: Default::default(),
         in_flight: linnet_http::InFlight::new(config.outbound.max_in_flight),
         http: config.http.clone(),
+        discovery: discovery.clone(),
+        port_policies: Default::default(),
     });
     let inbound = Arc::new(tcp::Forward {
         direction: Direction::Inbound,
@@ -116,6 +164,8 @@ pub async fn run(
         upstreams: Default::default(),
         in_flight: linnet_http::InFlight::new(config.inbound.max_in_flight),
         http: config.http.clone(),
+        discovery,
+        port_policies: Default::default(),
     });
     log_listening(&listeners);
     tokio::spawn(tcp::serve(listeners.outbound, outbound, watch.clone()));

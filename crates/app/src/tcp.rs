@@ -20,7 +20,10 @@
 use linnet_config::{HttpConfig, ProxyConfig};
 use linnet_core::drain;
 use linnet_detect::{Detected, PrefixedIo, Protocol, Reason};
-use linnet_http::{Explicit, InFlight, Proxy, Route, Upstream, client::ConnectConfig};
+use linnet_discovery::{Balancer, Discovery, Outbound, PortProtocol};
+use linnet_http::{
+    Balance, BoxFuture, Explicit, InFlight, Proxy, Route, Upstream, client::ConnectConfig,
+};
 use linnet_metrics::{
     Direction,
     http::HttpMetrics,
@@ -53,6 +56,26 @@ pub(crate) struct Forward {
     pub(crate) in_flight: InFlight,
     /// HTTP settings.
     pub(crate) http: HttpConfig,
+    /// The control plane's answers, when one is configured.
+    pub(crate) discovery: Option<Discovery>,
+    /// Inbound port policies, watched for the life of the proxy once a
+    /// port has seen a connection.
+    pub(crate) port_policies:
+        Mutex<HashMap<u16, tokio::sync::watch::Receiver<Option<PortProtocol>>>>,
+}
+
+/// Inbound ports whose policies are kept watched.
+const MAX_PORT_POLICIES: usize = 256;
+
+/// Where a connection's bytes or requests go.
+enum Dest {
+    /// One address.
+    Addr(SocketAddr),
+    /// An endpoint of a discovered service, per request or connection.
+    Balanced(
+        Balancer,
+        Option<tokio::sync::watch::Receiver<Option<linnet_discovery::Profile>>>,
+    ),
 }
 
 /// Upstreams kept before unused ones are dropped.
@@ -115,8 +138,9 @@ impl Forward {
             }
         };
 
+        let (dest, opaque) = self.destination(target).await;
         let Some(detected) = self
-            .detect(&mut client, client_addr, target, &mut watch)
+            .detect(&mut client, client_addr, target, opaque, &mut watch)
             .await
         else {
             return;
@@ -136,11 +160,31 @@ impl Forward {
             Protocol::Tls { .. } | Protocol::Opaque => None,
         };
         if let Some(version) = version {
-            let route = Route::Target(self.upstream(target));
+            let route = match dest {
+                Dest::Addr(addr) => Route::Target(self.upstream(addr)),
+                Dest::Balanced(balancer, profile) => Route::Balanced(Arc::new(BalancedRoute {
+                    fwd: self.clone(),
+                    balancer,
+                    _profile: profile,
+                })),
+            };
             return self
                 .serve_http(client, client_addr, version, target, route, watch)
                 .await;
         }
+        let target = match dest {
+            Dest::Addr(addr) => addr,
+            Dest::Balanced(balancer, _profile) => match balancer.pick().await {
+                Ok(endpoint) => endpoint.addr,
+                Err(error) => {
+                    tracing::info!(%direction, client = %client_addr, %target, %error, "no endpoint for the connection");
+                    let src = self.metrics.open(direction, Peer::Src, &tls, target);
+                    src.close(CloseReason::error("no_endpoints", None));
+                    reset_on_close(client.get_ref());
+                    return;
+                }
+            },
+        };
 
         let src = self.metrics.open(direction, Peer::Src, &tls, target);
         let connecting = connect(
@@ -258,7 +302,7 @@ impl Forward {
     ) {
         let local = client.local_addr().unwrap_or(client_addr);
         let Some(detected) = self
-            .detect(&mut client, client_addr, local, &mut watch)
+            .detect(&mut client, client_addr, local, false, &mut watch)
             .await
         else {
             return;
@@ -325,13 +369,15 @@ impl Forward {
         client: &mut TcpStream,
         client_addr: SocketAddr,
         target: SocketAddr,
+        opaque: bool,
         watch: &mut drain::Watch,
     ) -> Option<Detected> {
         let direction = self.direction;
-        if self
-            .config
-            .ports_disable_protocol_detection
-            .contains(target.port())
+        if opaque
+            || self
+                .config
+                .ports_disable_protocol_detection
+                .contains(target.port())
         {
             self.metrics
                 .detected(direction, Protocol::Opaque.as_str(), "skipped");
@@ -375,6 +421,66 @@ impl Forward {
     }
 }
 
+impl Forward {
+    /// Where a redirected connection to `target` goes, and whether the
+    /// control plane says it is opaque (no detection).
+    async fn destination(&self, target: SocketAddr) -> (Dest, bool) {
+        let Some(discovery) = &self.discovery else {
+            return (Dest::Addr(target), false);
+        };
+        match self.direction {
+            Direction::Outbound if discovery.has_destination() => {
+                match discovery.outbound(target).await {
+                    Outbound::Forward { opaque, .. } => (Dest::Addr(target), opaque),
+                    Outbound::Service {
+                        opaque,
+                        balancer,
+                        profile,
+                    } => (Dest::Balanced(balancer, profile), opaque),
+                }
+            }
+            Direction::Inbound => {
+                let protocol = self.port_policy(discovery, target.port());
+                (Dest::Addr(target), protocol == Some(PortProtocol::Opaque))
+            }
+            _ => (Dest::Addr(target), false),
+        }
+    }
+
+    /// The protocol the port's policy sets, if it has arrived; until then
+    /// the default applies (detection).
+    fn port_policy(&self, discovery: &Discovery, port: u16) -> Option<PortProtocol> {
+        let mut ports = self.port_policies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = ports.get(&port) {
+            return *rx.borrow();
+        }
+        let rx = discovery.port_protocol(port)?;
+        let now = *rx.borrow();
+        if ports.len() < MAX_PORT_POLICIES {
+            ports.insert(port, rx);
+        }
+        now
+    }
+}
+
+/// A discovered service's requests, each to an endpoint picked for it.
+#[derive(Debug)]
+struct BalancedRoute {
+    fwd: Arc<Forward>,
+    balancer: Balancer,
+    /// Keeps the profile watched while the connection lasts.
+    _profile: Option<tokio::sync::watch::Receiver<Option<linnet_discovery::Profile>>>,
+}
+
+impl Balance for BalancedRoute {
+    fn pick(&self) -> BoxFuture<'_, Result<Arc<Upstream>, String>> {
+        Box::pin(async move {
+            let endpoint = self.balancer.pick().await.map_err(|e| e.to_string())?;
+            Ok(self.fwd.upstream(endpoint.addr))
+        })
+    }
+}
+
 /// Explicit proxy mode's view of the stack.
 #[derive(Debug)]
 struct ExplicitRoutes {
@@ -402,6 +508,33 @@ impl Explicit for ExplicitRoutes {
             timeout: self.fwd.config.connect_timeout,
             keepalive: self.fwd.config.connect_keepalive,
         }
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        authority: &'a http::uri::Authority,
+        default_port: u16,
+    ) -> BoxFuture<'a, Result<SocketAddr, String>> {
+        let Some(discovery) = self.fwd.discovery.as_ref().filter(|d| d.has_destination()) else {
+            return Box::pin(async move {
+                linnet_http::proxy::resolve(authority, default_port, self.connect_config().timeout)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+        };
+        let port = authority.port_u16().unwrap_or(default_port);
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let balancer = discovery.authority(host, port);
+        Box::pin(async move {
+            balancer
+                .pick()
+                .await
+                .map(|e| e.addr)
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

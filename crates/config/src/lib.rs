@@ -40,6 +40,71 @@ pub struct Config {
     pub log: LogConfig,
     /// Runtime worker threads. A sidecar usually gets one or two cores.
     pub cores: usize,
+    /// The control plane: where to discover endpoints and policies.
+    pub control: ControlConfig,
+}
+
+/// A control-plane service: its address and the identity it presents.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ControlAddr {
+    /// `host:port` (a name or an IP).
+    pub addr: String,
+    /// Its TLS identity (`*_SVC_NAME`), for mTLS to it.
+    pub name: Option<String>,
+}
+
+/// What to allow on inbound ports before their policy arrives (Linkerd's
+/// names).
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DefaultPolicy {
+    /// Anyone.
+    AllUnauthenticated,
+    /// Meshed clients only.
+    AllAuthenticated,
+    /// Clients from the cluster's networks.
+    ClusterUnauthenticated,
+    /// Meshed clients from the cluster's networks.
+    ClusterAuthenticated,
+    /// Nobody.
+    Deny,
+    /// Anyone, but log and count what a policy would refuse.
+    Audit,
+}
+
+/// The control plane, from `*_SVC_ADDR` and friends. Without a
+/// destination address nothing is discovered: connections go to their
+/// original destinations.
+#[derive(Clone, Debug, Serialize)]
+pub struct ControlConfig {
+    /// `DESTINATION_SVC_ADDR` / `_NAME`.
+    pub destination: Option<ControlAddr>,
+    /// `DESTINATION_CONTEXT`, sent with every lookup.
+    pub destination_context: String,
+    /// `POLICY_SVC_ADDR` / `_NAME`.
+    pub policy: Option<ControlAddr>,
+    /// `POLICY_WORKLOAD`: this workload, as the policy service names it.
+    pub workload: Option<String>,
+    /// `IDENTITY_SVC_ADDR` / `_NAME`.
+    pub identity: Option<ControlAddr>,
+    /// Watches unused for this long are closed.
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub discovery_idle_timeout: Duration,
+    /// How long a new connection waits for the control plane's first
+    /// answer before going on without it.
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub discovery_initial_wait: Duration,
+    /// Inbound policy until the control plane's arrives.
+    pub inbound_default_policy: DefaultPolicy,
+    /// DNS servers for names the control plane does not know (the
+    /// system's when empty).
+    pub dns_servers: Vec<SocketAddr>,
+    /// Shortest time a DNS answer is kept.
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub dns_min_ttl: Duration,
+    /// Longest time a DNS answer is kept.
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub dns_max_ttl: Duration,
 }
 
 /// One direction's listener and the connections it makes.
@@ -163,6 +228,20 @@ const KNOWN: &[&str] = &[
     "INBOUND_MAX_IN_FLIGHT",
     "OUTBOUND_ORIG_DST_ADDR",
     "INBOUND_ORIG_DST_ADDR",
+    "DESTINATION_SVC_ADDR",
+    "DESTINATION_SVC_NAME",
+    "DESTINATION_CONTEXT",
+    "POLICY_SVC_ADDR",
+    "POLICY_SVC_NAME",
+    "POLICY_WORKLOAD",
+    "IDENTITY_SVC_ADDR",
+    "IDENTITY_SVC_NAME",
+    "OUTBOUND_DISCOVERY_IDLE_TIMEOUT",
+    "DISCOVERY_INITIAL_WAIT",
+    "INBOUND_DEFAULT_POLICY",
+    "DNS_SERVERS",
+    "DNS_MIN_TTL",
+    "DNS_MAX_TTL",
     "HTTP_HEADER_READ_TIMEOUT",
     "HTTP_MAX_REQUEST_BODY_SIZE",
     "HTTP2_INITIAL_STREAM_WINDOW_SIZE",
@@ -258,6 +337,7 @@ impl Config {
             Some(n) => n,
             None => default_cores(),
         };
+        let control = r.control()?;
         Ok(Config {
             outbound,
             inbound,
@@ -266,6 +346,7 @@ impl Config {
             http,
             log,
             cores,
+            control,
         })
     }
 
@@ -363,6 +444,100 @@ impl<E: Env + ?Sized> Reader<'_, E> {
 
     fn addr(&self, name: &str, default: impl Into<SocketAddr>) -> Result<SocketAddr, ConfigError> {
         Ok(self.opt_addr(name)?.unwrap_or_else(|| default.into()))
+    }
+
+    fn string(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        self.get(name, |s| {
+            let s = s.trim();
+            if s.is_empty() {
+                Err("empty".to_string())
+            } else {
+                Ok(s.to_string())
+            }
+        })
+    }
+
+    /// `host:port`, where host is a DNS name or an IP.
+    fn service(&self, svc: &str) -> Result<Option<ControlAddr>, ConfigError> {
+        let addr = self.get(&format!("{svc}_SVC_ADDR"), |s| {
+            let s = s.trim();
+            let ok = s.parse::<SocketAddr>().is_ok()
+                || s.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty()
+                        && !host.contains(['/', ' '])
+                        && port.parse::<u16>().is_ok_and(|p| p != 0)
+                });
+            if ok {
+                Ok(s.to_string())
+            } else {
+                Err(
+                    "expected host:port, like linkerd-dst-headless.linkerd.svc.cluster.local:8086"
+                        .to_string(),
+                )
+            }
+        })?;
+        let name = self.string(&format!("{svc}_SVC_NAME"))?;
+        Ok(addr.map(|addr| ControlAddr { addr, name }))
+    }
+
+    fn control(&self) -> Result<ControlConfig, ConfigError> {
+        let policy = self.service("POLICY")?;
+        let workload = self.string("POLICY_WORKLOAD")?;
+        if policy.is_some() && workload.is_none() {
+            return Err(ConfigError {
+                var: format!("{PREFIX}POLICY_WORKLOAD"),
+                value: String::new(),
+                reason: "required with POLICY_SVC_ADDR: the workload the policy service knows this proxy as"
+                    .to_string(),
+            });
+        }
+        let dns_min_ttl = self.timeout("DNS_MIN_TTL", Duration::from_secs(5))?;
+        let dns_max_ttl = self.timeout("DNS_MAX_TTL", Duration::from_secs(300))?;
+        if dns_min_ttl > dns_max_ttl {
+            return Err(ConfigError {
+                var: format!("{PREFIX}DNS_MIN_TTL"),
+                value: parse::format_duration(dns_min_ttl),
+                reason: "longer than DNS_MAX_TTL".to_string(),
+            });
+        }
+        Ok(ControlConfig {
+            destination: self.service("DESTINATION")?,
+            destination_context: self.string("DESTINATION_CONTEXT")?.unwrap_or_default(),
+            policy,
+            workload,
+            identity: self.service("IDENTITY")?,
+            discovery_idle_timeout: self
+                .timeout("OUTBOUND_DISCOVERY_IDLE_TIMEOUT", Duration::from_secs(5))?,
+            discovery_initial_wait: self.timeout("DISCOVERY_INITIAL_WAIT", Duration::from_secs(3))?,
+            inbound_default_policy: self
+                .get("INBOUND_DEFAULT_POLICY", |s| {
+                    Ok(match s.trim() {
+                        "all-unauthenticated" => DefaultPolicy::AllUnauthenticated,
+                        "all-authenticated" => DefaultPolicy::AllAuthenticated,
+                        "cluster-unauthenticated" => DefaultPolicy::ClusterUnauthenticated,
+                        "cluster-authenticated" => DefaultPolicy::ClusterAuthenticated,
+                        "deny" => DefaultPolicy::Deny,
+                        "audit" => DefaultPolicy::Audit,
+                        _ => return Err("expected all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny or audit".to_string()),
+                    })
+                })?
+                .unwrap_or(DefaultPolicy::AllUnauthenticated),
+            dns_servers: self
+                .get("DNS_SERVERS", |s| {
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|x| !x.is_empty())
+                        .map(|x| {
+                            x.parse::<SocketAddr>()
+                                .or_else(|_| x.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                                .map_err(|_| format!("{x:?} is not an IP or IP:port"))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })?
+                .unwrap_or_default(),
+            dns_min_ttl,
+            dns_max_ttl,
+        })
     }
 
     fn opt_addr(&self, name: &str) -> Result<Option<SocketAddr>, ConfigError> {

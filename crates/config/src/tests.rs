@@ -145,3 +145,73 @@ fn fixed_original_destinations() {
     assert_eq!(err.var, "LINNET_INBOUND_ORIG_DST_ADDR");
     assert!(Config::unknown_variables(&env(&[("LINNET_INBOUND_ORIG_DST_ADDR", "x")])).is_empty());
 }
+
+#[test]
+fn control_plane() {
+    let c = Config::from_env(&env(&[])).unwrap().control;
+    assert_eq!(c.destination, None);
+    assert_eq!(c.discovery_idle_timeout, Duration::from_secs(5));
+    assert_eq!(c.inbound_default_policy, DefaultPolicy::AllUnauthenticated);
+    let c = Config::from_env(&env(&[
+        (
+            "LINKERD2_PROXY_DESTINATION_SVC_ADDR",
+            "linkerd-dst-headless.linkerd.svc.cluster.local.:8086",
+        ),
+        (
+            "LINKERD2_PROXY_DESTINATION_SVC_NAME",
+            "linkerd-destination.linkerd.serviceaccount.identity.linkerd.cluster.local",
+        ),
+        ("LINKERD2_PROXY_POLICY_SVC_ADDR", "127.0.0.1:8090"),
+        (
+            "LINKERD2_PROXY_POLICY_WORKLOAD",
+            "{\"ns\":\"default\",\"pod\":\"web-1\"}",
+        ),
+        ("LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "90s"),
+        ("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "deny"),
+        ("LINNET_DNS_SERVERS", "127.0.0.1:5353, 10.0.0.10"),
+    ]))
+    .unwrap()
+    .control;
+    let d = c.destination.unwrap();
+    assert_eq!(
+        d.addr,
+        "linkerd-dst-headless.linkerd.svc.cluster.local.:8086"
+    );
+    assert!(d.name.unwrap().starts_with("linkerd-destination."));
+    assert_eq!(c.policy.unwrap().addr, "127.0.0.1:8090");
+    assert_eq!(
+        c.workload.as_deref(),
+        Some("{\"ns\":\"default\",\"pod\":\"web-1\"}")
+    );
+    assert_eq!(c.discovery_idle_timeout, Duration::from_secs(90));
+    assert_eq!(c.inbound_default_policy, DefaultPolicy::Deny);
+    assert_eq!(
+        c.dns_servers,
+        [
+            "127.0.0.1:5353".parse().unwrap(),
+            "10.0.0.10:53".parse().unwrap()
+        ]
+    );
+    for (vars, var) in [
+        (
+            vec![("LINNET_DESTINATION_SVC_ADDR", "no-port")],
+            "LINNET_DESTINATION_SVC_ADDR",
+        ),
+        (
+            vec![("LINNET_POLICY_SVC_ADDR", "127.0.0.1:8090")],
+            "LINNET_POLICY_WORKLOAD",
+        ),
+        (
+            vec![("LINNET_INBOUND_DEFAULT_POLICY", "maybe")],
+            "LINNET_INBOUND_DEFAULT_POLICY",
+        ),
+        (
+            vec![("LINNET_DNS_SERVERS", "dns.example")],
+            "LINNET_DNS_SERVERS",
+        ),
+        (vec![("LINNET_DNS_MIN_TTL", "10m")], "LINNET_DNS_MIN_TTL"),
+    ] {
+        let err = Config::from_env(&env(&vars)).unwrap_err();
+        assert_eq!(err.var, var, "{err}");
+    }
+}

@@ -559,7 +559,7 @@ fn service_policy(mesh: &Mesh, svc: &Service) -> OutboundPolicy {
             }),
             http1: Some(out_proto::Http1 {
                 routes: http_routes(mesh, svc),
-                failure_accrual: accrual.clone(),
+                failure_accrual: accrual,
             }),
             http2: Some(out_proto::Http2 {
                 routes: http_routes(mesh, svc),

@@ -349,6 +349,7 @@ impl Discovery {
                 Outbound::Service {
                     opaque: p.opaque,
                     balancer: Balancer::new(self.clone(), authority, Fallback::Forward(orig_dst)),
+                    profile: Some(profile),
                 }
             }
             None => Outbound::Forward { opaque: p.opaque },
@@ -400,6 +401,9 @@ pub enum Outbound {
         opaque: bool,
         /// Picks an endpoint per request or connection.
         balancer: Balancer,
+        /// The profile's watch: hold it while the connection lasts, so it
+        /// is not closed as idle.
+        profile: Option<tw::Receiver<Option<Profile>>>,
     },
 }
 

@@ -22,7 +22,7 @@ pub mod server;
 
 pub use self::{
     client::Upstream,
-    proxy::{Explicit, InFlight, Proxy, Route},
+    proxy::{Balance, BoxFuture, Explicit, InFlight, Proxy, Route},
     server::serve,
 };
 

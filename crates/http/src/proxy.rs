@@ -62,6 +62,17 @@ pub enum Route {
     /// Explicit proxy mode (a connection that was not redirected): each
     /// request to the host its URI or `Host` names.
     Explicit(Arc<dyn Explicit>),
+    /// Each request to an endpoint of a discovered service.
+    Balanced(Arc<dyn Balance>),
+}
+
+/// A boxed future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Picks where each request to a discovered service goes.
+pub trait Balance: Send + Sync + std::fmt::Debug + 'static {
+    /// The clients for the endpoint picked, or why there is none.
+    fn pick(&self) -> BoxFuture<'_, Result<Arc<Upstream>, String>>;
 }
 
 /// What explicit proxy mode needs from the stack.
@@ -72,6 +83,20 @@ pub trait Explicit: Send + Sync + std::fmt::Debug + 'static {
     fn is_self(&self, addr: SocketAddr) -> bool;
     /// How to connect for a `CONNECT` tunnel.
     fn connect_config(&self) -> ConnectConfig;
+    /// Where `authority` is: by default its IP, or its host name resolved
+    /// by the system.
+    fn resolve<'a>(
+        &'a self,
+        authority: &'a uri::Authority,
+        default_port: u16,
+    ) -> BoxFuture<'a, Result<SocketAddr, String>> {
+        let timeout = self.connect_config().timeout;
+        Box::pin(async move {
+            resolve(authority, default_port, timeout)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 impl Proxy {
@@ -134,6 +159,21 @@ impl Inner {
         };
         let upstream = match &self.route {
             Route::Target(upstream) => upstream.clone(),
+            Route::Balanced(balance) => match balance.pick().await {
+                Ok(upstream) => upstream,
+                Err(message) => {
+                    let labels = self.count_request(authority.as_ref(), UNKNOWN_TARGET);
+                    tracing::info!(direction = %self.direction, error = %message, "no endpoint for the request");
+                    let rescued = rescue::respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        rescue::GRPC_UNAVAILABLE,
+                        "no_endpoints",
+                        &message,
+                        grpc,
+                    );
+                    return self.count_rescued(&labels, rescued, start);
+                }
+            },
             Route::Explicit(explicit) => {
                 let https = req.uri().scheme() == Some(&uri::Scheme::HTTPS);
                 let resolved = match &authority {
@@ -144,9 +184,10 @@ impl Inner {
                         "https_without_connect",
                         "https:// requests go through the proxy with CONNECT".to_string(),
                     )),
-                    Some(a) => resolve(a, 80, explicit.connect_config().timeout)
+                    Some(a) => explicit
+                        .resolve(a, 80)
                         .await
-                        .map_err(|e| (StatusCode::BAD_GATEWAY, "resolve", e.to_string())),
+                        .map_err(|e| (StatusCode::BAD_GATEWAY, "resolve", e)),
                     None => Err((
                         StatusCode::BAD_REQUEST,
                         "no_authority",
@@ -198,7 +239,7 @@ impl Inner {
         // In transparent mode an absolute-form request goes on as it came;
         // in explicit mode we are the proxy it was addressed to, and the
         // target gets the usual origin form.
-        let absolute_form = absolute_form && matches!(self.route, Route::Target(_));
+        let absolute_form = absolute_form && !matches!(self.route, Route::Explicit(_));
         if !connect {
             // HTTP/2 carries the authority in the URI (`:authority`), and so
             // does an absolute-form request; otherwise the URI names the
@@ -427,7 +468,8 @@ const UNKNOWN_TARGET: SocketAddr =
 
 /// The address of an authority: its IP, or the first address its name
 /// resolves to (system resolver).
-async fn resolve(
+/// `authority`'s address: its IP, or its host resolved by the system.
+pub async fn resolve(
     authority: &uri::Authority,
     default_port: u16,
     timeout: std::time::Duration,

@@ -3,6 +3,7 @@
 //! - [`proxy`]: the whole proxy in-process on `127.0.0.1:0`, with an
 //!   injected original-destination lookup;
 //! - [`tcp`]: servers and clients that check every byte with SHA-256;
+//! - [`control`]: `linnet control` in-process, killable;
 //! - [`grpc`]: a raw-bytes gRPC codec;
 //! - [`metrics`]: scraping `/metrics` and reading samples;
 //! - [`netns`]: network namespaces for interception tests (root only);
@@ -11,6 +12,7 @@
 //! Fixtures panic on failure: they are for tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod control;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

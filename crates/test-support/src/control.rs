@@ -1,0 +1,85 @@
+//! `linnet control` in-process, on a mesh file in a temporary directory
+//! that tests rewrite; it can be killed and restarted on the same port.
+
+use linnet_control::{Ca, Control, Mesh, Metrics, Store};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use tokio::task::JoinHandle;
+
+/// A running (or killed) control plane.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// Where it serves.
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Starts on `127.0.0.1:0` serving `yaml`.
+    pub async fn start(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
+        let mut plane = Self {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            dir,
+            tasks: Vec::new(),
+        };
+        plane.serve().await;
+        plane
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("mesh.yaml")
+    }
+
+    async fn serve(&mut self) {
+        let mesh = Mesh::load(&self.path()).unwrap();
+        let ca = Arc::new(Ca::load_or_generate(&mesh.identity).unwrap());
+        let mut registry = prometheus_client_registry();
+        let metrics = Metrics::register(&mut registry);
+        let store = Store::new(mesh);
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.addr = listener.local_addr().unwrap();
+        self.tasks.push(tokio::spawn(store.clone().follow(
+            self.path(),
+            Duration::from_millis(20),
+            metrics.clone(),
+        )));
+        let control = Control { store, metrics, ca };
+        self.tasks.push(tokio::spawn(linnet_control::serve(
+            listener,
+            control,
+            std::future::pending(),
+        )));
+    }
+
+    /// Replaces the mesh file.
+    pub fn write(&self, yaml: &str) {
+        std::fs::write(self.path(), yaml).unwrap();
+    }
+
+    /// Stops serving at once: open streams and connections are cut.
+    pub fn kill(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Serves again on the same address, from the file as it is now.
+    pub async fn restart(&mut self) {
+        self.kill();
+        // Let the aborted tasks drop their sockets.
+        tokio::task::yield_now().await;
+        self.serve().await;
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn prometheus_client_registry() -> linnet_metrics::prometheus_client::registry::Registry {
+    linnet_metrics::registry()
+}
