@@ -91,7 +91,7 @@ async fn proxy_follows_linnet_control() {
         Duration::from_secs(10),
         || async {
             get().await;
-            (b.seen().len() > 0).then_some(())
+            (!b.seen().is_empty()).then_some(())
         },
     )
     .await;
