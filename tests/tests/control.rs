@@ -451,3 +451,57 @@ async fn malformed_control_plane_data_is_skipped() {
         );
     }
 }
+
+#[tokio::test]
+async fn outbound_policy_splits_traffic_between_services() {
+    let (a, b) = (HttpServer::start().await, HttpServer::start().await);
+    let yaml = |backends: &str| {
+        format!(
+            "services:\n  web.test.svc.cluster.local:80:\n    addresses: [\"{VIP}\"]\n    endpoints: [{{addr: \"{}\"}}]\n    policy:\n      routes:\n        - name: split\n          backends: [{backends}]\n  canary.test.svc.cluster.local:80:\n    endpoints: [{{addr: \"{}\"}}]\n",
+            a.addr, b.addr
+        )
+    };
+    let plane = ControlPlane::start(&yaml(
+        "{service: web.test.svc.cluster.local:80, weight: 1}, {service: canary.test.svc.cluster.local:80, weight: 1}",
+    ))
+    .await;
+    let addr = plane.addr.to_string();
+    let proxy = proxy_for(
+        &plane,
+        &[
+            ("LINNET_POLICY_SVC_ADDR", &addr),
+            ("LINNET_POLICY_WORKLOAD", "client-1"),
+        ],
+    )
+    .await;
+    let client = h1_client();
+    for _ in 0..40 {
+        assert_eq!(get(&client, &proxy, "/status/200").await, 200);
+    }
+    // Both services get a share (each would miss all 40 with odds 2^-40).
+    assert!(hits(&a) > 0 && hits(&b) > 0, "{} {}", hits(&a), hits(&b));
+
+    // All traffic to the canary.
+    plane.write(&yaml("{service: canary.test.svc.cluster.local:80}"));
+    eventually(
+        "the policy change applies",
+        Duration::from_secs(10),
+        || async {
+            let before = hits(&a);
+            for _ in 0..20 {
+                get(&client, &proxy, "/status/200").await;
+            }
+            (hits(&a) == before).then_some(())
+        },
+    )
+    .await;
+    let m = proxy.metrics().await;
+    assert!(
+        m.sum(
+            "control_client_updates_total",
+            &[("api", "OutboundPolicies.Watch")]
+        ) >= 2.0,
+        "{}",
+        m.0
+    );
+}

@@ -429,7 +429,7 @@ impl Forward {
             return (Dest::Addr(target), false);
         };
         match self.direction {
-            Direction::Outbound if discovery.has_destination() => {
+            Direction::Outbound if discovery.has_destination() || discovery.has_policy() => {
                 match discovery.outbound(target).await {
                     Outbound::Forward { opaque, .. } => (Dest::Addr(target), opaque),
                     Outbound::Service {

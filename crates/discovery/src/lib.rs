@@ -15,15 +15,26 @@
 mod destination;
 mod dns;
 mod metrics;
+mod policy;
 mod watch;
 
-pub use self::{dns::Dns, metrics::Metrics};
+pub use self::{
+    dns::Dns,
+    metrics::Metrics,
+    policy::{BackendSpec, OutboundPolicy, PolicyAnswer},
+};
 
 use linkerd2_proxy_api::{
     destination::{GetDestination, destination_client::DestinationClient},
     inbound::{self, PortSpec, inbound_server_policies_client::InboundServerPoliciesClient},
+    outbound::{TrafficSpec, outbound_policies_client::OutboundPoliciesClient, traffic_spec},
 };
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::sync::watch as tw;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
@@ -134,6 +145,7 @@ pub enum PortProtocol {
 const DST_GET: &str = "Destination.Get";
 const DST_PROFILE: &str = "Destination.GetProfile";
 const INBOUND_PORT: &str = "InboundServerPolicies.WatchPort";
+const OUTBOUND_POLICY: &str = "OutboundPolicies.Watch";
 
 /// The discovery service; cheap to clone.
 #[derive(Clone, Debug)]
@@ -146,6 +158,8 @@ struct Inner {
     config: Config,
     dst: Option<DestinationClient<Channel>>,
     policy: Option<InboundServerPoliciesClient<Channel>>,
+    outbound_policy: Option<OutboundPoliciesClient<Channel>>,
+    outbound_policies: watch::Cache<SocketAddr, PolicyAnswer>,
     endpoints: watch::Cache<String, Resolution>,
     profiles: watch::Cache<SocketAddr, Option<Profile>>,
     ports: watch::Cache<u16, Option<PortProtocol>>,
@@ -184,12 +198,14 @@ impl Discovery {
             .map(|c| channel(c).map(DestinationClient::new))
             .transpose()
             .map_err(|e| Error(format!("destination service address: {e}")))?;
-        let policy = config
+        let policy_channel = config
             .policy
             .as_ref()
-            .map(|c| channel(c).map(InboundServerPoliciesClient::new))
+            .map(channel)
             .transpose()
             .map_err(|e| Error(format!("policy service address: {e}")))?;
+        let policy = policy_channel.clone().map(InboundServerPoliciesClient::new);
+        let outbound_policy = policy_channel.map(OutboundPoliciesClient::new);
         let dns = Dns::new(&config.dns_servers, config.dns_min_ttl, config.dns_max_ttl)
             .map_err(|e| Error(format!("DNS resolver: {e}")))?;
         Ok(Self {
@@ -197,6 +213,8 @@ impl Discovery {
                 config,
                 dst,
                 policy,
+                outbound_policy,
+                outbound_policies: Default::default(),
                 endpoints: Default::default(),
                 profiles: Default::default(),
                 ports: Default::default(),
@@ -210,6 +228,11 @@ impl Discovery {
     /// Whether a Destination service is configured.
     pub fn has_destination(&self) -> bool {
         self.inner.dst.is_some()
+    }
+
+    /// Whether a policy service is configured.
+    pub fn has_policy(&self) -> bool {
+        self.inner.policy.is_some()
     }
 
     /// How long a connection waits for a first answer.
@@ -329,13 +352,70 @@ impl Discovery {
         ))
     }
 
-    /// Where an outbound connection to `orig_dst` goes: to the endpoints
-    /// of the service it stands for, or to itself.
+    /// The outbound policy for `orig_dst`, watched.
+    pub fn outbound_policy(&self, orig_dst: SocketAddr) -> Option<tw::Receiver<PolicyAnswer>> {
+        let client = self.inner.outbound_policy.clone()?;
+        let (idle, metrics) = (self.inner.config.idle_timeout, self.inner.metrics.clone());
+        let source_workload = self.inner.config.workload.clone().unwrap_or_default();
+        Some(self.inner.outbound_policies.get(
+            &orig_dst,
+            PolicyAnswer::default,
+            move |tx, evict| {
+                let apply = policy::Policies {
+                    metrics: metrics.clone(),
+                };
+                tokio::spawn(watch::run(
+                    OUTBOUND_POLICY,
+                    tx,
+                    evict,
+                    idle,
+                    metrics,
+                    move || {
+                        let mut client = client.clone();
+                        let req = TrafficSpec {
+                            source_workload: source_workload.clone(),
+                            target: Some(traffic_spec::Target::Addr(orig_dst.into())),
+                        };
+                        async move { client.watch(req).await.map(|r| r.into_inner()) }
+                    },
+                    apply,
+                ));
+            },
+        ))
+    }
+
+    /// Where an outbound connection to `orig_dst` goes: the backends its
+    /// outbound policy names; without one, the endpoints of the service
+    /// its profile names; without that, itself.
     pub async fn outbound(&self, orig_dst: SocketAddr) -> Outbound {
+        let wait = self.inner.config.initial_wait;
+        if let Some(mut rx) = self.outbound_policy(orig_dst) {
+            let answer = match tokio::time::timeout(
+                wait,
+                rx.wait_for(|a| *a != PolicyAnswer::Pending),
+            )
+            .await
+            {
+                Ok(Ok(a)) => a.clone(),
+                _ => PolicyAnswer::Pending,
+            };
+            match answer {
+                PolicyAnswer::Found(p) => {
+                    return Outbound::Service {
+                        opaque: p.opaque,
+                        balancer: Balancer::with_policy(self.clone(), orig_dst, rx),
+                        profile: None,
+                    };
+                }
+                PolicyAnswer::NotFound => {}
+                PolicyAnswer::Pending => {
+                    tracing::info!(%orig_dst, ?wait, "no outbound policy from the control plane in time; trying the profile");
+                }
+            }
+        }
         let Some(mut profile) = self.profile(orig_dst) else {
             return Outbound::Forward { opaque: false };
         };
-        let wait = self.inner.config.initial_wait;
         let p = match tokio::time::timeout(wait, profile.wait_for(Option::is_some)).await {
             Ok(Ok(p)) => p.clone().unwrap_or_default(),
             _ => {
@@ -348,7 +428,11 @@ impl Discovery {
                 let authority = format!("{name}:{}", orig_dst.port());
                 Outbound::Service {
                     opaque: p.opaque,
-                    balancer: Balancer::new(self.clone(), authority, Fallback::Forward(orig_dst)),
+                    balancer: Balancer::single(
+                        self.clone(),
+                        authority,
+                        Fallback::Forward(orig_dst),
+                    ),
                     profile: Some(profile),
                 }
             }
@@ -358,7 +442,7 @@ impl Discovery {
 
     /// A balancer over `name:port`'s endpoints, falling back to DNS.
     pub fn authority(&self, name: &str, port: u16) -> Balancer {
-        Balancer::new(
+        Balancer::single(
             self.clone(),
             format!("{}:{port}", name.trim_end_matches('.').to_ascii_lowercase()),
             Fallback::Dns {
@@ -416,13 +500,37 @@ enum Fallback {
     Forward(SocketAddr),
 }
 
-/// Picks endpoints of an authority, as its answers change.
+/// Picks endpoints, as the control plane's answers change: of one
+/// authority, or of the weighted backends an outbound policy names.
 #[derive(Clone, Debug)]
 pub struct Balancer {
     discovery: Discovery,
-    authority: String,
-    dst: Option<tw::Receiver<Resolution>>,
-    fallback: Fallback,
+    name: String,
+    backends: Backends,
+}
+
+#[derive(Clone, Debug)]
+enum Backends {
+    /// One authority.
+    Single(Target),
+    /// Whatever the policy says now; targets are kept per backend so
+    /// their watches are shared across picks.
+    Policy {
+        rx: tw::Receiver<PolicyAnswer>,
+        orig_dst: SocketAddr,
+        targets: Arc<Mutex<HashMap<BackendSpec, Target>>>,
+    },
+}
+
+/// One backend: a watched authority, or an address.
+#[derive(Clone, Debug)]
+enum Target {
+    Service {
+        authority: String,
+        dst: Option<tw::Receiver<Resolution>>,
+        fallback: Fallback,
+    },
+    Addr(SocketAddr),
 }
 
 /// No endpoint could be picked.
@@ -445,27 +553,113 @@ impl std::fmt::Display for PickError {
 
 impl std::error::Error for PickError {}
 
+fn plain(addr: SocketAddr) -> Endpoint {
+    Endpoint {
+        addr,
+        weight: 1,
+        identity: None,
+        hint: Hint::Unknown,
+        opaque_transport_port: None,
+        labels: BTreeMap::new(),
+    }
+}
+
 impl Balancer {
-    fn new(discovery: Discovery, authority: String, fallback: Fallback) -> Self {
+    fn single(discovery: Discovery, authority: String, fallback: Fallback) -> Self {
         let dst = discovery.endpoints(&authority);
         Self {
             discovery,
-            authority,
-            dst,
-            fallback,
+            name: authority.clone(),
+            backends: Backends::Single(Target::Service {
+                authority,
+                dst,
+                fallback,
+            }),
         }
     }
 
-    /// The authority balanced over.
-    pub fn authority(&self) -> &str {
-        &self.authority
+    fn with_policy(
+        discovery: Discovery,
+        orig_dst: SocketAddr,
+        rx: tw::Receiver<PolicyAnswer>,
+    ) -> Self {
+        Self {
+            discovery,
+            name: orig_dst.to_string(),
+            backends: Backends::Policy {
+                rx,
+                orig_dst,
+                targets: Default::default(),
+            },
+        }
     }
 
-    /// An endpoint, weighted at random among those known now; waits for a
-    /// first answer (up to the initial wait) before falling back.
+    /// What is balanced over: an authority, or the original destination
+    /// whose policy names the backends.
+    pub fn authority(&self) -> &str {
+        &self.name
+    }
+
+    /// An endpoint: a backend chosen by weight, then one of its endpoints
+    /// by weight, among those known now. Waits for a first answer (up to
+    /// the initial wait) before falling back.
     pub async fn pick(&self) -> Result<Endpoint, PickError> {
-        let wait = self.discovery.initial_wait();
-        if let Some(rx) = &self.dst {
+        let target = match &self.backends {
+            Backends::Single(t) => t.clone(),
+            Backends::Policy {
+                rx,
+                orig_dst,
+                targets,
+            } => {
+                let answer = rx.borrow().clone();
+                let PolicyAnswer::Found(p) = answer else {
+                    return Ok(plain(*orig_dst));
+                };
+                if p.backends.is_empty() {
+                    return Ok(plain(*orig_dst));
+                }
+                let total: u64 = p.backends.iter().map(|(_, w)| u64::from(*w)).sum();
+                let mut n = rand::random_range(0..total.max(1));
+                let mut chosen = &p.backends[0].0;
+                for (spec, w) in p.backends.iter() {
+                    if n < u64::from(*w) {
+                        chosen = spec;
+                        break;
+                    }
+                    n -= u64::from(*w);
+                }
+                let mut targets = targets.lock().unwrap_or_else(|e| e.into_inner());
+                // Forget backends the policy no longer names.
+                targets.retain(|spec, _| p.backends.iter().any(|(s, _)| s == spec));
+                targets
+                    .entry(chosen.clone())
+                    .or_insert_with(|| match chosen {
+                        BackendSpec::Forward(a) => Target::Addr(*a),
+                        BackendSpec::Service(path) => Target::Service {
+                            authority: path.clone(),
+                            dst: self.discovery.endpoints(path),
+                            fallback: Fallback::Forward(*orig_dst),
+                        },
+                    })
+                    .clone()
+            }
+        };
+        target.pick(&self.discovery).await
+    }
+}
+
+impl Target {
+    async fn pick(&self, discovery: &Discovery) -> Result<Endpoint, PickError> {
+        let (authority, dst, fallback) = match self {
+            Target::Addr(a) => return Ok(plain(*a)),
+            Target::Service {
+                authority,
+                dst,
+                fallback,
+            } => (authority, dst, fallback),
+        };
+        let wait = discovery.initial_wait();
+        if let Some(rx) = dst {
             let mut rx = rx.clone();
             let r = match tokio::time::timeout(wait, rx.wait_for(|r| *r != Resolution::Pending))
                 .await
@@ -475,36 +669,21 @@ impl Balancer {
             };
             match r {
                 Resolution::Endpoints(set) => {
-                    return weighted(&set)
-                        .ok_or_else(|| PickError::NoEndpoints(self.authority.clone()));
+                    return weighted(&set).ok_or_else(|| PickError::NoEndpoints(authority.clone()));
                 }
                 Resolution::NotFound => {}
                 Resolution::Pending => {
-                    tracing::info!(authority = %self.authority, ?wait, "no answer from the control plane in time; falling back");
+                    tracing::info!(%authority, ?wait, "no answer from the control plane in time; falling back");
                 }
             }
         }
-        match &self.fallback {
-            Fallback::Forward(addr) => Ok(Endpoint {
-                addr: *addr,
-                weight: 1,
-                identity: None,
-                hint: Hint::Unknown,
-                opaque_transport_port: None,
-                labels: BTreeMap::new(),
-            }),
+        match fallback {
+            Fallback::Forward(addr) => Ok(plain(*addr)),
             Fallback::Dns { name, port } => {
                 if let Ok(ip) = name.parse::<std::net::IpAddr>() {
-                    return Ok(Endpoint {
-                        addr: SocketAddr::new(ip, *port),
-                        weight: 1,
-                        identity: None,
-                        hint: Hint::Unknown,
-                        opaque_transport_port: None,
-                        labels: BTreeMap::new(),
-                    });
+                    return Ok(plain(SocketAddr::new(ip, *port)));
                 }
-                let mut rx = self.discovery.dns(name, *port);
+                let mut rx = discovery.dns(name, *port);
                 let r = match tokio::time::timeout(
                     wait + Duration::from_secs(4),
                     rx.wait_for(|r| *r != Resolution::Pending),
@@ -516,9 +695,9 @@ impl Balancer {
                 };
                 match r {
                     Resolution::Endpoints(set) => {
-                        weighted(&set).ok_or_else(|| PickError::NotFound(self.authority.clone()))
+                        weighted(&set).ok_or_else(|| PickError::NotFound(authority.clone()))
                     }
-                    _ => Err(PickError::NotFound(self.authority.clone())),
+                    _ => Err(PickError::NotFound(authority.clone())),
                 }
             }
         }
