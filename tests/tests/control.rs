@@ -131,14 +131,29 @@ async fn follows_endpoints_as_the_file_changes() {
     let (status, _, _, _) = in_flight.await.unwrap();
     assert_eq!(status.as_u16(), 200);
 
-    // No endpoints at all: 503, said so.
+    // No endpoints at all: 504 at once, with the reason.
     plane.write(&mesh(&[]));
     eventually(
         "requests fail fast with no endpoints",
         Duration::from_secs(10),
-        || async { (get(&client, &proxy, "/status/200").await == 503).then_some(()) },
+        || async { (get(&client, &proxy, "/status/200").await == 504).then_some(()) },
     )
     .await;
+    let rsp = client
+        .get(
+            format!("http://{}/status/200", proxy.outbound)
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (status, headers, _, _) = collect(rsp).await;
+    assert_eq!(status.as_u16(), 504);
+    let why = headers["l5d-proxy-error"].to_str().unwrap();
+    assert!(
+        why.contains("web.test.svc.cluster.local:80 has no endpoints"),
+        "{why}"
+    );
     let m = proxy.metrics().await;
     assert!(
         m.sum(

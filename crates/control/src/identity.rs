@@ -130,10 +130,19 @@ impl Ca {
         csr_der: &[u8],
         id: &config::Identity,
     ) -> Result<(Vec<u8>, time::OffsetDateTime), Status> {
-        let mut csr =
-            CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).map_err(|e| {
-                Status::invalid_argument(format!("malformed certificate signing request: {e}"))
-            })?;
+        // DER, as linkerd2-proxy sends it; PEM is accepted too.
+        let parsed = match std::str::from_utf8(csr_der) {
+            Ok(pem) if pem.trim_start().starts_with("-----BEGIN") => {
+                use rustls_pki_types::{CertificateSigningRequestDer, pem::PemObject};
+                CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+                    .map_err(|_| rcgen::Error::CouldNotParseCertificationRequest)
+                    .and_then(|der| CertificateSigningRequestParams::from_der(&der))
+            }
+            _ => CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()),
+        };
+        let mut csr = parsed.map_err(|e| {
+            Status::invalid_argument(format!("malformed certificate signing request: {e}"))
+        })?;
         let spiffe = identity.starts_with("spiffe://");
         let names_identity = csr.params.subject_alt_names.iter().any(|san| match san {
             SanType::DnsName(n) if !spiffe => n.as_str().eq_ignore_ascii_case(identity),

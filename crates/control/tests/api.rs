@@ -303,6 +303,29 @@ async fn certify_issues_verifiable_certificates_and_refuses_the_rest() {
         &rsp.intermediate_certificates,
         WEB_ID,
     );
+    // A PEM CSR is accepted too; the answer is DER either way.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let pem = rcgen::CertificateParams::new(vec![WEB_ID.to_string()])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let rsp = client
+        .certify(CertifyRequest {
+            identity: WEB_ID.into(),
+            token: b"s3cret".to_vec(),
+            certificate_signing_request: pem.into_bytes(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    verify(
+        &anchor_pem,
+        &rsp.leaf_certificate,
+        &rsp.intermediate_certificates,
+        WEB_ID,
+    );
 
     let refused = |identity: &str, token: &[u8], csr: Vec<u8>| CertifyRequest {
         identity: identity.into(),
@@ -351,7 +374,7 @@ async fn certify_issues_verifiable_certificates_and_refuses_the_rest() {
 
     let m = plane.metrics();
     for line in [
-        "control_certify_total{result=\"issued\"} 1",
+        "control_certify_total{result=\"issued\"} 2",
         "control_certify_total{result=\"bad_token\"} 1",
         "control_certify_total{result=\"unknown_identity\"} 1",
         "control_certify_total{result=\"bad_csr\"} 3",

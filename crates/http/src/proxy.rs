@@ -164,9 +164,10 @@ impl Inner {
                 Err(message) => {
                     let labels = self.count_request(authority.as_ref(), UNKNOWN_TARGET);
                     tracing::info!(direction = %self.direction, error = %message, "no endpoint for the request");
+                    // Linkerd's answer when no endpoint is ready.
                     let rescued = rescue::respond(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        rescue::GRPC_UNAVAILABLE,
+                        StatusCode::GATEWAY_TIMEOUT,
+                        rescue::GRPC_DEADLINE_EXCEEDED,
                         "no_endpoints",
                         &message,
                         grpc,
