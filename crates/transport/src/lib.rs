@@ -3,13 +3,16 @@
 //! The bottom of both stacks: binding listeners and accepting connections
 //! ([`listen`]), recovering where an intercepted connection was going
 //! ([`orig_dst`]), connecting to targets with a timeout ([`mod@connect`]), and
-//! carrying bytes both ways without losing or reordering any ([`mod@duplex`]).
+//! carrying bytes both ways without losing or reordering any ([`mod@duplex`]),
+//! and the transport header meshed proxies put in front of opaque streams
+//! ([`header`]).
 //! Nothing here knows about policy or protocols; the stacks in `linnet-app`
 //! put these pieces together.
 
 pub mod connect;
 pub mod counting;
 pub mod duplex;
+pub mod header;
 pub mod listen;
 pub mod orig_dst;
 
