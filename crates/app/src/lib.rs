@@ -113,6 +113,55 @@ fn discovery(
     }
 }
 
+/// The workload identity, certifying in the background, when configured:
+/// `Some(Err(()))` when it is configured but could not be set up (logged).
+fn identity(
+    config: &Config,
+    registry: &mut linnet_metrics::prometheus_client::registry::Registry,
+) -> Option<Result<Arc<linnet_identity::Identity>, ()>> {
+    if config.identity_disabled {
+        tracing::warn!(
+            "IDENTITY_DISABLED is set: the mesh is plaintext; this proxy's connections are neither encrypted nor authenticated"
+        );
+        return None;
+    }
+    let (c, svc) = (config.identity.as_ref()?, config.control.identity.as_ref()?);
+    let mut setup = || -> Result<_, String> {
+        let local = linnet_tls::Id::parse(&c.local_name).map_err(|e| e.to_string())?;
+        let metrics = linnet_identity::Metrics::register(registry);
+        let id = linnet_identity::Identity::new(
+            linnet_identity::Config {
+                local,
+                trust_anchors_pem: c.trust_anchors_pem.clone(),
+                token_file: c.token_file.clone(),
+                dir: c.dir.clone(),
+                min_refresh: c.min_refresh,
+                max_refresh: c.max_refresh,
+            },
+            metrics,
+        )
+        .map_err(|e| e.to_string())?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", svc.addr))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .connect_lazy();
+        Ok((Arc::new(id), channel))
+    };
+    match setup() {
+        Ok((id, channel)) => {
+            tracing::info!(identity = %id.local(), service = %svc.addr, "certifying this workload's identity");
+            let client =
+                linkerd2_proxy_api::identity::identity_client::IdentityClient::new(channel);
+            tokio::spawn(id.clone().run(client));
+            Some(Ok(id))
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot set up the workload identity");
+            Some(Err(()))
+        }
+    }
+}
+
 /// A configured fixed destination replaces the given lookup.
 fn fixed_or(direction: Direction, addr: Option<SocketAddr>, lookup: &OrigDst) -> OrigDst {
     match addr {
@@ -137,6 +186,7 @@ pub async fn run(
     let tcp_metrics = TcpMetrics::register(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
     let discovery = discovery(&config, &mut registry);
+    let identity = identity(&config, &mut registry);
     let (signal, watch) = drain::channel();
 
     let outbound = Arc::new(tcp::Forward {
@@ -188,9 +238,24 @@ pub async fn run(
         let stop = stop_admin.clone();
         async move { linnet_admin::serve(listeners.admin, admin, stop.notified()).await }
     });
-    // The listeners are bound and served: later conditions (identity,
-    // policy) will join this one.
-    readiness.set(true);
+    // Ready once the listeners are served and, with an identity, once its
+    // first certificate is in place.
+    match identity {
+        None => readiness.set(true),
+        Some(Ok(id)) => {
+            let mut ready = id.ready();
+            let readiness = readiness.clone();
+            tokio::spawn(async move {
+                if ready.wait_for(|r| *r).await.is_ok() {
+                    tracing::info!(identity = %id.local(), "ready: certified");
+                    readiness.set(true);
+                }
+            });
+        }
+        Some(Err(())) => {
+            tracing::error!("never ready: the identity could not be set up (see above)");
+        }
+    }
 
     tokio::select! {
         _ = shutdown => {}

@@ -42,6 +42,34 @@ pub struct Config {
     pub cores: usize,
     /// The control plane: where to discover endpoints and policies.
     pub control: ControlConfig,
+    /// This workload's identity, when the identity service is configured
+    /// and identity is not disabled.
+    pub identity: Option<IdentityConfig>,
+    /// `IDENTITY_DISABLED`: the mesh is plaintext on purpose.
+    pub identity_disabled: bool,
+}
+
+/// The workload identity (`IDENTITY_*`).
+#[derive(Clone, Debug, Serialize)]
+pub struct IdentityConfig {
+    /// `IDENTITY_LOCAL_NAME`: this workload's identity.
+    pub local_name: String,
+    /// `IDENTITY_TOKEN_FILE`: the token presented to the identity service,
+    /// re-read on every call.
+    pub token_file: std::path::PathBuf,
+    /// `IDENTITY_TRUST_ANCHORS`: the roots, PEM (the certificates
+    /// themselves, not a path).
+    #[serde(skip)]
+    pub trust_anchors_pem: String,
+    /// `IDENTITY_DIR`: where the key and CSR are kept (in memory when
+    /// unset).
+    pub dir: Option<std::path::PathBuf>,
+    /// `IDENTITY_MIN_REFRESH`.
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub min_refresh: Duration,
+    /// `IDENTITY_MAX_REFRESH`.
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub max_refresh: Duration,
 }
 
 /// A control-plane service: its address and the identity it presents.
@@ -242,6 +270,13 @@ const KNOWN: &[&str] = &[
     "DNS_SERVERS",
     "DNS_MIN_TTL",
     "DNS_MAX_TTL",
+    "IDENTITY_DISABLED",
+    "IDENTITY_LOCAL_NAME",
+    "IDENTITY_TOKEN_FILE",
+    "IDENTITY_TRUST_ANCHORS",
+    "IDENTITY_DIR",
+    "IDENTITY_MIN_REFRESH",
+    "IDENTITY_MAX_REFRESH",
     "HTTP_HEADER_READ_TIMEOUT",
     "HTTP_MAX_REQUEST_BODY_SIZE",
     "HTTP2_INITIAL_STREAM_WINDOW_SIZE",
@@ -338,6 +373,20 @@ impl Config {
             None => default_cores(),
         };
         let control = r.control()?;
+        let identity_disabled = r
+            .get("IDENTITY_DISABLED", |s| {
+                match s.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" => Ok(true),
+                    "false" | "0" | "no" | "" => Ok(false),
+                    _ => Err("expected true or false".to_string()),
+                }
+            })?
+            .unwrap_or(false);
+        let identity = if identity_disabled || control.identity.is_none() {
+            None
+        } else {
+            Some(r.identity()?)
+        };
         Ok(Config {
             outbound,
             inbound,
@@ -347,6 +396,8 @@ impl Config {
             log,
             cores,
             control,
+            identity,
+            identity_disabled,
         })
     }
 
@@ -537,6 +588,64 @@ impl<E: Env + ?Sized> Reader<'_, E> {
                 .unwrap_or_default(),
             dns_min_ttl,
             dns_max_ttl,
+        })
+    }
+
+    /// The identity settings, all required once the identity service is
+    /// configured.
+    fn identity(&self) -> Result<IdentityConfig, ConfigError> {
+        let required = |name: &str, what: &str| ConfigError {
+            var: format!("{PREFIX}{name}"),
+            value: String::new(),
+            reason: format!(
+                "required with IDENTITY_SVC_ADDR: {what} (or set IDENTITY_DISABLED=true)"
+            ),
+        };
+        let local_name = self
+            .get("IDENTITY_LOCAL_NAME", |s| {
+                let s = s.trim();
+                let ok = s.starts_with("spiffe://")
+                    || (!s.is_empty()
+                        && s.split('.').all(|l| {
+                            !l.is_empty()
+                                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        }));
+                if ok {
+                    Ok(s.to_string())
+                } else {
+                    Err("expected a DNS-like identity name or a spiffe:// URI".to_string())
+                }
+            })?
+            .ok_or_else(|| required("IDENTITY_LOCAL_NAME", "this workload's identity"))?;
+        let token_file = self
+            .string("IDENTITY_TOKEN_FILE")?
+            .map(std::path::PathBuf::from)
+            .ok_or_else(|| required("IDENTITY_TOKEN_FILE", "the token file"))?;
+        let trust_anchors_pem = self
+            .get("IDENTITY_TRUST_ANCHORS", |s| {
+                if s.contains("-----BEGIN CERTIFICATE-----") {
+                    Ok(s.to_string())
+                } else {
+                    Err("expected PEM certificates (the text, not a path)".to_string())
+                }
+            })?
+            .ok_or_else(|| required("IDENTITY_TRUST_ANCHORS", "the trust anchors (PEM)"))?;
+        let min_refresh = self.timeout("IDENTITY_MIN_REFRESH", Duration::from_secs(10))?;
+        let max_refresh = self.timeout("IDENTITY_MAX_REFRESH", Duration::from_secs(24 * 3600))?;
+        if min_refresh > max_refresh {
+            return Err(ConfigError {
+                var: format!("{PREFIX}IDENTITY_MIN_REFRESH"),
+                value: parse::format_duration(min_refresh),
+                reason: "longer than IDENTITY_MAX_REFRESH".to_string(),
+            });
+        }
+        Ok(IdentityConfig {
+            local_name,
+            token_file,
+            trust_anchors_pem,
+            dir: self.string("IDENTITY_DIR")?.map(std::path::PathBuf::from),
+            min_refresh,
+            max_refresh,
         })
     }
 

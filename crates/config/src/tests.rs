@@ -215,3 +215,57 @@ fn control_plane() {
         assert_eq!(err.var, var, "{err}");
     }
 }
+
+#[test]
+fn identity_settings() {
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let base = [
+        ("LINKERD2_PROXY_IDENTITY_SVC_ADDR", "127.0.0.1:8080"),
+        (
+            "LINKERD2_PROXY_IDENTITY_LOCAL_NAME",
+            "web.ns.serviceaccount.identity.linkerd.cluster.local",
+        ),
+        (
+            "LINKERD2_PROXY_IDENTITY_TOKEN_FILE",
+            "/var/run/secrets/token",
+        ),
+        ("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", pem),
+    ];
+    let c = Config::from_env(&env(&base)).unwrap();
+    let id = c.identity.unwrap();
+    assert_eq!(
+        id.local_name,
+        "web.ns.serviceaccount.identity.linkerd.cluster.local"
+    );
+    assert_eq!(id.min_refresh, Duration::from_secs(10));
+    assert_eq!(id.max_refresh, Duration::from_secs(86400));
+    assert!(!c.identity_disabled);
+    // No identity service: no identity (the plaintext foundation).
+    assert!(Config::from_env(&env(&[])).unwrap().identity.is_none());
+    // Disabled on purpose.
+    let mut off = base.to_vec();
+    off.push(("LINNET_IDENTITY_DISABLED", "true"));
+    let c = Config::from_env(&env(&off)).unwrap();
+    assert!(c.identity.is_none() && c.identity_disabled);
+    // Each required setting, missing, is named.
+    for missing in 1..4 {
+        let vars: Vec<_> = base
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != missing)
+            .map(|(_, v)| *v)
+            .collect();
+        let err = Config::from_env(&env(&vars)).unwrap_err();
+        assert_eq!(
+            err.var,
+            base[missing].0.replace("LINKERD2_PROXY_", "LINNET_"),
+            "{err}"
+        );
+    }
+    let mut bad = base.to_vec();
+    bad.push(("LINNET_IDENTITY_TRUST_ANCHORS", "/etc/anchors.pem"));
+    assert_eq!(
+        Config::from_env(&env(&bad)).unwrap_err().var,
+        "LINNET_IDENTITY_TRUST_ANCHORS"
+    );
+}

@@ -53,6 +53,16 @@ impl ControlPlane {
         )));
     }
 
+    /// The trust anchors proxies need (the generated issuer), PEM.
+    pub fn trust_anchors(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("issuer.crt")).unwrap()
+    }
+
+    /// The directory holding the mesh file (for token files and such).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Replaces the mesh file.
     pub fn write(&self, yaml: &str) {
         std::fs::write(self.path(), yaml).unwrap();
