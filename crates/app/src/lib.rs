@@ -11,6 +11,7 @@
 //! connections run on for up to the grace period and are then reset, and
 //! [`run`] returns.
 
+mod mesh;
 mod tcp;
 
 use bytes::Bytes;
@@ -187,6 +188,16 @@ pub async fn run(
     let http_metrics = HttpMetrics::register(&mut registry);
     let discovery = discovery(&config, &mut registry);
     let identity = identity(&config, &mut registry);
+    let mesh = match &identity {
+        Some(Ok(id)) => match mesh::MeshTls::new(id.clone()) {
+            Ok(m) => Some(Arc::new(m)),
+            Err(error) => {
+                tracing::error!(%error, "cannot set up mesh TLS");
+                None
+            }
+        },
+        _ => None,
+    };
     let (signal, watch) = drain::channel();
 
     let outbound = Arc::new(tcp::Forward {
@@ -203,6 +214,7 @@ pub async fn run(
         in_flight: linnet_http::InFlight::new(config.outbound.max_in_flight),
         http: config.http.clone(),
         discovery: discovery.clone(),
+        mesh: mesh.clone(),
         port_policies: Default::default(),
     });
     let inbound = Arc::new(tcp::Forward {
@@ -215,6 +227,7 @@ pub async fn run(
         in_flight: linnet_http::InFlight::new(config.inbound.max_in_flight),
         http: config.http.clone(),
         discovery,
+        mesh,
         port_policies: Default::default(),
     });
     log_listening(&listeners);

@@ -17,6 +17,7 @@
 //! or either side fails mid-stream, the other side is reset (RST), never
 //! closed with a FIN that would make a truncated stream look complete.
 
+use crate::mesh::{HasTcp, MeshTls};
 use linnet_config::{HttpConfig, ProxyConfig};
 use linnet_core::drain;
 use linnet_detect::{Detected, PrefixedIo, Protocol, Reason};
@@ -27,7 +28,7 @@ use linnet_http::{
 use linnet_metrics::{
     Direction,
     http::HttpMetrics,
-    tcp::{CloseReason, Peer, TcpMetrics, Tls},
+    tcp::{CloseReason, ConnMetrics, Peer, TcpMetrics, Tls},
 };
 use linnet_transport::{
     Accepted, CopyError, CountingIo, OrigDst, connect, duplex,
@@ -40,7 +41,9 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::either::Either;
 
 /// One direction's forwarding: what every connection of that listener needs.
 #[derive(Debug)]
@@ -58,6 +61,8 @@ pub(crate) struct Forward {
     pub(crate) http: HttpConfig,
     /// The control plane's answers, when one is configured.
     pub(crate) discovery: Option<Discovery>,
+    /// mTLS with meshed peers, when this proxy has an identity.
+    pub(crate) mesh: Option<Arc<MeshTls>>,
     /// Inbound port policies, watched for the life of the proxy once a
     /// port has seen a connection.
     pub(crate) port_policies:
@@ -121,6 +126,10 @@ impl Forward {
                 // Dialled directly: HTTP is served in explicit proxy mode.
                 return self.explicit(client, client_addr, watch).await;
             }
+            Ok(None) if self.mesh.is_some() => {
+                // Meshed peers dial the inbound port itself.
+                return self.direct(client, client_addr, watch).await;
+            }
             Ok(None) => {
                 tracing::warn!(
                     %direction, client = %client_addr,
@@ -153,7 +162,7 @@ impl Forward {
             _ => Tls::DISABLED,
         };
         // Whatever takes the connection reads the detected bytes first.
-        let mut client = PrefixedIo::new(detected.buffered.freeze(), client);
+        let client = PrefixedIo::new(detected.buffered.freeze(), client);
         let version = match detected.protocol {
             Protocol::Http1 => Some(linnet_http::Version::Http1),
             Protocol::Http2 => Some(linnet_http::Version::Http2),
@@ -172,10 +181,10 @@ impl Forward {
                 .serve_http(client, client_addr, version, target, route, watch)
                 .await;
         }
-        let target = match dest {
-            Dest::Addr(addr) => addr,
+        let (target, endpoint) = match dest {
+            Dest::Addr(addr) => (addr, None),
             Dest::Balanced(balancer, _profile) => match balancer.pick().await {
-                Ok(endpoint) => endpoint.addr,
+                Ok(endpoint) => (endpoint.addr, Some(endpoint)),
                 Err(error) => {
                     tracing::info!(%direction, client = %client_addr, %target, %error, "no endpoint for the connection");
                     let src = self.metrics.open(direction, Peer::Src, &tls, target);
@@ -186,30 +195,121 @@ impl Forward {
             },
         };
 
+        self.connect_and_relay(client, client_addr, target, endpoint, tls, watch)
+            .await;
+    }
+
+    /// Connects to `target` (over mTLS when the endpoint is meshed and this
+    /// proxy has an identity; to its proxy's transport port with a
+    /// transport header when it has one) and relays bytes both ways.
+    async fn connect_and_relay<C>(
+        &self,
+        client: C,
+        client_addr: SocketAddr,
+        target: SocketAddr,
+        endpoint: Option<linnet_discovery::Endpoint>,
+        tls: Tls,
+        mut watch: drain::Watch,
+    ) where
+        C: AsyncRead + AsyncWrite + Unpin + HasTcp,
+    {
+        let direction = self.direction;
+        let transport_port = endpoint.as_ref().and_then(|e| e.opaque_transport_port);
+        // Opaque traffic to a meshed peer goes over mTLS to its proxy's
+        // transport port. (Without that port it goes as it is: the peer's
+        // redirected inbound side does not terminate mTLS yet.)
+        let meshed = match (
+            &self.mesh,
+            endpoint
+                .as_ref()
+                .filter(|_| transport_port.is_some())
+                .and_then(|e| e.identity.as_deref()),
+        ) {
+            (Some(mesh), Some(id)) => match linnet_tls::Id::parse(id) {
+                Ok(id) => Some((mesh.clone(), id)),
+                Err(error) => {
+                    tracing::warn!(%target, %error, "endpoint identity unusable; connecting without mTLS");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let dst_tls = if meshed.is_some() {
+            Tls {
+                status: "true",
+                sni: None,
+            }
+        } else {
+            tls.clone()
+        };
         let src = self.metrics.open(direction, Peer::Src, &tls, target);
-        let connecting = connect(
-            target,
-            self.config.connect_timeout,
-            self.config.connect_keepalive,
-        );
-        let mut server = tokio::select! {
+        let connect_to = match (&meshed, transport_port) {
+            (Some(_), Some(port)) => SocketAddr::new(target.ip(), port),
+            _ => target,
+        };
+        let connecting = async {
+            let tcp = connect(
+                connect_to,
+                self.config.connect_timeout,
+                self.config.connect_keepalive,
+            )
+            .await
+            .map_err(|e| {
+                let reason = CloseReason::error(e.reason(), e.io());
+                (reason, linnet_core::display_chain(&e))
+            })?;
+            let Some((mesh, id)) = &meshed else {
+                return Ok(Either::Left(tcp));
+            };
+            let stream = mesh_connect(
+                mesh,
+                id,
+                tcp,
+                transport_port.map(|_| target.port()),
+                self.config.connect_timeout,
+            )
+            .await
+            .map_err(|e| (CloseReason::error("tls", None), e))?;
+            Ok(Either::Right(stream))
+        };
+        let server = tokio::select! {
             r = connecting => match r {
                 Ok(s) => s,
-                Err(error) => {
-                    tracing::info!(%direction, client = %client_addr, %target, error = %linnet_core::display_chain(&error), "connection to target failed");
-                    src.close(CloseReason::error(error.reason(), error.io()));
-                    reset_on_close(client.get_ref());
+                Err((reason, error)) => {
+                    tracing::info!(%direction, client = %client_addr, %target, %connect_to, %error, "connection to target failed");
+                    src.close(reason);
+                    reset_on_close(client.tcp());
                     return;
                 }
             },
             _ = watch.closing() => {
                 src.close(CloseReason::error("shutdown", None));
-                reset_on_close(client.get_ref());
+                reset_on_close(client.tcp());
                 return;
             }
         };
-        let dst = self.metrics.open(direction, Peer::Dst, &tls, target);
+        self.relay(client, client_addr, server, target, src, &dst_tls, watch)
+            .await;
+    }
 
+    /// Copies bytes both ways until both sides end; a failure on one side
+    /// resets the other.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay<C, S>(
+        &self,
+        mut client: C,
+        client_addr: SocketAddr,
+        mut server: S,
+        target: SocketAddr,
+        src: ConnMetrics,
+        dst_tls: &Tls,
+        mut watch: drain::Watch,
+    ) where
+        C: AsyncRead + AsyncWrite + Unpin + HasTcp,
+        S: AsyncRead + AsyncWrite + Unpin + HasTcp,
+    {
+        let direction = self.direction;
+        let dst = self.metrics.open(direction, Peer::Dst, dst_tls, target);
         let copy = duplex(
             Side {
                 io: &mut client,
@@ -248,16 +348,156 @@ impl Forward {
                 };
                 src.close(src_reason);
                 dst.close(dst_reason);
-                reset_both(client.get_ref(), &server);
+                reset_both(client.tcp(), server.tcp());
             }
             None => {
                 tracing::info!(%direction, client = %client_addr, %target, "closing connection: shutdown grace period ended");
                 src.close(CloseReason::error("shutdown", None));
                 dst.close(CloseReason::error("shutdown", None));
-                reset_both(client.get_ref(), &server);
+                reset_both(client.tcp(), server.tcp());
             }
         }
     }
+
+    /// A connection made straight to the inbound listener (not
+    /// redirected): only mTLS for this workload's identity, with the
+    /// transport header naming a local port, is accepted.
+    async fn direct(
+        self: Arc<Self>,
+        mut client: TcpStream,
+        client_addr: SocketAddr,
+        mut watch: drain::Watch,
+    ) {
+        let direction = self.direction;
+        let local = client.local_addr().unwrap_or(client_addr);
+        let Some(mesh) = self.mesh.clone() else {
+            return self.refuse(&client, client_addr, CloseReason::error("loop", None));
+        };
+        let Some(detected) = self
+            .detect(&mut client, client_addr, local, false, &mut watch)
+            .await
+        else {
+            return;
+        };
+        let refuse = |client: &TcpStream, why: &'static str, detail: String| {
+            tracing::info!(%direction, client = %client_addr, reason = why, %detail, "refusing a direct connection");
+            self.refuse(client, client_addr, CloseReason::error(why, None));
+        };
+        match &detected.protocol {
+            Protocol::Tls { sni: Some(sni) } if mesh.is_local(sni) => {}
+            Protocol::Tls { sni } => {
+                return refuse(
+                    &client,
+                    "direct_not_mesh_tls",
+                    format!("TLS for {sni:?}, not {}", mesh.local()),
+                );
+            }
+            other => {
+                return refuse(
+                    &client,
+                    "direct_not_mesh_tls",
+                    format!("{} instead of mTLS", other.as_str()),
+                );
+            }
+        }
+        let io = PrefixedIo::new(detected.buffered.freeze(), client);
+        let timeout = self.config.detect_timeout;
+        let accept = tokio_rustls::TlsAcceptor::from(mesh.server()).accept(io);
+        let mut tls = match tokio::time::timeout(timeout, accept).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                tracing::info!(%direction, client = %client_addr, %error, "mTLS handshake failed");
+                self.metrics.refused(
+                    direction,
+                    Peer::Src,
+                    &Tls::DISABLED,
+                    local,
+                    CloseReason::error("tls_handshake", None),
+                );
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%direction, client = %client_addr, "mTLS handshake timed out");
+                self.metrics.refused(
+                    direction,
+                    Peer::Src,
+                    &Tls::DISABLED,
+                    local,
+                    CloseReason::error("tls_handshake", None),
+                );
+                return;
+            }
+        };
+        let (_, conn) = tls.get_ref();
+        let client_id = linnet_tls::peer_identity(conn);
+        let alpn_ok = conn.alpn_protocol() == Some(crate::mesh::TRANSPORT_ALPN);
+        if client_id.is_none() || !alpn_ok {
+            let tcp = tls.get_ref().0.get_ref();
+            return refuse(
+                tcp,
+                "direct_not_mesh_tls",
+                format!("client identity {client_id:?}, transport ALPN {alpn_ok}"),
+            );
+        }
+        let header = match linnet_transport::header::read(&mut tls, timeout).await {
+            Ok(h) => h,
+            Err(error) => {
+                let tcp = tls.get_ref().0.get_ref();
+                return refuse(tcp, "transport_header", error.to_string());
+            }
+        };
+        let target = SocketAddr::new(local.ip(), header.port);
+        if target.port() == self.config.listen_addr.port() || target == local {
+            let tcp = tls.get_ref().0.get_ref();
+            return refuse(
+                tcp,
+                "loop",
+                format!("the transport header names {target}, this proxy"),
+            );
+        }
+        tracing::debug!(%direction, client = %client_addr, client_id = ?client_id, %target, "meshed opaque connection");
+        let tls_label = Tls {
+            status: "true",
+            sni: None,
+        };
+        self.connect_and_relay(tls, client_addr, target, None, tls_label, watch)
+            .await;
+    }
+}
+
+/// mTLS to a meshed peer expecting `id`; with `header_port`, the transport
+/// header naming it is sent first.
+async fn mesh_connect(
+    mesh: &MeshTls,
+    id: &linnet_tls::Id,
+    tcp: TcpStream,
+    header_port: Option<u16>,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    use tokio::io::AsyncWriteExt;
+    let config = mesh
+        .client(id, header_port.is_some())
+        .map_err(|e| e.to_string())?;
+    let name = id
+        .server_name()
+        .and_then(|n| linnet_tls::pki_types::ServerName::try_from(n.to_string()).ok())
+        .ok_or_else(|| format!("{id} cannot be sent as SNI"))?;
+    let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+    let mut tls = tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| format!("mTLS handshake with {id} timed out"))?
+        .map_err(|e| format!("mTLS handshake with {id}: {e}"))?;
+    if let Some(port) = header_port {
+        let header = linnet_transport::header::TransportHeader {
+            port,
+            name: None,
+            protocol: None,
+        };
+        tls.write_all(&header.encode())
+            .await
+            .map_err(|e| format!("sending the transport header: {e}"))?;
+    }
+    Ok(tls)
 }
 
 impl Forward {

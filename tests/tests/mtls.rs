@@ -1,0 +1,238 @@
+//! Meshed opaque TCP: two proxies with identities from `linnet control`,
+//! the client side's outbound connecting over mTLS to the server side's
+//! inbound port with a transport header; and everything the server side
+//! must refuse on that port.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use linnet_app::OrigDst;
+use linnet_test_support::{
+    control::ControlPlane,
+    eventually,
+    metrics::try_http,
+    proxy::Proxy,
+    tcp::{ExchangeServer, exchange, random_payload},
+};
+use linnet_tls::{Id, TrustAnchors, client_config, pki_types::ServerName};
+use std::{sync::Arc, time::Duration};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SERVER: &str = "db.test.serviceaccount.identity.linkerd.cluster.local";
+const CLIENT: &str = "app.test.serviceaccount.identity.linkerd.cluster.local";
+const VIP: &str = "10.96.0.2:5432";
+
+fn mesh(backend: std::net::SocketAddr, server_identity: &str, transport_port: u16) -> String {
+    format!(
+        "identity:\n  tokens:\n    {SERVER}: s\n    {CLIENT}: c\n\
+         services:\n  db.test.svc.cluster.local:5432:\n    addresses: [\"{VIP}\"]\n    profile: {{opaque: true}}\n    endpoints:\n      - addr: \"{backend}\"\n        identity: {server_identity}\n        protocol: opaque\n        opaque_transport_port: {transport_port}\n"
+    )
+}
+
+async fn meshed_proxy(plane: &ControlPlane, id: &str, token: &str, orig_dst: OrigDst) -> Proxy {
+    let token_file = plane.dir().join(format!("token-{token}"));
+    std::fs::write(&token_file, token).unwrap();
+    let (addr, anchors, token_file) = (
+        plane.addr.to_string(),
+        plane.trust_anchors(),
+        token_file.display().to_string(),
+    );
+    let p = Proxy::start(
+        orig_dst,
+        &[
+            ("LINNET_DESTINATION_SVC_ADDR", &addr),
+            ("LINNET_IDENTITY_SVC_ADDR", &addr),
+            ("LINNET_IDENTITY_LOCAL_NAME", id),
+            ("LINNET_IDENTITY_TOKEN_FILE", &token_file),
+            ("LINNET_IDENTITY_TRUST_ANCHORS", &anchors),
+            ("LINNET_INBOUND_DETECT_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    eventually("certified", Duration::from_secs(10), || async {
+        (try_http(p.admin, "GET", "/ready", "").await.ok()?.0 == 200).then_some(())
+    })
+    .await;
+    p
+}
+
+struct Mesh {
+    plane: ControlPlane,
+    backend: ExchangeServer,
+    server: Proxy,
+    client: Proxy,
+}
+
+async fn start(server_identity_in_file: &str) -> Mesh {
+    let backend = ExchangeServer::start(4096).await;
+    // The file names the server proxy's port once it is known.
+    let plane = ControlPlane::start(&mesh(backend.addr, SERVER, 1)).await;
+    // The server side: its inbound port is dialled directly.
+    let server = meshed_proxy(&plane, SERVER, "s", OrigDst::from_fn(|s| s.local_addr())).await;
+    plane.write(&mesh(
+        backend.addr,
+        server_identity_in_file,
+        server.inbound.port(),
+    ));
+    let client = meshed_proxy(&plane, CLIENT, "c", OrigDst::Fixed(VIP.parse().unwrap())).await;
+    Mesh {
+        plane,
+        backend,
+        server,
+        client,
+    }
+}
+
+#[tokio::test]
+async fn opaque_tcp_crosses_the_mesh_over_mtls() {
+    let m = start(SERVER).await;
+    let payload = random_payload(200_000);
+    eventually(
+        "an exchange across the mesh",
+        Duration::from_secs(10),
+        || async {
+            let s = tokio::net::TcpStream::connect(m.client.outbound)
+                .await
+                .unwrap();
+            exchange(s, &payload).await.ok().map(|_| ())
+        },
+    )
+    .await;
+    for _ in 0..3 {
+        let s = tokio::net::TcpStream::connect(m.client.outbound)
+            .await
+            .unwrap();
+        let reply = exchange(s, &payload).await.unwrap();
+        assert!(!reply.is_empty());
+    }
+    assert!(m.backend.stats().completed() >= 4);
+    let client = m.client.metrics().await;
+    assert!(
+        client.sum(
+            "tcp_open_total",
+            &[("direction", "outbound"), ("peer", "dst"), ("tls", "true")]
+        ) >= 4.0,
+        "{}",
+        client.0
+    );
+    let server = m.server.metrics().await;
+    assert!(
+        server.sum(
+            "tcp_open_total",
+            &[("direction", "inbound"), ("peer", "src"), ("tls", "true")]
+        ) >= 4.0,
+        "{}",
+        server.0
+    );
+    let _ = &m.plane;
+}
+
+#[tokio::test]
+async fn a_peer_with_the_wrong_identity_is_refused() {
+    // The file says the endpoint is someone else: the server's real
+    // certificate does not match, and nothing reaches the backend.
+    let m = start("other.test.serviceaccount.identity.linkerd.cluster.local").await;
+    let s = tokio::net::TcpStream::connect(m.client.outbound)
+        .await
+        .unwrap();
+    let r = exchange(s, b"secret").await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(m.backend.stats().completed(), 0);
+    let client = m.client.metrics().await;
+    assert!(
+        client.sum(
+            "tcp_close_total",
+            &[("direction", "outbound"), ("error", "tls")]
+        ) >= 1.0,
+        "{}",
+        client.0
+    );
+}
+
+/// Bytes written straight to the server proxy's inbound port; true when
+/// the connection was closed or reset without a byte back.
+async fn refused_raw(m: &Mesh, bytes: &[u8]) -> bool {
+    let mut s = tokio::net::TcpStream::connect(m.server.inbound)
+        .await
+        .unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// An mTLS client with a real certificate from the mesh's CA, to the
+/// server proxy's inbound port; sends `bytes` after the handshake.
+async fn mtls_then(m: &Mesh, bytes: &[u8], close: bool) -> bool {
+    use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
+    let dir = m.plane.dir();
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(dir.join("issuer.key")).unwrap()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&m.plane.trust_anchors(), ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.subject_alt_names = vec![SanType::DnsName(CLIENT.to_string().try_into().unwrap())];
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let store = Arc::new(linnet_tls::CertStore::default());
+    store
+        .set(
+            vec![cert.der().clone()],
+            linnet_tls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let anchors = TrustAnchors::from_pem(&m.plane.trust_anchors()).unwrap();
+    let config = client_config(
+        &anchors,
+        store,
+        Id::parse(SERVER).unwrap(),
+        vec![linnet_transport::header::ALPN.to_vec()],
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(m.server.inbound)
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(SERVER).unwrap(), tcp)
+        .await
+        .unwrap();
+    let _ = tls.write_all(bytes).await;
+    if close {
+        let _ = tls.shutdown().await;
+    }
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn the_transport_port_refuses_all_but_mesh_mtls() {
+    let m = start(SERVER).await;
+    // A plaintext client.
+    assert!(refused_raw(&m, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await);
+    // Garbage instead of a ClientHello.
+    assert!(refused_raw(&m, &[0x16, 0x03, 0x01, 0xff, 0xff, 0x00, 0x13, 0x37]).await);
+    // A header longer than the limit.
+    let mut long = linnet_transport::header::PREFACE.to_vec();
+    long.extend_from_slice(&100_000u32.to_be_bytes());
+    assert!(mtls_then(&m, &long, false).await);
+    // A truncated header.
+    assert!(mtls_then(&m, &linnet_transport::header::PREFACE[..10], true).await);
+    assert_eq!(
+        m.backend.stats().completed(),
+        0,
+        "nothing reached the application"
+    );
+    let server = m.server.metrics().await;
+    for reason in ["direct_not_mesh_tls", "transport_header"] {
+        assert!(
+            server.sum(
+                "tcp_close_total",
+                &[("direction", "inbound"), ("error", reason)]
+            ) >= 1.0,
+            "{reason}: {}",
+            server.0
+        );
+    }
+}
