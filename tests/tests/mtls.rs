@@ -236,3 +236,111 @@ async fn the_transport_port_refuses_all_but_mesh_mtls() {
         );
     }
 }
+
+#[tokio::test]
+async fn http_crosses_the_mesh_over_mtls_with_the_client_identity() {
+    use linnet_test_support::http::{HttpServer, collect, h1_client, h2_client};
+    let backend = HttpServer::start().await;
+    let vip = "10.96.0.3:80";
+    let yaml = |endpoint: std::net::SocketAddr| {
+        format!(
+            "identity:\n  tokens:\n    {SERVER}: s\n    {CLIENT}: c\n\
+             services:\n  web.test.svc.cluster.local:80:\n    addresses: [\"{vip}\"]\n    endpoints:\n      - addr: \"{endpoint}\"\n        identity: {SERVER}\n"
+        )
+    };
+    let plane = ControlPlane::start(&yaml("127.0.0.1:1".parse().unwrap())).await;
+    // The server side's inbound forwards to the application.
+    let server = meshed_proxy(&plane, SERVER, "s", OrigDst::Fixed(backend.addr)).await;
+    plane.write(&yaml(server.inbound));
+    let client = meshed_proxy(&plane, CLIENT, "c", OrigDst::Fixed(vip.parse().unwrap())).await;
+
+    let h1 = h1_client();
+    let req = || {
+        hyper::Request::get(format!("http://{}/status/200", client.outbound))
+            .header("l5d-client-id", "forged.identity.linkerd.cluster.local")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    eventually(
+        "HTTP/1 across the mesh",
+        Duration::from_secs(10),
+        || async {
+            let rsp = h1.request(req()).await.ok()?;
+            (collect(rsp).await.0 == 200).then_some(())
+        },
+    )
+    .await;
+    let h2 = h2_client();
+    let (status, _, _, _) = collect(h2.request(req()).await.unwrap()).await;
+    assert_eq!(status, 200);
+
+    let seen = backend.seen();
+    assert!(seen.len() >= 2);
+    for s in &seen {
+        let ids: Vec<_> = s.headers.get_all("l5d-client-id").iter().collect();
+        assert_eq!(ids.len(), 1, "{:?}", s.headers);
+        assert_eq!(
+            ids[0], CLIENT,
+            "the application sees the verified client, never the forged one"
+        );
+    }
+    let c = client.metrics().await;
+    assert!(
+        c.sum(
+            "tcp_open_total",
+            &[("direction", "outbound"), ("peer", "dst"), ("tls", "true")]
+        ) >= 1.0,
+        "{}",
+        c.0
+    );
+    let s = server.metrics().await;
+    assert!(
+        s.sum(
+            "tcp_open_total",
+            &[("direction", "inbound"), ("peer", "src"), ("tls", "true")]
+        ) >= 1.0,
+        "{}",
+        s.0
+    );
+    assert!(
+        s.sum(
+            "request_total",
+            &[("direction", "inbound"), ("tls", "true")]
+        ) >= 2.0,
+        "{}",
+        s.0
+    );
+}
+
+#[tokio::test]
+async fn an_http_peer_with_the_wrong_identity_gets_502_and_nothing_is_sent() {
+    use linnet_test_support::http::{HttpServer, collect, h1_client};
+    let backend = HttpServer::start().await;
+    let vip = "10.96.0.4:80";
+    let yaml = |endpoint: std::net::SocketAddr, id: &str| {
+        format!(
+            "identity:\n  tokens:\n    {SERVER}: s\n    {CLIENT}: c\n\
+             services:\n  web.test.svc.cluster.local:80:\n    addresses: [\"{vip}\"]\n    endpoints:\n      - addr: \"{endpoint}\"\n        identity: {id}\n"
+        )
+    };
+    let plane = ControlPlane::start(&yaml("127.0.0.1:1".parse().unwrap(), SERVER)).await;
+    let server = meshed_proxy(&plane, SERVER, "s", OrigDst::Fixed(backend.addr)).await;
+    plane.write(&yaml(
+        server.inbound,
+        "impostor.test.serviceaccount.identity.linkerd.cluster.local",
+    ));
+    let client = meshed_proxy(&plane, CLIENT, "c", OrigDst::Fixed(vip.parse().unwrap())).await;
+    let rsp = h1_client()
+        .get(
+            format!("http://{}/status/200", client.outbound)
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (status, headers, _, _) = collect(rsp).await;
+    assert_eq!(status, 502);
+    let why = headers["l5d-proxy-error"].to_str().unwrap();
+    assert!(why.contains("mTLS") && why.contains("impostor"), "{why}");
+    assert!(backend.seen().is_empty());
+}

@@ -53,8 +53,9 @@ pub(crate) struct Forward {
     pub(crate) orig_dst: OrigDst,
     pub(crate) metrics: TcpMetrics,
     pub(crate) http_metrics: HttpMetrics,
-    /// HTTP clients by target, shared by all connections to that target.
-    pub(crate) upstreams: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
+    /// HTTP clients by target (and the identity it must present, for a
+    /// meshed one), shared by all connections to that target.
+    pub(crate) upstreams: Mutex<HashMap<UpstreamKey, Arc<Upstream>>>,
     /// The listener's bound on requests at once.
     pub(crate) in_flight: InFlight,
     /// HTTP settings.
@@ -82,6 +83,9 @@ enum Dest {
         Option<tokio::sync::watch::Receiver<Option<linnet_discovery::Profile>>>,
     ),
 }
+
+/// A target, and the identity it must present when meshed.
+pub(crate) type UpstreamKey = (SocketAddr, Option<linnet_tls::Id>);
 
 /// Upstreams kept before unused ones are dropped.
 const MAX_UPSTREAMS: usize = 1024;
@@ -154,6 +158,13 @@ impl Forward {
         else {
             return;
         };
+        if let (Some(mesh), Protocol::Tls { sni: Some(sni) }) = (&self.mesh, &detected.protocol) {
+            if direction == Direction::Inbound && mesh.is_local(sni) {
+                // The mesh's own TLS: terminated here.
+                let client = PrefixedIo::new(detected.buffered.freeze(), client);
+                return self.terminate(client, client_addr, target, watch).await;
+            }
+        }
         let tls = match &detected.protocol {
             Protocol::Tls { sni } => Tls {
                 status: "opaque",
@@ -465,6 +476,100 @@ impl Forward {
     }
 }
 
+impl Forward {
+    /// Terminates mesh mTLS on a redirected inbound connection, then
+    /// serves what is inside: HTTP (with the client's verified identity as
+    /// `l5d-client-id`) or bytes.
+    async fn terminate(
+        self: Arc<Self>,
+        client: PrefixedIo<TcpStream>,
+        client_addr: SocketAddr,
+        target: SocketAddr,
+        mut watch: drain::Watch,
+    ) {
+        let direction = self.direction;
+        let Some(mesh) = self.mesh.clone() else {
+            return;
+        };
+        let timeout = self.config.detect_timeout;
+        let accept = tokio_rustls::TlsAcceptor::from(mesh.server()).accept(client);
+        let mut tls = match tokio::time::timeout(timeout, accept).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                tracing::info!(%direction, client = %client_addr, %error, "mTLS handshake failed");
+                self.metrics.refused(
+                    direction,
+                    Peer::Src,
+                    &Tls::DISABLED,
+                    target,
+                    CloseReason::error("tls_handshake", None),
+                );
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%direction, client = %client_addr, "mTLS handshake timed out");
+                self.metrics.refused(
+                    direction,
+                    Peer::Src,
+                    &Tls::DISABLED,
+                    target,
+                    CloseReason::error("tls_handshake", None),
+                );
+                return;
+            }
+        };
+        let client_id = linnet_tls::peer_identity(tls.get_ref().1);
+        let detected = tokio::select! {
+            r = linnet_detect::detect(&mut tls, timeout) => r,
+            _ = watch.closing() => return,
+        };
+        let detected = match detected {
+            Ok(d) => d,
+            Err(error) => {
+                tracing::info!(%direction, client = %client_addr, %error, "client failed inside mTLS");
+                return;
+            }
+        };
+        self.metrics
+            .detected(direction, detected.protocol.as_str(), "matched");
+        let version = match detected.protocol {
+            Protocol::Http1 => Some(linnet_http::Version::Http1),
+            Protocol::Http2 => Some(linnet_http::Version::Http2),
+            _ => None,
+        };
+        let inner = PrefixedIo::new(detected.buffered.freeze(), tls);
+        match version {
+            Some(version) => {
+                let route = Route::Target(self.upstream(target));
+                self.serve_http_as(
+                    inner,
+                    client_addr,
+                    version,
+                    target,
+                    route,
+                    Some(client_id),
+                    watch,
+                )
+                .await;
+            }
+            None => {
+                let label = Tls {
+                    status: "true",
+                    sni: None,
+                };
+                self.connect_and_relay(inner, client_addr, target, None, label, watch)
+                    .await;
+            }
+        }
+    }
+}
+
+impl HasTcp for PrefixedIo<tokio_rustls::server::TlsStream<PrefixedIo<TcpStream>>> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().get_ref().0.get_ref()
+    }
+}
+
 /// mTLS to a meshed peer expecting `id`; with `header_port`, the transport
 /// header naming it is sent first.
 async fn mesh_connect(
@@ -503,20 +608,48 @@ async fn mesh_connect(
 impl Forward {
     /// Serves an HTTP connection: requests go to the target through the
     /// shared upstream clients.
-    async fn serve_http(
+    async fn serve_http<C>(
         &self,
-        client: PrefixedIo<TcpStream>,
+        client: C,
         client_addr: SocketAddr,
         version: linnet_http::Version,
         target: SocketAddr,
         route: Route,
         watch: drain::Watch,
-    ) {
+    ) where
+        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.serve_http_as(client, client_addr, version, target, route, None, watch)
+            .await;
+    }
+
+    /// [`Self::serve_http`], for a client whose mesh identity (`client_id`)
+    /// was verified by mTLS, when it was.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_http_as<C>(
+        &self,
+        client: C,
+        client_addr: SocketAddr,
+        version: linnet_http::Version,
+        target: SocketAddr,
+        route: Route,
+        mtls: Option<Option<linnet_tls::Id>>,
+        watch: drain::Watch,
+    ) where
+        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let direction = self.direction;
-        let src = self
-            .metrics
-            .open(direction, Peer::Src, &Tls::DISABLED, target);
+        let tls = if mtls.is_some() {
+            Tls {
+                status: "true",
+                sni: None,
+            }
+        } else {
+            Tls::DISABLED
+        };
+        let src = self.metrics.open(direction, Peer::Src, &tls, target);
         let io = CountingIo::new(client, src);
+        let client_id = mtls.flatten().map(|id| id.to_string());
         let proxy = Proxy::new(
             route,
             self.in_flight.clone(),
@@ -524,8 +657,9 @@ impl Forward {
             version,
             self.http_metrics.clone(),
             direction,
-            Tls::DISABLED.status,
-        );
+            tls.status,
+        )
+        .with_client_id(client_id.as_deref());
         if let Err(error) = linnet_http::serve(io, version, proxy, &self.http, watch).await {
             tracing::debug!(%direction, client = %client_addr, %target, %error, "HTTP connection ended with an error");
         }
@@ -569,8 +703,24 @@ impl Forward {
 
     /// The shared clients for `target`.
     fn upstream(&self, target: SocketAddr) -> Arc<Upstream> {
+        self.upstream_for(target, None)
+    }
+
+    /// The shared clients for `target`, over mTLS expecting `peer` when
+    /// this proxy has an identity and the target has one.
+    fn upstream_for(&self, target: SocketAddr, peer: Option<&str>) -> Arc<Upstream> {
+        let peer = match (&self.mesh, peer) {
+            (Some(_), Some(p)) => linnet_tls::Id::parse(p)
+                .map_err(
+                    |error| tracing::warn!(%target, %error, "endpoint identity unusable; no mTLS"),
+                )
+                .ok()
+                .filter(|id| id.server_name().is_some()),
+            _ => None,
+        };
+        let key = (target, peer);
         let mut upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(u) = upstreams.get(&target) {
+        if let Some(u) = upstreams.get(&key) {
             return u.clone();
         }
         if upstreams.len() >= MAX_UPSTREAMS {
@@ -581,14 +731,31 @@ impl Forward {
             timeout: self.config.connect_timeout,
             keepalive: self.config.connect_keepalive,
         };
+        let tls = match (&self.mesh, &key.1) {
+            (Some(mesh), Some(id)) => match mesh.client(id, false) {
+                Ok(config) => id
+                    .server_name()
+                    .and_then(|n| linnet_tls::pki_types::ServerName::try_from(n.to_string()).ok())
+                    .map(|server_name| linnet_http::UpstreamTls {
+                        config,
+                        server_name,
+                    }),
+                Err(error) => {
+                    tracing::warn!(%target, %error, "cannot build the mTLS client config");
+                    None
+                }
+            },
+            _ => None,
+        };
         let u = Arc::new(Upstream::new(
             target,
             config,
             &self.http,
             self.metrics.clone(),
             self.direction,
+            tls,
         ));
-        upstreams.insert(target, u.clone());
+        upstreams.insert(key, u.clone());
         u
     }
 
@@ -716,7 +883,9 @@ impl Balance for BalancedRoute {
     fn pick(&self) -> BoxFuture<'_, Result<Arc<Upstream>, String>> {
         Box::pin(async move {
             let endpoint = self.balancer.pick().await.map_err(|e| e.to_string())?;
-            Ok(self.fwd.upstream(endpoint.addr))
+            Ok(self
+                .fwd
+                .upstream_for(endpoint.addr, endpoint.identity.as_deref()))
         })
     }
 }

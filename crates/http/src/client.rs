@@ -24,6 +24,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -31,6 +32,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
+use tokio_util::either::Either;
 
 /// The body of a request sent upstream: the client's, streamed (boxed, so
 /// that a size limit can be put in front of it).
@@ -40,6 +42,16 @@ pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, 
 const MAX_IDLE_PER_TARGET: usize = 64;
 /// How long an idle pooled connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// mTLS to a meshed target: the config (which checks the peer's
+/// identity) and the server name sent as SNI.
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    /// The client config.
+    pub config: Arc<linnet_tls::rustls::ClientConfig>,
+    /// The peer's identity as a server name.
+    pub server_name: linnet_tls::pki_types::ServerName<'static>,
+}
 
 /// How to reach a target.
 #[derive(Clone, Debug)]
@@ -71,6 +83,7 @@ impl Upstream {
         http: &HttpConfig,
         metrics: TcpMetrics,
         direction: Direction,
+        tls: Option<UpstreamTls>,
     ) -> Self {
         let connector = Connector {
             target,
@@ -78,6 +91,7 @@ impl Upstream {
             metrics,
             direction,
             absolute_form: false,
+            tls,
         };
         let mut h1 = Client::builder(TokioExecutor::new());
         h1.pool_timer(TokioTimer::new())
@@ -136,6 +150,8 @@ pub struct Connector {
     direction: Direction,
     /// Whether its connections carry absolute-form requests.
     absolute_form: bool,
+    /// mTLS, for a meshed target.
+    tls: Option<UpstreamTls>,
 }
 
 impl tower_service::Service<http::Uri> for Connector {
@@ -153,11 +169,47 @@ impl tower_service::Service<http::Uri> for Connector {
             let stream =
                 linnet_transport::connect(this.target, this.config.timeout, this.config.keepalive)
                     .await?;
-            let metrics = this
-                .metrics
-                .open(this.direction, Peer::Dst, &Tls::DISABLED, this.target);
+            let Some(tls) = this.tls else {
+                let metrics =
+                    this.metrics
+                        .open(this.direction, Peer::Dst, &Tls::DISABLED, this.target);
+                return Ok(TokioIo::new(UpstreamIo {
+                    io: CountingIo::new(Either::Left(stream), metrics),
+                    absolute_form: this.absolute_form,
+                }));
+            };
+            // The peer's identity is checked in the handshake, before a
+            // byte of the request is sent.
+            let handshake = tokio_rustls::TlsConnector::from(tls.config.clone())
+                .connect(tls.server_name.clone(), stream);
+            let failed = |e: io::Error| ConnectError::Io {
+                addr: this.target,
+                source: io::Error::new(
+                    e.kind(),
+                    format!("mTLS with {}: {e}", tls.server_name.to_str()),
+                ),
+            };
+            let stream = match tokio::time::timeout(this.config.timeout, handshake).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(failed(e)),
+                Err(_) => {
+                    return Err(failed(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "handshake timed out",
+                    )));
+                }
+            };
+            let metrics = this.metrics.open(
+                this.direction,
+                Peer::Dst,
+                &Tls {
+                    status: "true",
+                    sni: None,
+                },
+                this.target,
+            );
             Ok(TokioIo::new(UpstreamIo {
-                io: CountingIo::new(stream, metrics),
+                io: CountingIo::new(Either::Right(Box::new(stream)), metrics),
                 absolute_form: this.absolute_form,
             }))
         })
@@ -167,7 +219,7 @@ impl tower_service::Service<http::Uri> for Connector {
 /// A counted connection to a target.
 #[derive(Debug)]
 pub struct UpstreamIo {
-    io: CountingIo<TcpStream>,
+    io: CountingIo<Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>>,
     absolute_form: bool,
 }
 

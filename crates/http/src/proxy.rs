@@ -39,7 +39,13 @@ struct Inner {
     metrics: HttpMetrics,
     direction: Direction,
     tls: &'static str,
+    /// The client's verified mesh identity, for `l5d-client-id`.
+    client_id: Option<http::HeaderValue>,
 }
+
+/// The header naming the client's verified mesh identity, set by the
+/// inbound proxy (and only by it: a client's own is always removed).
+pub const L5D_CLIENT_ID: &str = "l5d-client-id";
 
 /// The bound on requests a listener handles at once, shared by all its
 /// connections. A request holds a permit until its response ends; when
@@ -121,7 +127,28 @@ impl Proxy {
                 metrics,
                 direction,
                 tls,
+                client_id: None,
             }),
+        }
+    }
+
+    /// Tells the application (inbound) who the client is: `id`, verified
+    /// by mTLS. Without it, no `l5d-client-id` reaches the application.
+    pub fn with_client_id(self, id: Option<&str>) -> Self {
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            last_labels: Default::default(),
+            route: shared.route.clone(),
+            in_flight: shared.in_flight.clone(),
+            max_body: shared.max_body,
+            version: shared.version,
+            metrics: shared.metrics.clone(),
+            direction: shared.direction,
+            tls: shared.tls,
+            client_id: shared.client_id.clone(),
+        });
+        inner.client_id = id.and_then(|id| http::HeaderValue::from_str(id).ok());
+        Self {
+            inner: Arc::new(inner),
         }
     }
 }
@@ -233,6 +260,13 @@ impl Inner {
         let labels = self.count_request(authority.as_ref(), target);
 
         headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+        if self.direction == Direction::Inbound {
+            // Only this proxy may say who the client is.
+            req.headers_mut().remove(L5D_CLIENT_ID);
+            if let Some(id) = &self.client_id {
+                req.headers_mut().insert(L5D_CLIENT_ID, id.clone());
+            }
+        }
         if matches!(self.route, Route::Explicit(_)) {
             // Credentials for this proxy are not the target's business.
             req.headers_mut().remove(http::header::PROXY_AUTHORIZATION);
