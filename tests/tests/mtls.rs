@@ -28,6 +28,16 @@ fn mesh(backend: std::net::SocketAddr, server_identity: &str, transport_port: u1
 }
 
 async fn meshed_proxy(plane: &ControlPlane, id: &str, token: &str, orig_dst: OrigDst) -> Proxy {
+    meshed_proxy_with(plane, id, token, orig_dst, &[]).await
+}
+
+async fn meshed_proxy_with(
+    plane: &ControlPlane,
+    id: &str,
+    token: &str,
+    orig_dst: OrigDst,
+    extra: &[(&str, &str)],
+) -> Proxy {
     let token_file = plane.dir().join(format!("token-{token}"));
     std::fs::write(&token_file, token).unwrap();
     let (addr, anchors, token_file) = (
@@ -35,18 +45,16 @@ async fn meshed_proxy(plane: &ControlPlane, id: &str, token: &str, orig_dst: Ori
         plane.trust_anchors(),
         token_file.display().to_string(),
     );
-    let p = Proxy::start(
-        orig_dst,
-        &[
-            ("LINNET_DESTINATION_SVC_ADDR", &addr),
-            ("LINNET_IDENTITY_SVC_ADDR", &addr),
-            ("LINNET_IDENTITY_LOCAL_NAME", id),
-            ("LINNET_IDENTITY_TOKEN_FILE", &token_file),
-            ("LINNET_IDENTITY_TRUST_ANCHORS", &anchors),
-            ("LINNET_INBOUND_DETECT_TIMEOUT", "1s"),
-        ],
-    )
-    .await;
+    let mut env = extra.to_vec();
+    env.extend_from_slice(&[
+        ("LINNET_DESTINATION_SVC_ADDR", &addr),
+        ("LINNET_IDENTITY_SVC_ADDR", &addr),
+        ("LINNET_IDENTITY_LOCAL_NAME", id),
+        ("LINNET_IDENTITY_TOKEN_FILE", &token_file),
+        ("LINNET_IDENTITY_TRUST_ANCHORS", &anchors),
+        ("LINNET_INBOUND_DETECT_TIMEOUT", "1s"),
+    ]);
+    let p = Proxy::start(orig_dst, &env).await;
     eventually("certified", Duration::from_secs(10), || async {
         (try_http(p.admin, "GET", "/ready", "").await.ok()?.0 == 200).then_some(())
     })
@@ -164,30 +172,7 @@ async fn refused_raw(m: &Mesh, bytes: &[u8]) -> bool {
 /// An mTLS client with a real certificate from the mesh's CA, to the
 /// server proxy's inbound port; sends `bytes` after the handshake.
 async fn mtls_then(m: &Mesh, bytes: &[u8], close: bool) -> bool {
-    use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
-    let dir = m.plane.dir();
-    let ca_key =
-        KeyPair::from_pem(&std::fs::read_to_string(dir.join("issuer.key")).unwrap()).unwrap();
-    let issuer = Issuer::from_ca_cert_pem(&m.plane.trust_anchors(), ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::default();
-    p.subject_alt_names = vec![SanType::DnsName(CLIENT.to_string().try_into().unwrap())];
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    let store = Arc::new(linnet_tls::CertStore::default());
-    store
-        .set(
-            vec![cert.der().clone()],
-            linnet_tls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    let anchors = TrustAnchors::from_pem(&m.plane.trust_anchors()).unwrap();
-    let config = client_config(
-        &anchors,
-        store,
-        Id::parse(SERVER).unwrap(),
-        vec![linnet_transport::header::ALPN.to_vec()],
-    )
-    .unwrap();
+    let config = test_client_config(&m.plane, vec![linnet_transport::header::ALPN.to_vec()]);
     let tcp = tokio::net::TcpStream::connect(m.server.inbound)
         .await
         .unwrap();
@@ -204,6 +189,32 @@ async fn mtls_then(m: &Mesh, bytes: &[u8], close: bool) -> bool {
         tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await,
         Ok(Ok(0) | Err(_))
     )
+}
+
+/// A client config with a certificate for CLIENT from the mesh's CA,
+/// expecting SERVER.
+fn test_client_config(
+    plane: &ControlPlane,
+    alpn: Vec<Vec<u8>>,
+) -> linnet_tls::rustls::ClientConfig {
+    use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
+    let dir = plane.dir();
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(dir.join("issuer.key")).unwrap()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&plane.trust_anchors(), ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.subject_alt_names = vec![SanType::DnsName(CLIENT.to_string().try_into().unwrap())];
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let store = Arc::new(linnet_tls::CertStore::default());
+    store
+        .set(
+            vec![cert.der().clone()],
+            linnet_tls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let anchors = TrustAnchors::from_pem(&plane.trust_anchors()).unwrap();
+    client_config(&anchors, store, Id::parse(SERVER).unwrap(), alpn).unwrap()
 }
 
 #[tokio::test]
@@ -343,4 +354,190 @@ async fn an_http_peer_with_the_wrong_identity_gets_502_and_nothing_is_sent() {
     let why = headers["l5d-proxy-error"].to_str().unwrap();
     assert!(why.contains("mTLS") && why.contains("impostor"), "{why}");
     assert!(backend.seen().is_empty());
+}
+
+/// A gRPC server answering `/t.T/Echo` with the request's bytes and the
+/// `l5d-client-id` it saw.
+async fn grpc_server() -> std::net::SocketAddr {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use linnet_test_support::grpc::{Msg, Raw};
+    struct Echo(String);
+    impl tonic::server::UnaryService<Msg> for Echo {
+        type Response = Msg;
+        type Future = std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<tonic::Response<Msg>, tonic::Status>>
+                    + Send,
+            >,
+        >;
+        fn call(&mut self, req: tonic::Request<Msg>) -> Self::Future {
+            let id = self.0.clone();
+            let m = req.into_inner();
+            Box::pin(async move {
+                Ok(tonic::Response::new(
+                    [m, b"|".to_vec(), id.into_bytes()].concat(),
+                ))
+            })
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let id = req
+                            .headers()
+                            .get("l5d-client-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        Ok::<_, std::convert::Infallible>(
+                            tonic::server::Grpc::new(Raw).unary(Echo(id), req).await,
+                        )
+                    },
+                );
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn grpc_crosses_the_mesh_over_mtls() {
+    use linnet_test_support::grpc::Raw;
+    let backend = grpc_server().await;
+    let vip = "10.96.0.5:80";
+    let yaml = |endpoint: std::net::SocketAddr| {
+        format!(
+            "identity:\n  tokens:\n    {SERVER}: s\n    {CLIENT}: c\n\
+             services:\n  grpc.test.svc.cluster.local:80:\n    addresses: [\"{vip}\"]\n    endpoints:\n      - addr: \"{endpoint}\"\n        identity: {SERVER}\n"
+        )
+    };
+    let plane = ControlPlane::start(&yaml("127.0.0.1:1".parse().unwrap())).await;
+    let server = meshed_proxy(&plane, SERVER, "s", OrigDst::Fixed(backend)).await;
+    plane.write(&yaml(server.inbound));
+    let client = meshed_proxy(&plane, CLIENT, "c", OrigDst::Fixed(vip.parse().unwrap())).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", client.outbound))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for i in 0..5u8 {
+        grpc.ready().await.unwrap();
+        let rsp = grpc
+            .unary(
+                tonic::Request::new(vec![i; 3]),
+                http::uri::PathAndQuery::from_static("/t.T/Echo"),
+                Raw,
+            )
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            rsp,
+            [vec![i; 3], b"|".to_vec(), CLIENT.as_bytes().to_vec()].concat()
+        );
+    }
+    let s = server.metrics().await;
+    assert_eq!(
+        s.sum(
+            "response_total",
+            &[
+                ("direction", "inbound"),
+                ("tls", "true"),
+                ("grpc_status", "0")
+            ]
+        ),
+        5.0,
+        "{}",
+        s.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_traffic_without_losing_a_request() {
+    use linnet_test_support::http::{HttpServer, collect, h1_client};
+    let backend = HttpServer::start().await;
+    let vip = "10.96.0.6:80";
+    let yaml = |endpoint: std::net::SocketAddr| {
+        format!(
+            "identity:\n  certificate_lifetime: 2s\n  clock_skew_allowance: 0s\n  tokens:\n    {SERVER}: s\n    {CLIENT}: c\n\
+             services:\n  web.test.svc.cluster.local:80:\n    addresses: [\"{vip}\"]\n    endpoints:\n      - addr: \"{endpoint}\"\n        identity: {SERVER}\n"
+        )
+    };
+    let plane = ControlPlane::start(&yaml("127.0.0.1:1".parse().unwrap())).await;
+    let fast = [("LINNET_IDENTITY_MIN_REFRESH", "200ms")];
+    let server = meshed_proxy_with(&plane, SERVER, "s", OrigDst::Fixed(backend.addr), &fast).await;
+    plane.write(&yaml(server.inbound));
+    let client = meshed_proxy_with(
+        &plane,
+        CLIENT,
+        "c",
+        OrigDst::Fixed(vip.parse().unwrap()),
+        &fast,
+    )
+    .await;
+    let h1 = h1_client();
+    eventually("traffic flows", Duration::from_secs(10), || async {
+        let rsp = h1
+            .get(
+                format!("http://{}/status/200", client.outbound)
+                    .parse()
+                    .unwrap(),
+            )
+            .await
+            .ok()?;
+        (collect(rsp).await.0 == 200).then_some(())
+    })
+    .await;
+
+    let config = Arc::new(test_client_config(&plane, Vec::new()));
+    let mut leaves = Vec::new();
+    let mut requests = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < deadline {
+        // Requests on pooled connections and on fresh ones: none may fail.
+        for fresh in [false, true] {
+            let c = if fresh { h1_client() } else { h1.clone() };
+            let rsp = c
+                .get(
+                    format!("http://{}/status/200", client.outbound)
+                        .parse()
+                        .unwrap(),
+                )
+                .await
+                .expect("a request failed during rotation");
+            assert_eq!(collect(rsp).await.0, 200);
+            requests += 1;
+        }
+        // What a new connection to the server side is shown now.
+        let tcp = tokio::net::TcpStream::connect(server.inbound)
+            .await
+            .unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(ServerName::try_from(SERVER).unwrap(), tcp)
+            .await
+            .expect("a handshake failed during rotation");
+        let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        if leaves.last() != Some(&leaf) {
+            leaves.push(leaf);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(requests > 20);
+    // 2s certificates renewed at 70%: at least three in six seconds, each
+    // new connection shown the certificate in force.
+    assert!(leaves.len() >= 3, "{} certificates seen", leaves.len());
+    let m = server.metrics().await;
+    assert!(
+        m.sum("identity_cert_refresh_total", &[("result", "ok")]) >= 3.0,
+        "{}",
+        m.0
+    );
 }
