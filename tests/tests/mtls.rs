@@ -299,7 +299,12 @@ async fn http_crosses_the_mesh_over_mtls_with_the_client_identity() {
     assert!(
         c.sum(
             "tcp_open_total",
-            &[("direction", "outbound"), ("peer", "dst"), ("tls", "true")]
+            &[
+                ("direction", "outbound"),
+                ("peer", "dst"),
+                ("tls", "true"),
+                ("server_id", SERVER)
+            ]
         ) >= 1.0,
         "{}",
         c.0
@@ -308,7 +313,12 @@ async fn http_crosses_the_mesh_over_mtls_with_the_client_identity() {
     assert!(
         s.sum(
             "tcp_open_total",
-            &[("direction", "inbound"), ("peer", "src"), ("tls", "true")]
+            &[
+                ("direction", "inbound"),
+                ("peer", "src"),
+                ("tls", "true"),
+                ("client_id", CLIENT)
+            ]
         ) >= 1.0,
         "{}",
         s.0
@@ -316,7 +326,11 @@ async fn http_crosses_the_mesh_over_mtls_with_the_client_identity() {
     assert!(
         s.sum(
             "request_total",
-            &[("direction", "inbound"), ("tls", "true")]
+            &[
+                ("direction", "inbound"),
+                ("tls", "true"),
+                ("client_id", CLIENT)
+            ]
         ) >= 2.0,
         "{}",
         s.0

@@ -169,6 +169,7 @@ impl Forward {
             Protocol::Tls { sni } => Tls {
                 status: "opaque",
                 sni: sni.as_deref().map(Arc::from),
+                peer_id: None,
             },
             _ => Tls::DISABLED,
         };
@@ -245,11 +246,8 @@ impl Forward {
             },
             _ => None,
         };
-        let dst_tls = if meshed.is_some() {
-            Tls {
-                status: "true",
-                sni: None,
-            }
+        let dst_tls = if let Some((_, id)) = &meshed {
+            Tls::mesh(Some(Arc::from(id.to_string())))
         } else {
             tls.clone()
         };
@@ -467,10 +465,7 @@ impl Forward {
             );
         }
         tracing::debug!(%direction, client = %client_addr, client_id = ?client_id, %target, "meshed opaque connection");
-        let tls_label = Tls {
-            status: "true",
-            sni: None,
-        };
+        let tls_label = Tls::mesh(client_id.as_ref().map(|id| Arc::from(id.to_string())));
         self.connect_and_relay(tls, client_addr, target, None, tls_label, watch)
             .await;
     }
@@ -553,10 +548,7 @@ impl Forward {
                 .await;
             }
             None => {
-                let label = Tls {
-                    status: "true",
-                    sni: None,
-                };
+                let label = Tls::mesh(client_id.as_ref().map(|id| Arc::from(id.to_string())));
                 self.connect_and_relay(inner, client_addr, target, None, label, watch)
                     .await;
             }
@@ -639,11 +631,8 @@ impl Forward {
         C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let direction = self.direction;
-        let tls = if mtls.is_some() {
-            Tls {
-                status: "true",
-                sni: None,
-            }
+        let tls = if let Some(id) = &mtls {
+            Tls::mesh(id.as_ref().map(|id| Arc::from(id.to_string())))
         } else {
             Tls::DISABLED
         };

@@ -202,10 +202,9 @@ impl tower_service::Service<http::Uri> for Connector {
             let metrics = this.metrics.open(
                 this.direction,
                 Peer::Dst,
-                &Tls {
-                    status: "true",
-                    sni: None,
-                },
+                &Tls::mesh(Some(std::sync::Arc::from(
+                    tls.server_name.to_str().as_ref(),
+                ))),
                 this.target,
             );
             Ok(TokioIo::new(UpstreamIo {

@@ -41,6 +41,8 @@ struct Inner {
     tls: &'static str,
     /// The client's verified mesh identity, for `l5d-client-id`.
     client_id: Option<http::HeaderValue>,
+    /// The same, for metric labels.
+    client_id_label: Option<Arc<str>>,
 }
 
 /// The header naming the client's verified mesh identity, set by the
@@ -128,6 +130,7 @@ impl Proxy {
                 direction,
                 tls,
                 client_id: None,
+                client_id_label: None,
             }),
         }
     }
@@ -145,8 +148,10 @@ impl Proxy {
             direction: shared.direction,
             tls: shared.tls,
             client_id: shared.client_id.clone(),
+            client_id_label: shared.client_id_label.clone(),
         });
         inner.client_id = id.and_then(|id| http::HeaderValue::from_str(id).ok());
+        inner.client_id_label = id.map(Arc::from);
         Self {
             inner: Arc::new(inner),
         }
@@ -401,7 +406,8 @@ impl Inner {
             }
             _ => {
                 let labels =
-                    HttpMetrics::labels(self.direction, Arc::from(authority), target, self.tls);
+                    HttpMetrics::labels(self.direction, Arc::from(authority), target, self.tls)
+                        .with_client_id(self.client_id_label.clone());
                 let m = self.metrics.labeled(labels);
                 *last = Some(m.clone());
                 m

@@ -36,6 +36,16 @@ pub struct RequestLabels {
     pub target_addr: AddrLabel,
     /// TLS status of the connection.
     pub tls: &'static str,
+    /// The client's verified mesh identity (inbound, over mTLS).
+    pub client_id: Option<Arc<str>>,
+}
+
+impl RequestLabels {
+    /// The same, with the client's verified identity.
+    pub fn with_client_id(mut self, id: Option<Arc<str>>) -> Self {
+        self.client_id = id;
+        self
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,6 +131,7 @@ impl HttpMetrics {
             authority,
             target_addr: AddrLabel(target),
             tls,
+            client_id: None,
         }
     }
 
@@ -260,8 +271,7 @@ mod tests {
             Duration::from_millis(30),
         );
         let text = crate::encode(&registry);
-        let base =
-            r#"direction="outbound",authority="web:80",target_addr="10.0.0.1:80",tls="disabled""#;
+        let base = r#"direction="outbound",authority="web:80",target_addr="10.0.0.1:80",tls="disabled",client_id="""#;
         for line in [
             format!("request_total{{{base}}} 2"),
             format!(

@@ -44,6 +44,10 @@ pub struct TcpLabels {
     pub tls: &'static str,
     /// The server name a passed-through TLS client asked for (SNI).
     pub sni: Option<Arc<str>>,
+    /// The client's verified mesh identity (inbound, mTLS).
+    pub client_id: Option<Arc<str>>,
+    /// The server's verified mesh identity (outbound, mTLS).
+    pub server_id: Option<Arc<str>>,
     /// The original destination the connection was for.
     pub target_addr: AddrLabel,
 }
@@ -63,6 +67,9 @@ pub struct Tls {
     pub status: &'static str,
     /// The SNI, for passed-through TLS.
     pub sni: Option<Arc<str>>,
+    /// The peer's verified mesh identity: the client's inbound, the
+    /// server's outbound.
+    pub peer_id: Option<Arc<str>>,
 }
 
 impl Tls {
@@ -70,7 +77,18 @@ impl Tls {
     pub const DISABLED: Tls = Tls {
         status: "disabled",
         sni: None,
+        peer_id: None,
     };
+
+    /// Mesh mTLS with a peer whose identity was verified (if it showed
+    /// one).
+    pub fn mesh(peer_id: Option<Arc<str>>) -> Tls {
+        Tls {
+            status: "true",
+            sni: None,
+            peer_id,
+        }
+    }
 }
 
 /// The label set of a closed connection: why it closed, when it failed.
@@ -262,6 +280,14 @@ impl TcpMetrics {
             peer,
             tls: tls.status,
             sni: tls.sni.clone(),
+            client_id: match direction {
+                Direction::Inbound => tls.peer_id.clone(),
+                Direction::Outbound => None,
+            },
+            server_id: match direction {
+                Direction::Outbound => tls.peer_id.clone(),
+                Direction::Inbound => None,
+            },
             target_addr: AddrLabel(target),
         };
         self.open_total.get_or_create(&labels).inc();
@@ -329,10 +355,7 @@ mod tests {
     use super::*;
 
     fn disabled() -> Tls {
-        Tls {
-            status: "disabled",
-            sni: None,
-        }
+        Tls::DISABLED
     }
 
     #[test]
@@ -344,7 +367,7 @@ mod tests {
         conn.read_bytes.inc_by(10);
         conn.write_bytes.inc_by(7);
         let text = crate::encode(&registry);
-        assert!(text.contains(r#"tcp_open_connections{direction="outbound",peer="dst",tls="disabled",sni="",target_addr="10.0.0.1:80"} 1"#), "{text}");
+        assert!(text.contains(r#"tcp_open_connections{direction="outbound",peer="dst",tls="disabled",sni="",client_id="",server_id="",target_addr="10.0.0.1:80"} 1"#), "{text}");
         conn.close(CloseReason::error(
             "io",
             Some(&std::io::Error::from_raw_os_error(104)),
@@ -359,12 +382,12 @@ mod tests {
         tcp.accept_error(Direction::Inbound, &std::io::Error::from_raw_os_error(24));
         let text = crate::encode(&registry);
         for line in [
-            r#"tcp_open_total{direction="outbound",peer="dst",tls="disabled",sni="",target_addr="10.0.0.1:80"} 1"#,
-            r#"tcp_open_connections{direction="outbound",peer="dst",tls="disabled",sni="",target_addr="10.0.0.1:80"} 0"#,
-            r#"tcp_read_bytes_total{direction="outbound",peer="dst",tls="disabled",sni="",target_addr="10.0.0.1:80"} 10"#,
-            r#"tcp_write_bytes_total{direction="outbound",peer="dst",tls="disabled",sni="",target_addr="10.0.0.1:80"} 7"#,
-            r#"tcp_close_total{direction="outbound",peer="dst",tls="disabled",sni="",target_addr="10.0.0.1:80",error="io",errno="ECONNRESET"} 1"#,
-            r#"tcp_close_total{direction="inbound",peer="src",tls="disabled",sni="",target_addr="10.0.0.1:80",error="loop",errno=""} 1"#,
+            r#"tcp_open_total{direction="outbound",peer="dst",tls="disabled",sni="",client_id="",server_id="",target_addr="10.0.0.1:80"} 1"#,
+            r#"tcp_open_connections{direction="outbound",peer="dst",tls="disabled",sni="",client_id="",server_id="",target_addr="10.0.0.1:80"} 0"#,
+            r#"tcp_read_bytes_total{direction="outbound",peer="dst",tls="disabled",sni="",client_id="",server_id="",target_addr="10.0.0.1:80"} 10"#,
+            r#"tcp_write_bytes_total{direction="outbound",peer="dst",tls="disabled",sni="",client_id="",server_id="",target_addr="10.0.0.1:80"} 7"#,
+            r#"tcp_close_total{direction="outbound",peer="dst",tls="disabled",sni="",client_id="",server_id="",target_addr="10.0.0.1:80",error="io",errno="ECONNRESET"} 1"#,
+            r#"tcp_close_total{direction="inbound",peer="src",tls="disabled",sni="",client_id="",server_id="",target_addr="10.0.0.1:80",error="loop",errno=""} 1"#,
             r#"tcp_accept_errors_total{direction="inbound",errno="EMFILE"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
@@ -379,6 +402,6 @@ mod tests {
         drop(tcp.open(Direction::Inbound, Peer::Src, &disabled(), target));
         let text = crate::encode(&registry);
         assert!(text.contains(r#"error="dropped",errno=""} 1"#), "{text}");
-        assert!(text.contains(r#"tcp_open_connections{direction="inbound",peer="src",tls="disabled",sni="",target_addr="10.0.0.1:80"} 0"#));
+        assert!(text.contains(r#"tcp_open_connections{direction="inbound",peer="src",tls="disabled",sni="",client_id="",server_id="",target_addr="10.0.0.1:80"} 0"#));
     }
 }
