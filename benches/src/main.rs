@@ -35,7 +35,7 @@ use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
-use topology::{Dirs, HaMode, ProxyCmd, Topology};
+use topology::{Dirs, HaMode, MeshKind, ProxyCmd, Topology};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -79,6 +79,9 @@ struct Args {
     /// Extra environment for the proxy under test, as NAME=VALUE.
     #[arg(long = "proxy-env")]
     proxy_env: Vec<String>,
+    /// Run the mesh and HAProxy scenarios in plaintext instead of mTLS.
+    #[arg(long)]
+    plaintext: bool,
     /// Where results go (default: `target/bench`).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -236,6 +239,8 @@ struct Harness {
     load: Load,
     http_backend: SocketAddr,
     grpc_backend: Option<SocketAddr>,
+    /// The `linnet` binary, for `linnet control` in the mTLS mesh.
+    control: Option<PathBuf>,
     rt: tokio::runtime::Runtime,
     _backends: Vec<procs::Proc>,
 }
@@ -280,6 +285,7 @@ fn bench(args: &Args) -> Result<()> {
         tcp_duration_s: secs(args.duration, 3.0, 1.0).as_secs_f64(),
         repeats: args.repeats.unwrap_or(if quick { 1 } else { 3 }).max(1),
         connections: args.connections.max(1),
+        mtls: !args.plaintext,
         proxy: String::new(),
     };
 
@@ -355,6 +361,7 @@ fn bench(args: &Args) -> Result<()> {
         },
         http_backend,
         grpc_backend,
+        control: linnet_beside(&exe),
         rt: tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -427,9 +434,22 @@ impl Harness {
             Scenario::Direct | Scenario::Http2Direct => Ok(Topology::direct(http)),
             Scenario::GrpcDirect => Ok(Topology::direct(grpc()?)),
             Scenario::Outbound => Topology::linnet(&self.proxy, 1, http, &self.dirs),
-            Scenario::Mesh | Scenario::Http2 => Topology::linnet(&self.proxy, 2, http, &self.dirs),
-            Scenario::Grpc => Topology::linnet(&self.proxy, 2, grpc()?, &self.dirs),
-            Scenario::Haproxy => Topology::haproxy(HaMode::Http, 2, http, &self.dirs),
+            Scenario::Mesh | Scenario::Http2 => self.mesh(MeshKind::Http, http),
+            Scenario::Grpc => self.mesh(MeshKind::Http, grpc()?),
+            Scenario::Haproxy => {
+                Topology::haproxy(HaMode::Http, 2, http, self.settings.mtls, &self.dirs)
+            }
+        }
+    }
+
+    /// Two sidecars: over mTLS with identities from `linnet control`, or
+    /// in plaintext with `--plaintext`.
+    fn mesh(&self, kind: MeshKind, target: SocketAddr) -> Result<Topology> {
+        match (&self.control, self.settings.mtls) {
+            (Some(control), true) => {
+                Topology::linnet_mtls(&self.proxy, control, kind, target, &self.dirs)
+            }
+            _ => Topology::linnet(&self.proxy, 2, target, &self.dirs),
         }
     }
 
@@ -494,9 +514,11 @@ impl Harness {
         let mut topo = match path {
             TcpPath::Direct => Topology::direct(addr),
             TcpPath::Outbound => Topology::linnet(&self.proxy, 1, addr, &self.dirs)?,
-            TcpPath::Mesh => Topology::linnet(&self.proxy, 2, addr, &self.dirs)?,
-            TcpPath::HaproxyHop => Topology::haproxy(HaMode::Tcp, 1, addr, &self.dirs)?,
-            TcpPath::Haproxy => Topology::haproxy(HaMode::Tcp, 2, addr, &self.dirs)?,
+            TcpPath::Mesh => self.mesh(MeshKind::Opaque, addr)?,
+            TcpPath::HaproxyHop => Topology::haproxy(HaMode::Tcp, 1, addr, false, &self.dirs)?,
+            TcpPath::Haproxy => {
+                Topology::haproxy(HaMode::Tcp, 2, addr, self.settings.mtls, &self.dirs)?
+            }
         };
         let idle = memory(&topo.proxies)?;
         let cpu_before = cpu(&topo.proxies)?;
@@ -650,4 +672,10 @@ fn find_or_install_oha() -> Result<PathBuf> {
         bail!("cargo install oha failed");
     }
     find().context("oha installed but not found on the PATH or in cargo's bin directory")
+}
+
+/// The `linnet` binary beside this one, if built.
+fn linnet_beside(exe: &Path) -> Option<PathBuf> {
+    let p = exe.parent()?.join("linnet");
+    p.is_file().then_some(p)
 }

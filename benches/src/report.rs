@@ -20,6 +20,8 @@ pub(crate) struct Settings {
     pub(crate) tcp_duration_s: f64,
     pub(crate) repeats: usize,
     pub(crate) connections: u32,
+    /// Whether the mesh and HAProxy scenarios use mTLS between the hops.
+    pub(crate) mtls: bool,
     /// The proxy under test, as a command line with its extra environment.
     pub(crate) proxy: String,
 }
@@ -366,7 +368,7 @@ impl Report {
         let st = &self.settings;
         let _ = writeln!(
             s,
-            "Machine: {} cores ({}), Linux {}. Proxy under test: `{}`; {}, one thread per proxy process. \
+            "Machine: {} cores ({}), Linux {}. Proxy under test: `{}`; {}, one thread per proxy process; {}. \
              Load: {}, {} connections, {} s measured after {} s warm-up, {} repeat(s) interleaved; \
              figures are the median of the repeats with (min–max). Commit {}.\n",
             m.cores,
@@ -374,6 +376,11 @@ impl Report {
             m.kernel,
             st.proxy,
             m.haproxy,
+            if st.mtls {
+                "mesh and HAProxy hops talk TLS 1.3 with client certificates (mTLS)"
+            } else {
+                "mesh and HAProxy hops in plaintext"
+            },
             m.oha,
             st.connections,
             st.duration_s,

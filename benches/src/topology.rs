@@ -29,6 +29,9 @@ pub(crate) struct Topology {
     pub(crate) entry: SocketAddr,
     /// Proxies, client side first.
     pub(crate) proxies: Vec<Proc>,
+    /// Processes that are not measured (a control plane), kept running
+    /// for as long as the topology.
+    pub(crate) _others: Vec<Proc>,
 }
 
 /// HAProxy's mode.
@@ -44,6 +47,7 @@ impl Topology {
         Self {
             entry: target,
             proxies: Vec::new(),
+            _others: Vec::new(),
         }
     }
 
@@ -70,14 +74,18 @@ impl Topology {
         Ok(Self {
             entry: outbound,
             proxies,
+            _others: Vec::new(),
         })
     }
 
     /// The same shapes with HAProxy, one thread per process.
+    /// With `mtls` (two hops only), the hops speak TLS 1.3 with client
+    /// certificates to each other, as in the baseline set-up.
     pub(crate) fn haproxy(
         mode: HaMode,
         hops: usize,
         target: SocketAddr,
+        mtls: bool,
         dirs: &Dirs,
     ) -> Result<Self> {
         let mut proxies = Vec::new();
@@ -87,10 +95,19 @@ impl Topology {
         } else {
             &["haproxy"]
         };
+        let certs = dirs.work.join("haproxy-certs");
+        if mtls && hops >= 2 {
+            haproxy_certs(&certs)?;
+        }
         for name in names {
             let listen = procs::free_addr()?;
             let cfg = dirs.work.join(format!("{name}.cfg"));
-            std::fs::write(&cfg, haproxy_config(mode, listen, entry))?;
+            let tls = match (mtls && hops >= 2, *name) {
+                (true, "haproxy-in") => HaTls::Server(certs.clone()),
+                (true, "haproxy-out") => HaTls::Client(certs.clone()),
+                _ => HaTls::None,
+            };
+            std::fs::write(&cfg, haproxy_config(mode, listen, entry, &tls))?;
             let mut p = vec![Proc::spawn(
                 name,
                 Command::new("haproxy").arg("-db").arg("-f").arg(&cfg),
@@ -102,7 +119,11 @@ impl Topology {
             proxies.insert(0, p.remove(0));
             entry = listen;
         }
-        Ok(Self { entry, proxies })
+        Ok(Self {
+            entry,
+            proxies,
+            _others: Vec::new(),
+        })
     }
 }
 
@@ -121,11 +142,31 @@ fn start_proxy(
     target: SocketAddr,
     dirs: &Dirs,
 ) -> Result<(Proc, SocketAddr)> {
-    let (outbound, inbound, admin) = (
+    start_proxy_with(cmd, name, side, None, Some(target), &[], dirs)
+}
+
+/// [`start_proxy`] with the `side` listener at `listen` (any free port
+/// when `None`), an original destination only when `orig_dst` is given,
+/// and `env` on top.
+fn start_proxy_with(
+    cmd: &ProxyCmd,
+    name: &str,
+    side: Side,
+    listen: Option<SocketAddr>,
+    orig_dst: Option<SocketAddr>,
+    env: &[(String, String)],
+    dirs: &Dirs,
+) -> Result<(Proc, SocketAddr)> {
+    let (mut outbound, mut inbound, admin) = (
         procs::free_addr()?,
         procs::free_addr()?,
         procs::free_addr()?,
     );
+    match (side, listen) {
+        (Side::Outbound, Some(l)) => outbound = l,
+        (Side::Inbound, Some(l)) => inbound = l,
+        _ => {}
+    }
     let mut c = Command::new(&cmd.program);
     c.args(&cmd.args)
         // Linkerd's names, which Linnet reads too, so that other proxies
@@ -139,8 +180,10 @@ fn start_proxy(
         Side::Outbound => ("LINKERD2_PROXY_OUTBOUND_ORIG_DST_ADDR", outbound),
         Side::Inbound => ("LINKERD2_PROXY_INBOUND_ORIG_DST_ADDR", inbound),
     };
-    c.env(orig_dst_var, target.to_string());
-    for (k, v) in &cmd.env {
+    if let Some(target) = orig_dst {
+        c.env(orig_dst_var, target.to_string());
+    }
+    for (k, v) in env.iter().chain(&cmd.env) {
         c.env(k, v);
     }
     let mut p = vec![Proc::spawn(name, &mut c, &dirs.logs)?];
@@ -150,16 +193,218 @@ fn start_proxy(
     Ok((p.remove(0), listen))
 }
 
-fn haproxy_config(mode: HaMode, listen: SocketAddr, target: SocketAddr) -> String {
+/// What a meshed topology carries between its proxies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MeshKind {
+    /// HTTP: the client side's outbound to the server side's inbound
+    /// (which forwards to the application), mTLS between them.
+    Http,
+    /// Opaque TCP: to the server side's inbound port with a transport
+    /// header, inside mTLS.
+    Opaque,
+}
+
+const CLIENT_ID: &str = "client.bench.serviceaccount.identity.linkerd.cluster.local";
+const SERVER_ID: &str = "server.bench.serviceaccount.identity.linkerd.cluster.local";
+
+impl Topology {
+    /// Two sidecars with identities from `linnet control` (started here,
+    /// from `control`), talking mTLS: the real sidecar-to-sidecar path.
+    pub(crate) fn linnet_mtls(
+        cmd: &ProxyCmd,
+        control: &std::path::Path,
+        kind: MeshKind,
+        target: SocketAddr,
+        dirs: &Dirs,
+    ) -> Result<Self> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let work = dirs.work.join(format!("mesh-{n}"));
+        std::fs::create_dir_all(&work)?;
+        for (who, token) in [("client", "client-token"), ("server", "server-token")] {
+            std::fs::write(work.join(format!("token-{who}")), token)?;
+        }
+        let inbound = procs::free_addr()?;
+        let vip: SocketAddr = "10.96.0.1:80".parse()?;
+        let endpoint = match kind {
+            MeshKind::Http => {
+                format!("      - addr: \"{inbound}\"\n        identity: {SERVER_ID}\n")
+            }
+            MeshKind::Opaque => format!(
+                "      - addr: \"{target}\"\n        identity: {SERVER_ID}\n        protocol: opaque\n        opaque_transport_port: {}\n",
+                inbound.port()
+            ),
+        };
+        let profile = if kind == MeshKind::Opaque {
+            "    profile: {opaque: true}\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            work.join("mesh.yaml"),
+            format!(
+                "identity:\n  tokens:\n    {CLIENT_ID}: client-token\n    {SERVER_ID}: server-token\n\
+                 services:\n  bench.bench.svc.cluster.local:80:\n    addresses: [\"{vip}\"]\n{profile}    endpoints:\n{endpoint}"
+            ),
+        )?;
+        let (grpc, admin) = (procs::free_addr()?, procs::free_addr()?);
+        let mut others = vec![Proc::spawn(
+            &format!("control-{n}"),
+            Command::new(control)
+                .arg("control")
+                .arg("--config")
+                .arg(work.join("mesh.yaml"))
+                .arg("--listen")
+                .arg(grpc.to_string())
+                .arg("--admin-listen")
+                .arg(admin.to_string())
+                .args(["--reload-interval", "1h", "--log", "warn"]),
+            &dirs.logs,
+        )?];
+        procs::wait_until("linnet control", &mut others, START_TIMEOUT, || {
+            procs::admin_ready(admin)
+        })?;
+        let anchors = std::fs::read_to_string(work.join("issuer.crt"))
+            .context("linnet control wrote no issuer certificate")?;
+        let identity = |who: &str, id: &str| -> Vec<(String, String)> {
+            vec![
+                ("LINKERD2_PROXY_IDENTITY_SVC_ADDR".into(), grpc.to_string()),
+                ("LINKERD2_PROXY_IDENTITY_LOCAL_NAME".into(), id.to_string()),
+                (
+                    "LINKERD2_PROXY_IDENTITY_TOKEN_FILE".into(),
+                    work.join(format!("token-{who}")).display().to_string(),
+                ),
+                (
+                    "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS".into(),
+                    anchors.clone(),
+                ),
+            ]
+        };
+        // The server side: HTTP arrives redirected (its original
+        // destination is the application); opaque traffic arrives on the
+        // inbound port itself, with a transport header.
+        let inbound_orig = match kind {
+            MeshKind::Http => Some(target),
+            MeshKind::Opaque => None,
+        };
+        let (server, _) = start_proxy_with(
+            cmd,
+            &format!("inbound-{n}"),
+            Side::Inbound,
+            Some(inbound),
+            inbound_orig,
+            &identity("server", SERVER_ID),
+            dirs,
+        )?;
+        let mut env = identity("client", CLIENT_ID);
+        env.push((
+            "LINKERD2_PROXY_DESTINATION_SVC_ADDR".into(),
+            grpc.to_string(),
+        ));
+        let (client, entry) = start_proxy_with(
+            cmd,
+            &format!("outbound-{n}"),
+            Side::Outbound,
+            None,
+            Some(vip),
+            &env,
+            dirs,
+        )?;
+        let mut client = client;
+        client.name = "outbound".into();
+        let mut server = server;
+        server.name = "inbound".into();
+        Ok(Self {
+            entry,
+            proxies: vec![client, server],
+            _others: others,
+        })
+    }
+}
+
+/// Certificates for HAProxy's mTLS (a throwaway CA, a server certificate
+/// for `server.mesh.local`, a client certificate), written under `dir`.
+pub(crate) fn haproxy_certs(dir: &std::path::Path) -> Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    if dir.join("ca.pem").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "bench CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
+    let issuer = Issuer::new(ca, ca_key);
+    for (file, eku, names) in [
+        (
+            "server.pem",
+            ExtendedKeyUsagePurpose::ServerAuth,
+            vec!["server.mesh.local".to_string()],
+        ),
+        (
+            "client.pem",
+            ExtendedKeyUsagePurpose::ClientAuth,
+            vec!["client.mesh.local".to_string()],
+        ),
+    ] {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(names)?;
+        p.extended_key_usages = vec![eku];
+        let cert = p.signed_by(&key, &issuer)?;
+        std::fs::write(
+            dir.join(file),
+            format!("{}{}", cert.pem(), key.serialize_pem()),
+        )?;
+    }
+    Ok(())
+}
+
+/// TLS on one side of an HAProxy hop, per the baseline set-up.
+#[derive(Clone, Debug)]
+enum HaTls {
+    None,
+    /// The client-side hop's connection to its peer.
+    Client(std::path::PathBuf),
+    /// The server-side hop's listener.
+    Server(std::path::PathBuf),
+}
+
+fn haproxy_config(mode: HaMode, listen: SocketAddr, target: SocketAddr, tls: &HaTls) -> String {
     let (mode, reuse) = match mode {
         HaMode::Http => ("http", "  http-reuse always\n"),
         HaMode::Tcp => ("tcp", ""),
     };
+    let bind_tls = match tls {
+        HaTls::Server(d) => format!(
+            " ssl crt {} ca-file {} verify required ssl-min-ver TLSv1.3",
+            d.join("server.pem").display(),
+            d.join("ca.pem").display()
+        ),
+        _ => String::new(),
+    };
+    let server_tls = match tls {
+        HaTls::Client(d) => format!(
+            " ssl ssl-min-ver TLSv1.3 crt {} ca-file {} verify required sni str(server.mesh.local) verifyhost server.mesh.local",
+            d.join("client.pem").display(),
+            d.join("ca.pem").display()
+        ),
+        _ => String::new(),
+    };
     format!(
         "global\n  nbthread 1\n  maxconn 4096\n\
          defaults\n  mode {mode}\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout http-keep-alive 60s\n\
-         frontend front\n  bind {listen}\n  default_backend back\n\
-         backend back\n{reuse}  server s1 {target}\n"
+         frontend front\n  bind {listen}{bind_tls}\n  default_backend back\n\
+         backend back\n{reuse}  server s1 {target}{server_tls}\n"
     )
 }
 
