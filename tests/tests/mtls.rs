@@ -285,8 +285,47 @@ async fn http_crosses_the_mesh_over_mtls_with_the_client_identity() {
     let (status, _, _, _) = collect(h2.request(req()).await.unwrap()).await;
     assert_eq!(status, 200);
 
+    // l5d-require-id: the right identity passes, any other is refused
+    // before the request leaves.
+    let require = |id: &str| {
+        hyper::Request::get(format!("http://{}/status/200", client.outbound))
+            .header("l5d-require-id", id)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let (status, _, _, _) = collect(h1.request(require(SERVER)).await.unwrap()).await;
+    assert_eq!(status, 200);
+    let before = backend.seen().len();
+    let (status, headers, _, _) = collect(
+        h1.request(require(
+            "other.test.serviceaccount.identity.linkerd.cluster.local",
+        ))
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 502);
+    assert!(
+        headers["l5d-proxy-error"]
+            .to_str()
+            .unwrap()
+            .contains("l5d-require-id")
+    );
+    assert_eq!(
+        backend.seen().len(),
+        before,
+        "a refused request reached the application"
+    );
+    assert!(
+        backend
+            .seen()
+            .iter()
+            .all(|s| !s.headers.contains_key("l5d-require-id")),
+        "l5d-require-id is the proxy's, not the application's"
+    );
+
     let seen = backend.seen();
-    assert!(seen.len() >= 2);
+    assert!(seen.len() >= 3);
     for s in &seen {
         let ids: Vec<_> = s.headers.get_all("l5d-client-id").iter().collect();
         assert_eq!(ids.len(), 1, "{:?}", s.headers);

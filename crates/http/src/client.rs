@@ -66,6 +66,8 @@ pub struct ConnectConfig {
 #[derive(Debug)]
 pub struct Upstream {
     target: SocketAddr,
+    /// The identity the target must prove over mTLS, when meshed.
+    peer_identity: Option<String>,
     h1: Client<Connector, RequestBody>,
     /// HTTP/1 for requests that arrived in absolute form
     /// (`GET http://host/path`): its connections are marked as proxied, so
@@ -112,6 +114,10 @@ impl Upstream {
             .http2_keep_alive_timeout(http.http2_keepalive_timeout);
         Self {
             target,
+            peer_identity: connector
+                .tls
+                .as_ref()
+                .map(|t| t.server_name.to_str().into_owned()),
             h1: h1.build(connector.clone()),
             h1_absolute: h1.build(Connector {
                 absolute_form: true,
@@ -119,6 +125,11 @@ impl Upstream {
             }),
             h2: h2.build(connector),
         }
+    }
+
+    /// The identity the target proves over mTLS, when it is meshed.
+    pub fn peer_identity(&self) -> Option<&str> {
+        self.peer_identity.as_deref()
     }
 
     /// The target.

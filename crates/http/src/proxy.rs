@@ -45,6 +45,9 @@ struct Inner {
     client_id_label: Option<Arc<str>>,
 }
 
+/// A client's demand that the peer prove this identity (outbound).
+pub const L5D_REQUIRE_ID: &str = "l5d-require-id";
+
 /// The header naming the client's verified mesh identity, set by the
 /// inbound proxy (and only by it: a client's own is always removed).
 pub const L5D_CLIENT_ID: &str = "l5d-client-id";
@@ -263,6 +266,31 @@ impl Inner {
         };
         let target = upstream.target();
         let labels = self.count_request(authority.as_ref(), target);
+        if self.direction == Direction::Outbound {
+            // The client insists on a peer identity: only an mTLS peer
+            // proving exactly it will do.
+            if let Some(required) = req.headers_mut().remove(L5D_REQUIRE_ID) {
+                let required = required.to_str().unwrap_or_default().trim();
+                let proven = upstream.peer_identity();
+                if !proven.is_some_and(|p| p.eq_ignore_ascii_case(required)) {
+                    let message = match proven {
+                        Some(p) => format!("l5d-require-id: {target} is {p}, not {required}"),
+                        None => {
+                            format!("l5d-require-id: {target} is not meshed, so not {required}")
+                        }
+                    };
+                    tracing::info!(direction = %self.direction, %target, %message, "request refused");
+                    let rescued = rescue::respond(
+                        StatusCode::BAD_GATEWAY,
+                        rescue::GRPC_UNAVAILABLE,
+                        "require_id",
+                        &message,
+                        grpc,
+                    );
+                    return self.count_rescued(&labels, rescued, start);
+                }
+            }
+        }
 
         headers::strip_hop_by_hop(req.headers_mut(), upgrade);
         if self.direction == Direction::Inbound {
