@@ -5,13 +5,15 @@
 //! - `linnet init`: programs the pod's iptables to send its TCP through the
 //!   proxy;
 //! - `linnet control`: the embedded control plane, serving Linkerd's proxy
-//!   API from a mesh file.
+//!   API from a mesh file;
+//! - `linnet demo`: a mesh on loopback in one command.
 //!
 //! This file only parses the command line, sets up logging and the
 //! runtime, and maps failures to exit codes; the proxy itself is
 //! `linnet_app::run`.
 
 mod control;
+mod demo;
 mod trace;
 
 use anyhow::Context as _;
@@ -41,6 +43,8 @@ enum Command {
     Init(linnet_init::InitArgs),
     /// Serve Linkerd's proxy API (destinations, identity, policies) from a mesh file.
     Control(control::ControlArgs),
+    /// Run a small mesh on loopback: a control plane, two services with sidecars, a client sidecar.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Proxy => proxy(),
         Command::Control(args) => control::main(args),
+        Command::Demo(args) => demo::main(args),
         Command::Init(args) => match linnet_init::run(&args) {
             Ok(outcome) => {
                 eprintln!("linnet init: {outcome}");

@@ -888,8 +888,8 @@ struct ExplicitRoutes {
 }
 
 impl Explicit for ExplicitRoutes {
-    fn upstream(&self, addr: SocketAddr) -> Arc<Upstream> {
-        self.fwd.upstream(addr)
+    fn upstream(&self, addr: SocketAddr, identity: Option<&str>) -> Arc<Upstream> {
+        self.fwd.upstream_for(addr, identity)
     }
 
     fn is_self(&self, addr: SocketAddr) -> bool {
@@ -912,11 +912,12 @@ impl Explicit for ExplicitRoutes {
         &'a self,
         authority: &'a http::uri::Authority,
         default_port: u16,
-    ) -> BoxFuture<'a, Result<SocketAddr, String>> {
+    ) -> BoxFuture<'a, Result<(SocketAddr, Option<String>), String>> {
         let Some(discovery) = self.fwd.discovery.as_ref().filter(|d| d.has_destination()) else {
             return Box::pin(async move {
                 linnet_http::proxy::resolve(authority, default_port, self.connect_config().timeout)
                     .await
+                    .map(|addr| (addr, None))
                     .map_err(|e| e.to_string())
             });
         };
@@ -930,7 +931,7 @@ impl Explicit for ExplicitRoutes {
             balancer
                 .pick()
                 .await
-                .map(|e| e.addr)
+                .map(|e| (e.addr, e.identity))
                 .map_err(|e| e.to_string())
         })
     }

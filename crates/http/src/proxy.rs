@@ -89,22 +89,23 @@ pub trait Balance: Send + Sync + std::fmt::Debug + 'static {
 /// What explicit proxy mode needs from the stack.
 pub trait Explicit: Send + Sync + std::fmt::Debug + 'static {
     /// The shared clients for `addr`.
-    fn upstream(&self, addr: SocketAddr) -> Arc<Upstream>;
+    fn upstream(&self, addr: SocketAddr, identity: Option<&str>) -> Arc<Upstream>;
     /// Whether `addr` is this proxy itself: forwarding there would loop.
     fn is_self(&self, addr: SocketAddr) -> bool;
     /// How to connect for a `CONNECT` tunnel.
     fn connect_config(&self) -> ConnectConfig;
-    /// Where `authority` is: by default its IP, or its host name resolved
-    /// by the system.
+    /// Where `authority` is, and the mesh identity it must prove if it is
+    /// meshed: by default its IP, or its host name resolved by the system.
     fn resolve<'a>(
         &'a self,
         authority: &'a uri::Authority,
         default_port: u16,
-    ) -> BoxFuture<'a, Result<SocketAddr, String>> {
+    ) -> BoxFuture<'a, Result<(SocketAddr, Option<String>), String>> {
         let timeout = self.connect_config().timeout;
         Box::pin(async move {
             resolve(authority, default_port, timeout)
                 .await
+                .map(|addr| (addr, None))
                 .map_err(|e| e.to_string())
         })
     }
@@ -231,7 +232,7 @@ impl Inner {
                             .to_string(),
                     )),
                 };
-                let addr = resolved.and_then(|addr| {
+                let addr = resolved.and_then(|(addr, identity)| {
                     if explicit.is_self(addr) {
                         Err((
                             StatusCode::LOOP_DETECTED,
@@ -239,11 +240,11 @@ impl Inner {
                             format!("{addr} is this proxy"),
                         ))
                     } else {
-                        Ok(addr)
+                        Ok((addr, identity))
                     }
                 });
-                let addr = match addr {
-                    Ok(addr) => addr,
+                let (addr, identity) = match addr {
+                    Ok(resolved) => resolved,
                     Err((status, label, message)) => {
                         let labels = self.count_request(authority.as_ref(), UNKNOWN_TARGET);
                         let grpc_code = if status == StatusCode::BAD_REQUEST {
@@ -261,7 +262,7 @@ impl Inner {
                         .connect_tunnel(req, addr, explicit.connect_config(), labels, start)
                         .await;
                 }
-                explicit.upstream(addr)
+                explicit.upstream(addr, identity.as_deref())
             }
         };
         let target = upstream.target();
