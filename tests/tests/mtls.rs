@@ -594,3 +594,74 @@ async fn certificates_rotate_under_traffic_without_losing_a_request() {
         m.0
     );
 }
+
+#[tokio::test]
+async fn http1_travels_as_http2_between_meshed_proxies() {
+    use linnet_test_support::http::{HttpServer, collect, h1_client};
+    let backend = HttpServer::start().await;
+    let vip = "10.96.0.7:80";
+    let yaml = |endpoint: std::net::SocketAddr| {
+        format!(
+            "identity:\n  tokens:\n    {SERVER}: s\n    {CLIENT}: c\n\
+             services:\n  web.test.svc.cluster.local:80:\n    addresses: [\"{vip}\"]\n    endpoints:\n      - addr: \"{endpoint}\"\n        identity: {SERVER}\n        protocol: h2\n"
+        )
+    };
+    let plane = ControlPlane::start(&yaml("127.0.0.1:1".parse().unwrap())).await;
+    let server = meshed_proxy(&plane, SERVER, "s", OrigDst::Fixed(backend.addr)).await;
+    plane.write(&yaml(server.inbound));
+    let client = meshed_proxy(&plane, CLIENT, "c", OrigDst::Fixed(vip.parse().unwrap())).await;
+    let h1 = h1_client();
+    let host = client.outbound.to_string();
+    eventually(
+        "HTTP/1 across the mesh",
+        Duration::from_secs(10),
+        || async {
+            let rsp = h1
+                .get(format!("http://{host}/status/200").parse().unwrap())
+                .await
+                .ok()?;
+            (collect(rsp).await.0 == 200).then_some(())
+        },
+    )
+    .await;
+    // A body both ways, as HTTP/1 at both ends.
+    let req = hyper::Request::post(format!("http://{host}/echo"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"over h2 and back",
+        )))
+        .unwrap();
+    let (status, _, body, _) = collect(h1.request(req).await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.windows(16).any(|w| w == b"over h2 and back"),
+        "{body:?}"
+    );
+    for s in backend.seen() {
+        assert_eq!(
+            s.version,
+            http::Version::HTTP_11,
+            "the application sees HTTP/1.1"
+        );
+        assert!(!s.headers.contains_key("l5d-orig-proto"), "{:?}", s.headers);
+        assert_eq!(s.headers["host"], host.as_str(), "the Host is restored");
+    }
+    // Between the proxies it was HTTP/2.
+    let m = server.metrics().await;
+    assert!(
+        m.sum(
+            "protocol_detect_total",
+            &[("direction", "inbound"), ("protocol", "http/2")]
+        ) >= 1.0,
+        "{}",
+        m.0
+    );
+    assert_eq!(
+        m.sum(
+            "protocol_detect_total",
+            &[("direction", "inbound"), ("protocol", "http/1")]
+        ),
+        0.0,
+        "{}",
+        m.0
+    );
+}

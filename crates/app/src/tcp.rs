@@ -84,8 +84,9 @@ enum Dest {
     ),
 }
 
-/// A target, and the identity it must present when meshed.
-pub(crate) type UpstreamKey = (SocketAddr, Option<linnet_tls::Id>);
+/// A target, the identity it must present when meshed, and whether HTTP/1
+/// goes to it as HTTP/2.
+pub(crate) type UpstreamKey = (SocketAddr, Option<linnet_tls::Id>, bool);
 
 /// Upstreams kept before unused ones are dropped.
 const MAX_UPSTREAMS: usize = 1024;
@@ -692,12 +693,12 @@ impl Forward {
 
     /// The shared clients for `target`.
     fn upstream(&self, target: SocketAddr) -> Arc<Upstream> {
-        self.upstream_for(target, None)
+        self.upstream_for(target, None, false)
     }
 
     /// The shared clients for `target`, over mTLS expecting `peer` when
     /// this proxy has an identity and the target has one.
-    fn upstream_for(&self, target: SocketAddr, peer: Option<&str>) -> Arc<Upstream> {
+    fn upstream_for(&self, target: SocketAddr, peer: Option<&str>, h2: bool) -> Arc<Upstream> {
         let peer = match (&self.mesh, peer) {
             (Some(_), Some(p)) => linnet_tls::Id::parse(p)
                 .map_err(
@@ -707,7 +708,7 @@ impl Forward {
                 .filter(|id| id.server_name().is_some()),
             _ => None,
         };
-        let key = (target, peer);
+        let key = (target, peer, h2);
         let mut upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(u) = upstreams.get(&key) {
             return u.clone();
@@ -743,6 +744,7 @@ impl Forward {
             self.metrics.clone(),
             self.direction,
             tls,
+            h2,
         ));
         upstreams.insert(key, u.clone());
         u
@@ -872,9 +874,11 @@ impl Balance for BalancedRoute {
     fn pick(&self) -> BoxFuture<'_, Result<Arc<Upstream>, String>> {
         Box::pin(async move {
             let endpoint = self.balancer.pick().await.map_err(|e| e.to_string())?;
-            Ok(self
-                .fwd
-                .upstream_for(endpoint.addr, endpoint.identity.as_deref()))
+            Ok(self.fwd.upstream_for(
+                endpoint.addr,
+                endpoint.identity.as_deref(),
+                endpoint.hint == linnet_discovery::Hint::H2,
+            ))
         })
     }
 }
@@ -889,7 +893,7 @@ struct ExplicitRoutes {
 
 impl Explicit for ExplicitRoutes {
     fn upstream(&self, addr: SocketAddr, identity: Option<&str>) -> Arc<Upstream> {
-        self.fwd.upstream_for(addr, identity)
+        self.fwd.upstream_for(addr, identity, false)
     }
 
     fn is_self(&self, addr: SocketAddr) -> bool {

@@ -68,6 +68,9 @@ pub struct Upstream {
     target: SocketAddr,
     /// The identity the target must prove over mTLS, when meshed.
     peer_identity: Option<String>,
+    /// Whether HTTP/1 requests travel to it as HTTP/2 (a meshed peer that
+    /// said it takes HTTP/2), restored on its side from `l5d-orig-proto`.
+    upgrade_h1: bool,
     h1: Client<Connector, RequestBody>,
     /// HTTP/1 for requests that arrived in absolute form
     /// (`GET http://host/path`): its connections are marked as proxied, so
@@ -86,6 +89,7 @@ impl Upstream {
         metrics: TcpMetrics,
         direction: Direction,
         tls: Option<UpstreamTls>,
+        upgrade_h1: bool,
     ) -> Self {
         let connector = Connector {
             target,
@@ -118,6 +122,7 @@ impl Upstream {
                 .tls
                 .as_ref()
                 .map(|t| t.server_name.to_str().into_owned()),
+            upgrade_h1: upgrade_h1 && connector.tls.is_some(),
             h1: h1.build(connector.clone()),
             h1_absolute: h1.build(Connector {
                 absolute_form: true,
@@ -130,6 +135,12 @@ impl Upstream {
     /// The identity the target proves over mTLS, when it is meshed.
     pub fn peer_identity(&self) -> Option<&str> {
         self.peer_identity.as_deref()
+    }
+
+    /// Whether HTTP/1 requests to it are carried as HTTP/2 (meshed, and
+    /// hinted so).
+    pub fn upgrades_h1(&self) -> bool {
+        self.upgrade_h1
     }
 
     /// The target.

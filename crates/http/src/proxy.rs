@@ -48,6 +48,10 @@ struct Inner {
 /// A client's demand that the peer prove this identity (outbound).
 pub const L5D_REQUIRE_ID: &str = "l5d-require-id";
 
+/// The HTTP version an HTTP/1 request had before it was carried as HTTP/2
+/// between proxies.
+pub const L5D_ORIG_PROTO: &str = "l5d-orig-proto";
+
 /// The header naming the client's verified mesh identity, set by the
 /// inbound proxy (and only by it: a client's own is always removed).
 pub const L5D_CLIENT_ID: &str = "l5d-client-id";
@@ -294,6 +298,46 @@ impl Inner {
         }
 
         headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+        // HTTP/1 between meshed proxies travels as HTTP/2: upgraded here
+        // (outbound), restored there (inbound). Upgrades and CONNECT stay
+        // HTTP/1.
+        let mut out_version = self.version;
+        let mut h1_over_h2 = false;
+        if self.direction == Direction::Outbound
+            && self.version == Version::Http1
+            && upstream.upgrades_h1()
+            && !upgrade
+            && !connect
+        {
+            let orig = if req.version() == http::Version::HTTP_10 {
+                "HTTP/1.0"
+            } else {
+                "HTTP/1.1"
+            };
+            req.headers_mut()
+                .insert(L5D_ORIG_PROTO, http::HeaderValue::from_static(orig));
+            // HTTP/2 carries the authority in `:authority`.
+            req.headers_mut().remove(http::header::HOST);
+            *req.version_mut() = http::Version::HTTP_2;
+            out_version = Version::Http2;
+            h1_over_h2 = true;
+        } else if self.direction == Direction::Inbound && self.version == Version::Http2 {
+            if let Some(orig) = req.headers_mut().remove(L5D_ORIG_PROTO) {
+                *req.version_mut() = if orig.as_bytes() == b"HTTP/1.0" {
+                    http::Version::HTTP_10
+                } else {
+                    http::Version::HTTP_11
+                };
+                if !req.headers().contains_key(http::header::HOST) {
+                    if let Some(a) = &authority {
+                        if let Ok(host) = http::HeaderValue::from_str(a.as_str()) {
+                            req.headers_mut().insert(http::header::HOST, host);
+                        }
+                    }
+                }
+                out_version = Version::Http1;
+            }
+        }
         if self.direction == Direction::Inbound {
             // Only this proxy may say who the client is.
             req.headers_mut().remove(L5D_CLIENT_ID);
@@ -314,7 +358,7 @@ impl Inner {
             // does an absolute-form request; otherwise the URI names the
             // target, so that the client's pool is keyed by target and not
             // by whatever `Host` a client sends (the header travels as is).
-            let uri_authority = if self.version == Version::Http2 || absolute_form {
+            let uri_authority = if out_version == Version::Http2 || absolute_form {
                 authority
             } else {
                 None
@@ -363,7 +407,7 @@ impl Inner {
         // outcome in `response_total`.
         let waiting = Unanswered::new(&labels, start);
         let result = upstream
-            .client(self.version, absolute_form)
+            .client(out_version, absolute_form)
             .request(req)
             .await;
         waiting.answered();
@@ -385,9 +429,10 @@ impl Inner {
                 // Connection management is our server's business with its
                 // client: an HTTP/1.0 answer from the target must not make it
                 // close a connection the client asked to keep alive.
-                if rsp.version() < http::Version::HTTP_11 {
+                if rsp.version() < http::Version::HTTP_11 || h1_over_h2 {
                     *rsp.version_mut() = http::Version::HTTP_11;
                 }
+                rsp.headers_mut().remove(L5D_ORIG_PROTO);
                 let grpc_status = rsp
                     .headers()
                     .get("grpc-status")
