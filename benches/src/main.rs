@@ -89,6 +89,17 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Sub {
+    /// New connections per second through one mTLS proxy pair (each a
+    /// fresh mTLS handshake between the sidecars), beside two HAProxy hops
+    /// with mTLS.
+    Handshakes {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Connections opened at once.
+        #[arg(long, default_value_t = 10)]
+        concurrency: usize,
+    },
     /// Runs a backend (used by the harness).
     #[command(hide = true)]
     Backend {
@@ -227,6 +238,10 @@ fn main() -> Result<()> {
     let args = Args::parse();
     match args.command {
         Some(Sub::Backend { kind, addr }) => backend::serve(kind, addr),
+        Some(Sub::Handshakes {
+            seconds,
+            concurrency,
+        }) => handshakes(&args, seconds, concurrency),
         None => bench(&args),
     }
 }
@@ -678,4 +693,114 @@ fn find_or_install_oha() -> Result<PathBuf> {
 fn linnet_beside(exe: &Path) -> Option<PathBuf> {
     let p = exe.parent()?.join("linnet");
     p.is_file().then_some(p)
+}
+
+/// A server that answers one byte with one byte, then closes.
+fn byte_server(rt: &tokio::runtime::Runtime) -> Result<SocketAddr> {
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    rt.spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).await.is_ok() {
+                    let _ = s.write_all(&b).await;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Closed-loop new connections (connect, one byte each way, close)
+/// through `entry` for `secs`; connections per second and failures.
+fn connect_loop(
+    rt: &tokio::runtime::Runtime,
+    entry: SocketAddr,
+    secs: f64,
+    concurrency: usize,
+) -> (f64, u64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let ok = std::sync::Arc::new(AtomicU64::new(0));
+    let failed = std::sync::Arc::new(AtomicU64::new(0));
+    let duration = Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..concurrency {
+            let (ok, failed) = (ok.clone(), failed.clone());
+            tasks.spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                while start.elapsed() < duration {
+                    let attempt = async {
+                        let mut s = tokio::net::TcpStream::connect(entry).await?;
+                        s.write_all(b"x").await?;
+                        let mut b = [0u8; 1];
+                        s.read_exact(&mut b).await?;
+                        Ok::<_, std::io::Error>(())
+                    };
+                    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                        Ok(Ok(())) => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    });
+    let n = ok.load(Ordering::Relaxed);
+    (
+        n as f64 / start.elapsed().as_secs_f64(),
+        failed.load(Ordering::Relaxed),
+    )
+}
+
+fn handshakes(args: &Args, secs: f64, concurrency: usize) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        exe.parent()
+            .and_then(Path::parent)
+            .map_or_else(|| PathBuf::from("bench"), |p| p.join("bench"))
+    });
+    let dirs = Dirs {
+        logs: out.join("logs"),
+        work: out.join("work"),
+    };
+    for d in [&dirs.logs, &dirs.work] {
+        std::fs::create_dir_all(d)?;
+    }
+    topology::ensure_packages(&[("haproxy", "haproxy")])?;
+    let proxy = default_proxy(&exe)?;
+    let control = linnet_beside(&exe).context("no linnet binary beside this one")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let sink = byte_server(&rt)?;
+    println!(
+        "| pair | new connections/s | failed | CPU µs per connection (client side / server side) |"
+    );
+    println!("|---|---:|---:|---|");
+    for name in ["linnet", "haproxy"] {
+        let topo = match name {
+            "linnet" => Topology::linnet_mtls(&proxy, &control, MeshKind::Opaque, sink, &dirs)?,
+            _ => Topology::haproxy(HaMode::Tcp, 2, sink, true, &dirs)?,
+        };
+        // Warm up, then measure.
+        connect_loop(&rt, topo.entry, 0.5, concurrency);
+        let before = cpu(&topo.proxies)?;
+        let start = Instant::now();
+        let (rate, failed) = connect_loop(&rt, topo.entry, secs, concurrency);
+        let elapsed = start.elapsed().as_secs_f64();
+        let after = cpu(&topo.proxies)?;
+        let conns = (rate * elapsed).max(1.0);
+        let per: Vec<String> = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| format!("{:.0}", (a - b) as f64 / conns))
+            .collect();
+        println!("| {name} | {rate:.0} | {failed} | {} |", per.join(" / "));
+    }
+    Ok(())
 }

@@ -665,3 +665,139 @@ async fn http1_travels_as_http2_between_meshed_proxies() {
         m.0
     );
 }
+
+/// A TLS server at a meshed endpoint's address presenting `chain`/`key`
+/// (answering HTTP/1 if a handshake ever succeeded).
+async fn rogue_server(
+    chain: Vec<linnet_tls::pki_types::CertificateDer<'static>>,
+    key: linnet_tls::pki_types::PrivateKeyDer<'static>,
+    anchors: &str,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let store = Arc::new(linnet_tls::CertStore::default());
+    store.set(chain, key).unwrap();
+    let config =
+        linnet_tls::server_config(&TrustAnchors::from_pem(anchors).unwrap(), store, Vec::new())
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(s).await {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, served)
+}
+
+fn leaf(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    name: &str,
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+) -> (
+    Vec<linnet_tls::pki_types::CertificateDer<'static>>,
+    linnet_tls::pki_types::PrivateKeyDer<'static>,
+) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.subject_alt_names = vec![rcgen::SanType::DnsName(
+        name.to_string().try_into().unwrap(),
+    )];
+    p.not_before = not_before;
+    p.not_after = not_after;
+    let cert = p.signed_by(&key, issuer).unwrap();
+    (
+        vec![cert.der().clone()],
+        linnet_tls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+}
+
+#[tokio::test]
+async fn impostor_servers_are_refused_before_a_request_is_sent() {
+    use linnet_test_support::http::{collect, h1_client};
+    let vip = "10.96.0.8:80";
+    let yaml = |endpoint: std::net::SocketAddr| {
+        format!(
+            "identity:\n  tokens:\n    {CLIENT}: c\n\
+             services:\n  web.test.svc.cluster.local:80:\n    addresses: [\"{vip}\"]\n    endpoints:\n      - addr: \"{endpoint}\"\n        identity: {SERVER}\n"
+        )
+    };
+    let plane = ControlPlane::start(&yaml("127.0.0.1:1".parse().unwrap())).await;
+    let client = meshed_proxy(&plane, CLIENT, "c", OrigDst::Fixed(vip.parse().unwrap())).await;
+    let now = time::OffsetDateTime::now_utc();
+    // The right name from another CA.
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut other = rcgen::CertificateParams::default();
+    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    other
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "someone else's CA");
+    let other_pem = other.self_signed(&other_key).unwrap().pem();
+    let other = rcgen::Issuer::new(other, other_key);
+    // The right name from the mesh's CA, but expired.
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(plane.dir().join("issuer.key")).unwrap())
+            .unwrap();
+    let mesh_ca = rcgen::Issuer::from_ca_cert_pem(&plane.trust_anchors(), ca_key).unwrap();
+    let cases = [
+        (
+            leaf(
+                &other,
+                SERVER,
+                now - time::Duration::hours(1),
+                now + time::Duration::hours(1),
+            ),
+            other_pem.clone(),
+            "UnknownIssuer",
+        ),
+        (
+            leaf(
+                &mesh_ca,
+                SERVER,
+                now - time::Duration::days(2),
+                now - time::Duration::days(1),
+            ),
+            plane.trust_anchors(),
+            "expired",
+        ),
+    ];
+    for ((chain, key), anchors, why) in cases {
+        let (addr, served) = rogue_server(chain, key, &anchors).await;
+        plane.write(&yaml(addr));
+        let (status, headers) = eventually(
+            "the proxy tries the impostor",
+            Duration::from_secs(10),
+            || async {
+                let rsp = h1_client()
+                    .get(
+                        format!("http://{}/status/200", client.outbound)
+                            .parse()
+                            .unwrap(),
+                    )
+                    .await
+                    .ok()?;
+                let (status, headers, _, _) = collect(rsp).await;
+                let e = headers.get("l5d-proxy-error")?.to_str().ok()?.to_string();
+                e.contains(&addr.to_string()).then_some((status, e))
+            },
+        )
+        .await;
+        assert_eq!(status, 502);
+        assert!(headers.contains(why), "{why}: {headers}");
+        assert_eq!(
+            served.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "{why}: a request reached the impostor"
+        );
+    }
+}
