@@ -704,8 +704,7 @@ impl Forward {
                 .map_err(
                     |error| tracing::warn!(%target, %error, "endpoint identity unusable; no mTLS"),
                 )
-                .ok()
-                .filter(|id| id.server_name().is_some()),
+                .ok(),
             _ => None,
         };
         let key = (target, peer, h2);
@@ -723,13 +722,21 @@ impl Forward {
         };
         let tls = match (&self.mesh, &key.1) {
             (Some(mesh), Some(id)) => match mesh.client(id, false) {
-                Ok(config) => id
-                    .server_name()
-                    .and_then(|n| linnet_tls::pki_types::ServerName::try_from(n.to_string()).ok())
-                    .map(|server_name| linnet_http::UpstreamTls {
-                        config,
-                        server_name,
-                    }),
+                Ok(config) => {
+                    // A SPIFFE ID cannot be sent as SNI: the handshake goes
+                    // with a placeholder (the peer will not terminate it,
+                    // so it fails closed) rather than in plaintext.
+                    let sni = id.server_name().unwrap_or_else(|| {
+                        tracing::warn!(%target, %id, "mTLS to SPIFFE identities is not supported yet; requests to it will fail");
+                        "spiffe.invalid"
+                    });
+                    linnet_tls::pki_types::ServerName::try_from(sni.to_string())
+                        .ok()
+                        .map(|server_name| linnet_http::UpstreamTls {
+                            config,
+                            server_name,
+                        })
+                }
                 Err(error) => {
                     tracing::warn!(%target, %error, "cannot build the mTLS client config");
                     None
