@@ -801,3 +801,56 @@ async fn impostor_servers_are_refused_before_a_request_is_sent() {
         );
     }
 }
+
+#[tokio::test]
+async fn spiffe_identities_cross_the_mesh() {
+    use linnet_test_support::http::{HttpServer, collect, h1_client};
+    const S: &str = "spiffe://cluster.local/ns/test/sa/server";
+    const C: &str = "spiffe://cluster.local/ns/test/sa/client";
+    let backend = HttpServer::start().await;
+    let vip = "10.96.0.9:80";
+    let yaml = |endpoint: std::net::SocketAddr| {
+        format!(
+            "identity:\n  tokens:\n    \"{S}\": s\n    \"{C}\": c\n\
+             services:\n  web.test.svc.cluster.local:80:\n    addresses: [\"{vip}\"]\n    endpoints:\n      - addr: \"{endpoint}\"\n        identity: \"{S}\"\n        server_name: server.test.sni.local\n"
+        )
+    };
+    let plane = ControlPlane::start(&yaml("127.0.0.1:1".parse().unwrap())).await;
+    let server = meshed_proxy_with(
+        &plane,
+        S,
+        "s",
+        OrigDst::Fixed(backend.addr),
+        &[("LINNET_IDENTITY_SERVER_NAME", "server.test.sni.local")],
+    )
+    .await;
+    plane.write(&yaml(server.inbound));
+    let client = meshed_proxy(&plane, C, "c", OrigDst::Fixed(vip.parse().unwrap())).await;
+    eventually(
+        "HTTP across a SPIFFE mesh",
+        Duration::from_secs(10),
+        || async {
+            let rsp = h1_client()
+                .get(
+                    format!("http://{}/status/200", client.outbound)
+                        .parse()
+                        .unwrap(),
+                )
+                .await
+                .ok()?;
+            (collect(rsp).await.0 == 200).then_some(())
+        },
+    )
+    .await;
+    let seen = backend.seen();
+    assert_eq!(seen.last().unwrap().headers["l5d-client-id"], C);
+    let m = client.metrics().await;
+    assert!(
+        m.sum(
+            "tcp_open_total",
+            &[("peer", "dst"), ("tls", "true"), ("server_id", S)]
+        ) >= 1.0,
+        "{}",
+        m.0
+    );
+}

@@ -189,7 +189,10 @@ pub async fn run(
     let discovery = discovery(&config, &mut registry);
     let identity = identity(&config, &mut registry);
     let mesh = match &identity {
-        Some(Ok(id)) => match mesh::MeshTls::new(id.clone()) {
+        Some(Ok(id)) => match mesh::MeshTls::new(
+            id.clone(),
+            config.identity.as_ref().and_then(|c| c.server_name.clone()),
+        ) {
             Ok(m) => Some(Arc::new(m)),
             Err(error) => {
                 tracing::error!(%error, "cannot set up mesh TLS");

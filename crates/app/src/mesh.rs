@@ -18,6 +18,8 @@ pub(crate) const TRANSPORT_ALPN: &[u8] = linnet_transport::header::ALPN;
 /// The TLS side of the mesh.
 pub(crate) struct MeshTls {
     identity: Arc<Identity>,
+    /// The SNI peers use to reach us.
+    server_name: Option<String>,
     server: Arc<rustls::ServerConfig>,
     clients: Mutex<HashMap<(Id, bool), Arc<rustls::ClientConfig>>>,
 }
@@ -31,7 +33,14 @@ impl std::fmt::Debug for MeshTls {
 }
 
 impl MeshTls {
-    pub(crate) fn new(identity: Arc<Identity>) -> Result<Self, rustls::Error> {
+    pub(crate) fn new(
+        identity: Arc<Identity>,
+        server_name: Option<String>,
+    ) -> Result<Self, rustls::Error> {
+        let server_name = server_name.or_else(|| identity.local().server_name().map(String::from));
+        if server_name.is_none() {
+            tracing::warn!(identity = %identity.local(), "no IDENTITY_SERVER_NAME for a SPIFFE identity: peers cannot reach this proxy over mTLS");
+        }
         let server = linnet_tls::server_config(
             identity.anchors(),
             identity.store(),
@@ -43,6 +52,7 @@ impl MeshTls {
         )?;
         Ok(Self {
             identity,
+            server_name,
             server: Arc::new(server),
             clients: Mutex::new(HashMap::new()),
         })
@@ -56,8 +66,8 @@ impl MeshTls {
     /// Whether a ClientHello's SNI names this workload: such TLS is the
     /// mesh's, and terminated here.
     pub(crate) fn is_local(&self, sni: &str) -> bool {
-        self.local()
-            .server_name()
+        self.server_name
+            .as_deref()
             .is_some_and(|n| n.eq_ignore_ascii_case(sni.trim_end_matches('.')))
     }
 

@@ -271,9 +271,11 @@ impl Forward {
             let Some((mesh, id)) = &meshed else {
                 return Ok(Either::Left(tcp));
             };
+            let sni = endpoint.as_ref().and_then(|e| e.server_name.as_deref());
             let stream = mesh_connect(
                 mesh,
                 id,
+                sni,
                 tcp,
                 transport_port.map(|_| target.port()),
                 self.config.connect_timeout,
@@ -568,6 +570,7 @@ impl HasTcp for PrefixedIo<tokio_rustls::server::TlsStream<PrefixedIo<TcpStream>
 async fn mesh_connect(
     mesh: &MeshTls,
     id: &linnet_tls::Id,
+    sni: Option<&str>,
     tcp: TcpStream,
     header_port: Option<u16>,
     timeout: Duration,
@@ -576,10 +579,10 @@ async fn mesh_connect(
     let config = mesh
         .client(id, header_port.is_some())
         .map_err(|e| e.to_string())?;
-    let name = id
-        .server_name()
+    let name = sni
+        .or(id.server_name())
         .and_then(|n| linnet_tls::pki_types::ServerName::try_from(n.to_string()).ok())
-        .ok_or_else(|| format!("{id} cannot be sent as SNI"))?;
+        .ok_or_else(|| format!("{id} has no server name to send as SNI"))?;
     let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
     let mut tls = tokio::time::timeout(timeout, handshake)
         .await
@@ -693,12 +696,18 @@ impl Forward {
 
     /// The shared clients for `target`.
     fn upstream(&self, target: SocketAddr) -> Arc<Upstream> {
-        self.upstream_for(target, None, false)
+        self.upstream_for(target, None, None, false)
     }
 
     /// The shared clients for `target`, over mTLS expecting `peer` when
     /// this proxy has an identity and the target has one.
-    fn upstream_for(&self, target: SocketAddr, peer: Option<&str>, h2: bool) -> Arc<Upstream> {
+    fn upstream_for(
+        &self,
+        target: SocketAddr,
+        peer: Option<&str>,
+        sni: Option<&str>,
+        h2: bool,
+    ) -> Arc<Upstream> {
         let peer = match (&self.mesh, peer) {
             (Some(_), Some(p)) => linnet_tls::Id::parse(p)
                 .map_err(
@@ -726,7 +735,7 @@ impl Forward {
                     // A SPIFFE ID cannot be sent as SNI: the handshake goes
                     // with a placeholder (the peer will not terminate it,
                     // so it fails closed) rather than in plaintext.
-                    let sni = id.server_name().unwrap_or_else(|| {
+                    let sni = sni.or(id.server_name()).unwrap_or_else(|| {
                         tracing::warn!(%target, %id, "mTLS to SPIFFE identities is not supported yet; requests to it will fail");
                         "spiffe.invalid"
                     });
@@ -735,6 +744,7 @@ impl Forward {
                         .map(|server_name| linnet_http::UpstreamTls {
                             config,
                             server_name,
+                            identity: id.to_string(),
                         })
                 }
                 Err(error) => {
@@ -884,6 +894,7 @@ impl Balance for BalancedRoute {
             Ok(self.fwd.upstream_for(
                 endpoint.addr,
                 endpoint.identity.as_deref(),
+                endpoint.server_name.as_deref(),
                 endpoint.hint == linnet_discovery::Hint::H2,
             ))
         })
@@ -900,7 +911,7 @@ struct ExplicitRoutes {
 
 impl Explicit for ExplicitRoutes {
     fn upstream(&self, addr: SocketAddr, identity: Option<&str>) -> Arc<Upstream> {
-        self.fwd.upstream_for(addr, identity, false)
+        self.fwd.upstream_for(addr, identity, None, false)
     }
 
     fn is_self(&self, addr: SocketAddr) -> bool {

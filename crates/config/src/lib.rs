@@ -64,6 +64,10 @@ pub struct IdentityConfig {
     /// `IDENTITY_DIR`: where the key and CSR are kept (in memory when
     /// unset).
     pub dir: Option<std::path::PathBuf>,
+    /// `IDENTITY_SERVER_NAME`: the name peers send as SNI to reach this
+    /// workload; needed for a SPIFFE identity, which SNI cannot carry (a
+    /// DNS-like identity is its own server name).
+    pub server_name: Option<String>,
     /// `IDENTITY_MIN_REFRESH`.
     #[serde(serialize_with = "parse::ser_duration")]
     pub min_refresh: Duration,
@@ -277,6 +281,7 @@ const KNOWN: &[&str] = &[
     "IDENTITY_DIR",
     "IDENTITY_MIN_REFRESH",
     "IDENTITY_MAX_REFRESH",
+    "IDENTITY_SERVER_NAME",
     "HTTP_HEADER_READ_TIMEOUT",
     "HTTP_MAX_REQUEST_BODY_SIZE",
     "HTTP2_INITIAL_STREAM_WINDOW_SIZE",
@@ -644,6 +649,18 @@ impl<E: Env + ?Sized> Reader<'_, E> {
             token_file,
             trust_anchors_pem,
             dir: self.string("IDENTITY_DIR")?.map(std::path::PathBuf::from),
+            server_name: self.get("IDENTITY_SERVER_NAME", |s| {
+                let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
+                let ok = !s.is_empty()
+                    && s.split('.').all(|l| {
+                        !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    });
+                if ok {
+                    Ok(s)
+                } else {
+                    Err("expected a DNS name".to_string())
+                }
+            })?,
             min_refresh,
             max_refresh,
         })

@@ -240,6 +240,19 @@ fn identity_settings() {
     assert_eq!(id.min_refresh, Duration::from_secs(10));
     assert_eq!(id.max_refresh, Duration::from_secs(86400));
     assert!(!c.identity_disabled);
+    let mut named = base.to_vec();
+    named.push(("LINNET_IDENTITY_SERVER_NAME", "Web-1.NS.pod.cluster.local."));
+    let c = Config::from_env(&env(&named)).unwrap();
+    assert_eq!(
+        c.identity.unwrap().server_name.as_deref(),
+        Some("web-1.ns.pod.cluster.local")
+    );
+    let mut bad_name = base.to_vec();
+    bad_name.push(("LINNET_IDENTITY_SERVER_NAME", "not a name"));
+    assert_eq!(
+        Config::from_env(&env(&bad_name)).unwrap_err().var,
+        "LINNET_IDENTITY_SERVER_NAME"
+    );
     // No identity service: no identity (the plaintext foundation).
     assert!(Config::from_env(&env(&[])).unwrap().identity.is_none());
     // Disabled on purpose.

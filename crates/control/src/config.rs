@@ -87,6 +87,9 @@ pub struct Endpoint {
     pub weight: u32,
     /// Its TLS identity, when it runs a proxy with one.
     pub identity: Option<String>,
+    /// The name clients send as SNI; for a SPIFFE identity (which SNI
+    /// cannot carry). A DNS-like identity is its own server name.
+    pub server_name: Option<String>,
     /// What the endpoint's proxy accepts.
     pub protocol: Option<Hint>,
     /// The endpoint's proxy's inbound port, for opaque traffic wrapped in
@@ -357,6 +360,7 @@ struct FileEndpoint {
     addr: String,
     weight: Option<u32>,
     identity: Option<String>,
+    server_name: Option<String>,
     protocol: Option<Hint>,
     opaque_transport_port: Option<u16>,
     #[serde(default)]
@@ -706,9 +710,14 @@ fn service(name: String, port: u16, svc: FileService, at: &str) -> Result<Servic
         if e.opaque_transport_port == Some(0) {
             return Err(invalid(&at, "opaque_transport_port 0"));
         }
+        if let Some(n) = &e.server_name {
+            parse_authority(&format!("{n}:1"))
+                .map_err(|r| invalid(&at, format!("server_name: {r}")))?;
+        }
         endpoints.push(Endpoint {
             addr,
             weight,
+            server_name: e.server_name,
             identity: e.identity,
             protocol: e.protocol,
             opaque_transport_port: e.opaque_transport_port,

@@ -76,7 +76,10 @@ pub(crate) fn weighted_addr(e: &Endpoint) -> WeightedAddr {
     let tls_identity = e.identity.as_ref().map(|id| {
         if id.starts_with("spiffe://") {
             TlsIdentity {
-                server_name: None,
+                server_name: e
+                    .server_name
+                    .as_ref()
+                    .map(|n| tls_identity::DnsLikeIdentity { name: n.clone() }),
                 strategy: Some(tls_identity::Strategy::UriLikeIdentity(
                     tls_identity::UriLikeIdentity { uri: id.clone() },
                 )),

@@ -24,6 +24,12 @@ pub(crate) fn endpoint(w: WeightedAddr, metrics: &Metrics) -> Option<Endpoint> {
         metrics.skipped("zero_weight");
         return None;
     }
+    let server_name = w
+        .tls_identity
+        .as_ref()
+        .and_then(|t| t.server_name.as_ref())
+        .map(|n| n.name.clone())
+        .filter(|n| !n.is_empty());
     let identity = w.tls_identity.and_then(|t| match t.strategy {
         Some(tls_identity::Strategy::DnsLikeIdentity(d)) if !d.name.is_empty() => Some(d.name),
         Some(tls_identity::Strategy::UriLikeIdentity(u)) if !u.uri.is_empty() => Some(u.uri),
@@ -57,6 +63,7 @@ pub(crate) fn endpoint(w: WeightedAddr, metrics: &Metrics) -> Option<Endpoint> {
         addr,
         weight: w.weight,
         identity,
+        server_name,
         hint,
         opaque_transport_port,
         labels: w.metric_labels.into_iter().collect(),

@@ -85,6 +85,7 @@ impl Dns {
                                     addr,
                                     weight: 1,
                                     identity: None,
+                                    server_name: None,
                                     hint: Hint::Unknown,
                                     opaque_transport_port: None,
                                     labels: BTreeMap::new(),

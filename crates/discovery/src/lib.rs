@@ -93,6 +93,9 @@ pub struct Endpoint {
     pub weight: u32,
     /// Its TLS identity, if it is meshed.
     pub identity: Option<String>,
+    /// The server name to send it as SNI, when the control plane gives
+    /// one (needed for SPIFFE identities, which SNI cannot carry).
+    pub server_name: Option<String>,
     /// What its proxy accepts.
     pub hint: Hint,
     /// Its proxy's port for opaque traffic with a transport header.
@@ -558,6 +561,7 @@ fn plain(addr: SocketAddr) -> Endpoint {
         addr,
         weight: 1,
         identity: None,
+        server_name: None,
         hint: Hint::Unknown,
         opaque_transport_port: None,
         labels: BTreeMap::new(),

@@ -138,6 +138,7 @@ fn weighted_picks_follow_weights() {
                 addr,
                 weight: w,
                 identity: None,
+                server_name: None,
                 hint: Hint::Unknown,
                 opaque_transport_port: None,
                 labels: BTreeMap::new(),

@@ -49,8 +49,11 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct UpstreamTls {
     /// The client config.
     pub config: Arc<linnet_tls::rustls::ClientConfig>,
-    /// The peer's identity as a server name.
+    /// The server name sent as SNI.
     pub server_name: linnet_tls::pki_types::ServerName<'static>,
+    /// The identity the peer must prove (what `l5d-require-id` and the
+    /// `server_id` label name).
+    pub identity: String,
 }
 
 /// How to reach a target.
@@ -118,10 +121,7 @@ impl Upstream {
             .http2_keep_alive_timeout(http.http2_keepalive_timeout);
         Self {
             target,
-            peer_identity: connector
-                .tls
-                .as_ref()
-                .map(|t| t.server_name.to_str().into_owned()),
+            peer_identity: connector.tls.as_ref().map(|t| t.identity.clone()),
             upgrade_h1: upgrade_h1 && connector.tls.is_some(),
             h1: h1.build(connector.clone()),
             h1_absolute: h1.build(Connector {
@@ -224,9 +224,7 @@ impl tower_service::Service<http::Uri> for Connector {
             let metrics = this.metrics.open(
                 this.direction,
                 Peer::Dst,
-                &Tls::mesh(Some(std::sync::Arc::from(
-                    tls.server_name.to_str().as_ref(),
-                ))),
+                &Tls::mesh(Some(std::sync::Arc::from(tls.identity.as_str()))),
                 this.target,
             );
             Ok(TokioIo::new(UpstreamIo {
