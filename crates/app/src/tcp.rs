@@ -188,6 +188,7 @@ impl Forward {
                     fwd: self.clone(),
                     balancer,
                     _profile: profile,
+                    recent: Default::default(),
                 })),
             };
             return self
@@ -220,7 +221,7 @@ impl Forward {
         client: C,
         client_addr: SocketAddr,
         target: SocketAddr,
-        endpoint: Option<linnet_discovery::Endpoint>,
+        endpoint: Option<Arc<linnet_discovery::Endpoint>>,
         tls: Tls,
         mut watch: drain::Watch,
     ) where
@@ -414,31 +415,8 @@ impl Forward {
         }
         let io = PrefixedIo::new(detected.buffered.freeze(), client);
         let timeout = self.config.detect_timeout;
-        let accept = tokio_rustls::TlsAcceptor::from(mesh.server()).accept(io);
-        let mut tls = match tokio::time::timeout(timeout, accept).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => {
-                tracing::info!(%direction, client = %client_addr, %error, "mTLS handshake failed");
-                self.metrics.refused(
-                    direction,
-                    Peer::Src,
-                    &Tls::DISABLED,
-                    local,
-                    CloseReason::error("tls_handshake", None),
-                );
-                return;
-            }
-            Err(_) => {
-                tracing::info!(%direction, client = %client_addr, "mTLS handshake timed out");
-                self.metrics.refused(
-                    direction,
-                    Peer::Src,
-                    &Tls::DISABLED,
-                    local,
-                    CloseReason::error("tls_handshake", None),
-                );
-                return;
-            }
+        let Some(mut tls) = self.accept_mesh_tls(&mesh, io, client_addr, local).await else {
+            return;
         };
         let (_, conn) = tls.get_ref();
         let client_id = linnet_tls::peer_identity(conn);
@@ -490,31 +468,11 @@ impl Forward {
             return;
         };
         let timeout = self.config.detect_timeout;
-        let accept = tokio_rustls::TlsAcceptor::from(mesh.server()).accept(client);
-        let mut tls = match tokio::time::timeout(timeout, accept).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => {
-                tracing::info!(%direction, client = %client_addr, %error, "mTLS handshake failed");
-                self.metrics.refused(
-                    direction,
-                    Peer::Src,
-                    &Tls::DISABLED,
-                    target,
-                    CloseReason::error("tls_handshake", None),
-                );
-                return;
-            }
-            Err(_) => {
-                tracing::info!(%direction, client = %client_addr, "mTLS handshake timed out");
-                self.metrics.refused(
-                    direction,
-                    Peer::Src,
-                    &Tls::DISABLED,
-                    target,
-                    CloseReason::error("tls_handshake", None),
-                );
-                return;
-            }
+        let Some(mut tls) = self
+            .accept_mesh_tls(&mesh, client, client_addr, target)
+            .await
+        else {
+            return;
         };
         let client_id = linnet_tls::peer_identity(tls.get_ref().1);
         let detected = tokio::select! {
@@ -562,6 +520,35 @@ impl Forward {
 impl HasTcp for PrefixedIo<tokio_rustls::server::TlsStream<PrefixedIo<TcpStream>>> {
     fn tcp(&self) -> &TcpStream {
         self.get_ref().get_ref().0.get_ref()
+    }
+}
+
+impl Forward {
+    /// The server side of a mesh mTLS handshake, within the detect
+    /// timeout; a failure is logged and counted against `target`.
+    async fn accept_mesh_tls(
+        &self,
+        mesh: &MeshTls,
+        io: PrefixedIo<TcpStream>,
+        client_addr: SocketAddr,
+        target: SocketAddr,
+    ) -> Option<tokio_rustls::server::TlsStream<PrefixedIo<TcpStream>>> {
+        let direction = self.direction;
+        let accept = tokio_rustls::TlsAcceptor::from(mesh.server()).accept(io);
+        let failure = match tokio::time::timeout(self.config.detect_timeout, accept).await {
+            Ok(Ok(tls)) => return Some(tls),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        tracing::info!(%direction, client = %client_addr, error = %failure, "mTLS handshake failed");
+        self.metrics.refused(
+            direction,
+            Peer::Src,
+            &Tls::DISABLED,
+            target,
+            CloseReason::error("tls_handshake", None),
+        );
+        None
     }
 }
 
@@ -885,18 +872,39 @@ struct BalancedRoute {
     balancer: Balancer,
     /// Keeps the profile watched while the connection lasts.
     _profile: Option<tokio::sync::watch::Receiver<Option<linnet_discovery::Profile>>>,
+    /// The clients of the endpoints this connection has used, so that a
+    /// request costs no lookup in the listener's shared cache.
+    recent: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
 }
+
+/// Endpoints a connection remembers the clients of.
+const MAX_RECENT: usize = 64;
 
 impl Balance for BalancedRoute {
     fn pick(&self) -> BoxFuture<'_, Result<Arc<Upstream>, String>> {
         Box::pin(async move {
             let endpoint = self.balancer.pick().await.map_err(|e| e.to_string())?;
-            Ok(self.fwd.upstream_for(
+            let meshed = self.fwd.mesh.is_some() && endpoint.identity.is_some();
+            let h2 = meshed && endpoint.hint == linnet_discovery::Hint::H2;
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            // Still the same peer (identity and protocol unchanged)?
+            if let Some(u) = recent.get(&endpoint.addr) {
+                let identity = endpoint.identity.as_deref().filter(|_| meshed);
+                if u.peer_identity() == identity && u.upgrades_h1() == h2 {
+                    return Ok(u.clone());
+                }
+            }
+            let u = self.fwd.upstream_for(
                 endpoint.addr,
                 endpoint.identity.as_deref(),
                 endpoint.server_name.as_deref(),
                 endpoint.hint == linnet_discovery::Hint::H2,
-            ))
+            );
+            if recent.len() >= MAX_RECENT {
+                recent.clear();
+            }
+            recent.insert(endpoint.addr, u.clone());
+            Ok(u)
         })
     }
 }
@@ -953,7 +961,7 @@ impl Explicit for ExplicitRoutes {
             balancer
                 .pick()
                 .await
-                .map(|e| (e.addr, e.identity))
+                .map(|e| (e.addr, e.identity.clone()))
                 .map_err(|e| e.to_string())
         })
     }

@@ -84,7 +84,7 @@ impl Apply<Update, Resolution> for Endpoints {
         tx.send_modify(|r| {
             // The first message of a stream is the whole set: forget what
             // an earlier stream said.
-            let mut set: BTreeMap<SocketAddr, Endpoint> = match (&*r, first) {
+            let mut set: BTreeMap<SocketAddr, Arc<Endpoint>> = match (&*r, first) {
                 (Resolution::Endpoints(m), false) => (**m).clone(),
                 _ => BTreeMap::new(),
             };
@@ -95,7 +95,7 @@ impl Apply<Update, Resolution> for Endpoints {
                             for (k, v) in &add.metric_labels {
                                 e.labels.entry(k.clone()).or_insert_with(|| v.clone());
                             }
-                            set.insert(e.addr, e);
+                            set.insert(e.addr, Arc::new(e));
                         }
                     }
                     *r = Resolution::Endpoints(Arc::new(set));

@@ -2,7 +2,7 @@
 //! with DNS, re-resolved when their records expire (the TTL clamped to
 //! configured bounds).
 
-use crate::{Endpoint, Hint, Resolution, watch::Backoff};
+use crate::{Endpoint, Resolution, watch::Backoff};
 use hickory_resolver::{
     TokioResolver,
     config::{NameServerConfig, ResolverConfig, ResolverOpts},
@@ -75,22 +75,11 @@ impl Dns {
             {
                 Ok(ips) => {
                     backoff.reset();
-                    let set: BTreeMap<SocketAddr, Endpoint> = ips
+                    let set: BTreeMap<SocketAddr, Arc<Endpoint>> = ips
                         .iter()
                         .map(|ip| {
                             let addr = SocketAddr::new(ip, port);
-                            (
-                                addr,
-                                Endpoint {
-                                    addr,
-                                    weight: 1,
-                                    identity: None,
-                                    server_name: None,
-                                    hint: Hint::Unknown,
-                                    opaque_transport_port: None,
-                                    labels: BTreeMap::new(),
-                                },
-                            )
+                            (addr, crate::plain(addr))
                         })
                         .collect();
                     tracing::debug!(%name, addrs = set.len(), "resolved with DNS");

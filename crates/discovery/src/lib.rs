@@ -81,7 +81,7 @@ pub enum Resolution {
     /// The name does not exist here: fall back.
     NotFound,
     /// The endpoints (possibly none).
-    Endpoints(Arc<BTreeMap<SocketAddr, Endpoint>>),
+    Endpoints(Arc<BTreeMap<SocketAddr, Arc<Endpoint>>>),
 }
 
 /// One endpoint.
@@ -515,14 +515,23 @@ pub struct Balancer {
 #[derive(Clone, Debug)]
 enum Backends {
     /// One authority.
-    Single(Target),
+    Single(Arc<Target>),
     /// Whatever the policy says now; targets are kept per backend so
     /// their watches are shared across picks.
     Policy {
         rx: tw::Receiver<PolicyAnswer>,
         orig_dst: SocketAddr,
-        targets: Arc<Mutex<HashMap<BackendSpec, Target>>>,
+        targets: Arc<Mutex<PolicyTargets>>,
     },
+}
+
+/// The targets of a policy's backends, kept across picks; forgotten when
+/// the policy no longer names them.
+#[derive(Debug, Default)]
+struct PolicyTargets {
+    /// The backend list they were last checked against.
+    seen: Option<Arc<Vec<(BackendSpec, u32)>>>,
+    targets: HashMap<BackendSpec, Arc<Target>>,
 }
 
 /// One backend: a watched authority, or an address.
@@ -556,8 +565,8 @@ impl std::fmt::Display for PickError {
 
 impl std::error::Error for PickError {}
 
-fn plain(addr: SocketAddr) -> Endpoint {
-    Endpoint {
+fn plain(addr: SocketAddr) -> Arc<Endpoint> {
+    Arc::new(Endpoint {
         addr,
         weight: 1,
         identity: None,
@@ -565,7 +574,7 @@ fn plain(addr: SocketAddr) -> Endpoint {
         hint: Hint::Unknown,
         opaque_transport_port: None,
         labels: BTreeMap::new(),
-    }
+    })
 }
 
 impl Balancer {
@@ -574,11 +583,11 @@ impl Balancer {
         Self {
             discovery,
             name: authority.clone(),
-            backends: Backends::Single(Target::Service {
+            backends: Backends::Single(Arc::new(Target::Service {
                 authority,
                 dst,
                 fallback,
-            }),
+            })),
         }
     }
 
@@ -607,7 +616,7 @@ impl Balancer {
     /// An endpoint: a backend chosen by weight, then one of its endpoints
     /// by weight, among those known now. Waits for a first answer (up to
     /// the initial wait) before falling back.
-    pub async fn pick(&self) -> Result<Endpoint, PickError> {
+    pub async fn pick(&self) -> Result<Arc<Endpoint>, PickError> {
         let target = match &self.backends {
             Backends::Single(t) => t.clone(),
             Backends::Policy {
@@ -632,20 +641,28 @@ impl Balancer {
                     }
                     n -= u64::from(*w);
                 }
-                let mut targets = targets.lock().unwrap_or_else(|e| e.into_inner());
-                // Forget backends the policy no longer names.
-                targets.retain(|spec, _| p.backends.iter().any(|(s, _)| s == spec));
-                targets
-                    .entry(chosen.clone())
-                    .or_insert_with(|| match chosen {
-                        BackendSpec::Forward(a) => Target::Addr(*a),
-                        BackendSpec::Service(path) => Target::Service {
-                            authority: path.clone(),
-                            dst: self.discovery.endpoints(path),
-                            fallback: Fallback::Forward(*orig_dst),
-                        },
-                    })
-                    .clone()
+                let mut t = targets.lock().unwrap_or_else(|e| e.into_inner());
+                if !t.seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, &p.backends)) {
+                    // The policy changed: forget backends it no longer names.
+                    t.targets
+                        .retain(|spec, _| p.backends.iter().any(|(s, _)| s == spec));
+                    t.seen = Some(p.backends.clone());
+                }
+                match t.targets.get(chosen) {
+                    Some(target) => target.clone(),
+                    None => {
+                        let target = Arc::new(match chosen {
+                            BackendSpec::Forward(a) => Target::Addr(*a),
+                            BackendSpec::Service(path) => Target::Service {
+                                authority: path.clone(),
+                                dst: self.discovery.endpoints(path),
+                                fallback: Fallback::Forward(*orig_dst),
+                            },
+                        });
+                        t.targets.insert(chosen.clone(), target.clone());
+                        target
+                    }
+                }
             }
         };
         target.pick(&self.discovery).await
@@ -653,7 +670,7 @@ impl Balancer {
 }
 
 impl Target {
-    async fn pick(&self, discovery: &Discovery) -> Result<Endpoint, PickError> {
+    async fn pick(&self, discovery: &Discovery) -> Result<Arc<Endpoint>, PickError> {
         let (authority, dst, fallback) = match self {
             Target::Addr(a) => return Ok(plain(*a)),
             Target::Service {
@@ -708,7 +725,7 @@ impl Target {
     }
 }
 
-fn weighted(set: &BTreeMap<SocketAddr, Endpoint>) -> Option<Endpoint> {
+fn weighted(set: &BTreeMap<SocketAddr, Arc<Endpoint>>) -> Option<Arc<Endpoint>> {
     let total: u64 = set.values().map(|e| u64::from(e.weight)).sum();
     if total == 0 {
         return None;

@@ -132,18 +132,9 @@ fn weighted_picks_follow_weights() {
     let mut set = BTreeMap::new();
     for (a, w) in [("10.0.0.1:80", 1u32), ("10.0.0.2:80", 3)] {
         let addr: SocketAddr = a.parse().unwrap();
-        set.insert(
-            addr,
-            Endpoint {
-                addr,
-                weight: w,
-                identity: None,
-                server_name: None,
-                hint: Hint::Unknown,
-                opaque_transport_port: None,
-                labels: BTreeMap::new(),
-            },
-        );
+        let mut e = (*plain(addr)).clone();
+        e.weight = w;
+        set.insert(addr, Arc::new(e));
     }
     let heavy: SocketAddr = "10.0.0.2:80".parse().unwrap();
     let n = (0..4000)
