@@ -131,13 +131,18 @@ fn sidecar(
     // The client sidecar is used as an explicit proxy: its connections are
     // not redirected.
     let orig_dst = OrigDst::from_fn(|s| s.local_addr());
-    tokio::spawn(linnet_app::run(
-        config,
-        listeners,
-        orig_dst,
-        Default::default(),
-        std::future::pending(),
-    ));
+    tokio::spawn(async move {
+        let run = linnet_app::run(
+            config,
+            listeners,
+            orig_dst,
+            Default::default(),
+            std::future::pending(),
+        );
+        if let Err(error) = run.await {
+            tracing::error!(%error, "a demo sidecar could not start");
+        }
+    });
     Ok(())
 }
 

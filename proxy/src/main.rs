@@ -76,6 +76,12 @@ fn proxy() -> ExitCode {
     };
     match run_proxy(config) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.downcast_ref::<linnet_app::StartError>().is_some() => {
+            // The settings name something that cannot be set up.
+            eprintln!("linnet proxy: {error:#}");
+            tracing::error!(error = format!("{error:#}"), "proxy cannot start");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(error) => {
             eprintln!("linnet proxy: {error:#}");
             tracing::error!(error = format!("{error:#}"), "proxy failed");
@@ -117,7 +123,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
             options,
             shutdown,
         )
-        .await;
+        .await?;
         Ok(())
     })
 }

@@ -148,7 +148,15 @@ async fn a_peer_with_the_wrong_identity_is_refused() {
     assert!(
         client.sum(
             "tcp_close_total",
-            &[("direction", "outbound"), ("error", "tls")]
+            &[("direction", "outbound"), ("error", "tls_fail_closed")]
+        ) >= 1.0,
+        "{}",
+        client.0
+    );
+    assert!(
+        client.sum(
+            "tls_fail_closed_total",
+            &[("direction", "outbound"), ("reason", "handshake")]
         ) >= 1.0,
         "{}",
         client.0

@@ -114,51 +114,99 @@ fn discovery(
     }
 }
 
-/// The workload identity, certifying in the background, when configured:
-/// `Some(Err(()))` when it is configured but could not be set up (logged).
+/// The proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The workload identity could not be set up from its settings.
+    #[error("cannot set up the workload identity {name}: {reason}")]
+    Identity {
+        /// `IDENTITY_LOCAL_NAME`.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Mesh TLS could not be configured from the identity.
+    #[error("cannot set up mesh TLS: {0}")]
+    MeshTls(String),
+}
+
+/// The workload identity, certifying in the background, when configured.
+/// A configured identity that cannot be set up stops the proxy: running
+/// on without it would leave meshed traffic without mTLS.
 fn identity(
     config: &Config,
     registry: &mut linnet_metrics::prometheus_client::registry::Registry,
-) -> Option<Result<Arc<linnet_identity::Identity>, ()>> {
+) -> Result<Option<Arc<linnet_identity::Identity>>, StartError> {
     if config.identity_disabled {
         tracing::warn!(
-            "IDENTITY_DISABLED is set: the mesh is plaintext; this proxy's connections are neither encrypted nor authenticated"
+            "IDENTITY_DISABLED is set: this proxy has no identity; meshed peers are refused (never reached in plaintext) and its own connections are neither encrypted nor authenticated"
         );
-        return None;
+        return Ok(None);
     }
-    let (c, svc) = (config.identity.as_ref()?, config.control.identity.as_ref()?);
-    let mut setup = || -> Result<_, String> {
-        let local = linnet_tls::Id::parse(&c.local_name).map_err(|e| e.to_string())?;
-        let metrics = linnet_identity::Metrics::register(registry);
-        let id = linnet_identity::Identity::new(
-            linnet_identity::Config {
-                local,
-                trust_anchors_pem: c.trust_anchors_pem.clone(),
-                token_file: c.token_file.clone(),
-                dir: c.dir.clone(),
-                min_refresh: c.min_refresh,
-                max_refresh: c.max_refresh,
-            },
-            metrics,
-        )
-        .map_err(|e| e.to_string())?;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", svc.addr))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(std::time::Duration::from_secs(1))
-            .connect_lazy();
-        Ok((Arc::new(id), channel))
+    let (Some(c), Some(svc)) = (config.identity.as_ref(), config.control.identity.as_ref()) else {
+        return Ok(None);
     };
-    match setup() {
-        Ok((id, channel)) => {
-            tracing::info!(identity = %id.local(), service = %svc.addr, "certifying this workload's identity");
-            let client =
-                linkerd2_proxy_api::identity::identity_client::IdentityClient::new(channel);
-            tokio::spawn(id.clone().run(client));
-            Some(Ok(id))
-        }
-        Err(error) => {
-            tracing::error!(%error, "cannot set up the workload identity");
-            Some(Err(()))
+    let failed = |reason: String| StartError::Identity {
+        name: c.local_name.clone(),
+        reason,
+    };
+    let local = linnet_tls::Id::parse(&c.local_name).map_err(|e| failed(e.to_string()))?;
+    let metrics = linnet_identity::Metrics::register(registry);
+    let id = linnet_identity::Identity::new(
+        linnet_identity::Config {
+            local,
+            trust_anchors_pem: c.trust_anchors_pem.clone(),
+            token_file: c.token_file.clone(),
+            dir: c.dir.clone(),
+            min_refresh: c.min_refresh,
+            max_refresh: c.max_refresh,
+        },
+        metrics,
+    )
+    .map_err(|e| failed(e.to_string()))?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", svc.addr))
+        .map_err(|e| failed(format!("identity service address {}: {e}", svc.addr)))?
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .connect_lazy();
+    let id = Arc::new(id);
+    tracing::info!(identity = %id.local(), service = %svc.addr, "certifying this workload's identity");
+    let client = linkerd2_proxy_api::identity::identity_client::IdentityClient::new(channel);
+    tokio::spawn(id.clone().run(client));
+    Ok(Some(id))
+}
+
+/// Keeps `/ready` true only while this workload holds a certificate that
+/// has not expired: false before the first, false again if renewal fails
+/// until the current one expires, true once a new one arrives.
+async fn follow_certificate(id: Arc<linnet_identity::Identity>, readiness: Readiness) {
+    let mut ready = id.ready();
+    if ready.wait_for(|r| *r).await.is_err() {
+        return;
+    }
+    tracing::info!(identity = %id.local(), "ready: certified");
+    let store = id.store();
+    let mut was_usable = true;
+    readiness.set(true);
+    loop {
+        // Look again at expiry, and at least every few seconds (a renewal
+        // may have replaced an expired certificate).
+        let until_expiry = store
+            .not_after()
+            .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
+            .unwrap_or_default();
+        let wait = until_expiry
+            .min(std::time::Duration::from_secs(5))
+            .max(std::time::Duration::from_millis(50));
+        tokio::time::sleep(wait).await;
+        let usable = store.usable().is_ok();
+        if usable != was_usable {
+            if usable {
+                tracing::info!(identity = %id.local(), "ready: certified again");
+            } else {
+                tracing::error!(identity = %id.local(), "not ready: this workload's certificate has expired and has not been renewed");
+            }
+            readiness.set(usable);
+            was_usable = usable;
         }
     }
 }
@@ -175,31 +223,30 @@ fn fixed_or(direction: Direction, addr: Option<SocketAddr>, lookup: &OrigDst) ->
 }
 
 /// Runs the proxy until `shutdown` (or the admin server's `/shutdown`)
-/// has drained; see the crate docs.
+/// has drained; see the crate docs. Fails at once, before serving, when a
+/// configured identity cannot be set up.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     orig_dst: OrigDst,
     options: Options,
     shutdown: impl Future<Output = ()>,
-) -> Drained {
+) -> Result<Drained, StartError> {
     let mut registry = linnet_metrics::registry();
     let tcp_metrics = TcpMetrics::register(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
+    let mesh_metrics = linnet_metrics::mesh::MeshMetrics::register(&mut registry);
     let discovery = discovery(&config, &mut registry);
-    let identity = identity(&config, &mut registry);
+    let identity = identity(&config, &mut registry)?;
     let mesh = match &identity {
-        Some(Ok(id)) => match mesh::MeshTls::new(
-            id.clone(),
-            config.identity.as_ref().and_then(|c| c.server_name.clone()),
-        ) {
-            Ok(m) => Some(Arc::new(m)),
-            Err(error) => {
-                tracing::error!(%error, "cannot set up mesh TLS");
-                None
-            }
-        },
-        _ => None,
+        Some(id) => Some(Arc::new(
+            mesh::MeshTls::new(
+                id.clone(),
+                config.identity.as_ref().and_then(|c| c.server_name.clone()),
+            )
+            .map_err(|e| StartError::MeshTls(e.to_string()))?,
+        )),
+        None => None,
     };
     let (signal, watch) = drain::channel();
 
@@ -213,6 +260,8 @@ pub async fn run(
         ),
         metrics: tcp_metrics.clone(),
         http_metrics: http_metrics.clone(),
+        mesh_metrics: mesh_metrics.clone(),
+        profile_networks: config.control.profile_networks.clone(),
         upstreams: Default::default(),
         in_flight: linnet_http::InFlight::new(config.outbound.max_in_flight),
         http: config.http.clone(),
@@ -226,6 +275,8 @@ pub async fn run(
         orig_dst: fixed_or(Direction::Inbound, config.inbound.orig_dst_addr, &orig_dst),
         metrics: tcp_metrics,
         http_metrics,
+        mesh_metrics,
+        profile_networks: config.control.profile_networks.clone(),
         upstreams: Default::default(),
         in_flight: linnet_http::InFlight::new(config.inbound.max_in_flight),
         http: config.http.clone(),
@@ -254,28 +305,22 @@ pub async fn run(
         let stop = stop_admin.clone();
         async move { linnet_admin::serve(listeners.admin, admin, stop.notified()).await }
     });
-    // Ready once the listeners are served and, with an identity, once its
-    // first certificate is in place.
-    match identity {
-        None => readiness.set(true),
-        Some(Ok(id)) => {
-            let mut ready = id.ready();
-            let readiness = readiness.clone();
-            tokio::spawn(async move {
-                if ready.wait_for(|r| *r).await.is_ok() {
-                    tracing::info!(identity = %id.local(), "ready: certified");
-                    readiness.set(true);
-                }
-            });
+    // Ready once the listeners are served and, with an identity, while
+    // it holds a certificate that has not expired.
+    let certificate = match identity {
+        None => {
+            readiness.set(true);
+            None
         }
-        Some(Err(())) => {
-            tracing::error!("never ready: the identity could not be set up (see above)");
-        }
-    }
+        Some(id) => Some(tokio::spawn(follow_certificate(id, readiness.clone()))),
+    };
 
     tokio::select! {
         _ = shutdown => {}
         _ = admin_shutdown.notified() => {}
+    }
+    if let Some(task) = certificate {
+        task.abort();
     }
     readiness.set(false);
     tracing::info!(
@@ -292,7 +337,7 @@ pub async fn run(
     }
     stop_admin.notify_one();
     let _ = admin_task.await;
-    drained
+    Ok(drained)
 }
 
 fn log_listening(l: &Listeners) {

@@ -5,7 +5,7 @@
 
 use linnet_detect::PrefixedIo;
 use linnet_identity::Identity;
-use linnet_tls::{Id, rustls};
+use linnet_tls::{FailClosed, FailReason, Id, MeshClient, PeerTls, rustls};
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -22,7 +22,15 @@ pub(crate) struct MeshTls {
     server_name: Option<String>,
     server: Arc<rustls::ServerConfig>,
     clients: Mutex<HashMap<(Id, bool), Arc<rustls::ClientConfig>>>,
+    /// Connectors by peer identity, SNI and transport ALPN.
+    peers: Mutex<HashMap<PeerKey, Arc<MeshClient>>>,
 }
+
+type PeerKey = (Arc<str>, Option<Arc<str>>, bool);
+
+/// Peer connectors and client configs kept; peers come and go, so the
+/// caches are cleared when full.
+const MAX_PEERS: usize = 1024;
 
 impl std::fmt::Debug for MeshTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,6 +63,7 @@ impl MeshTls {
             server_name,
             server: Arc::new(server),
             clients: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -97,12 +106,67 @@ impl MeshTls {
             peer.clone(),
             alpn,
         )?);
-        // Peers come and go; a bounded cache is enough.
-        if clients.len() >= 1024 {
+        if clients.len() >= MAX_PEERS {
             clients.clear();
         }
         clients.insert((peer.clone(), transport), config.clone());
         Ok(config)
+    }
+}
+
+/// The one rule, decided for a target: a target the control plane names
+/// with `identity` is reached only over mTLS proving it (sending
+/// `server_name` as SNI when given, with the transport header's ALPN when
+/// `transport`), or refused; one it names with no identity goes in
+/// plaintext. `mesh` is `None` when this proxy has no identity of its own.
+pub(crate) fn peer_tls(
+    mesh: Option<&MeshTls>,
+    identity: Option<&str>,
+    server_name: Option<&str>,
+    transport: bool,
+) -> PeerTls {
+    let Some(name) = identity else {
+        return PeerTls::Plain;
+    };
+    let Some(mesh) = mesh else {
+        return PeerTls::Refuse(FailClosed::new(
+            FailReason::NoLocalIdentity,
+            format!(
+                "{name} is meshed, and this proxy has no identity to prove itself with (identity disabled or not configured)"
+            ),
+            Some(name),
+        ));
+    };
+    let key: PeerKey = (Arc::from(name), server_name.map(Arc::from), transport);
+    let mut peers = mesh.peers.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = peers.get(&key) {
+        return PeerTls::Mesh(p.clone());
+    }
+    let refuse =
+        |reason, detail: String| PeerTls::Refuse(FailClosed::new(reason, detail, Some(name)));
+    let id = match Id::parse(name) {
+        Ok(id) => id,
+        Err(e) => return refuse(FailReason::BadIdentity, format!("unusable identity: {e}")),
+    };
+    let config = match mesh.client(&id, transport) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                FailReason::ClientConfig,
+                format!("TLS client config for {id}: {e}"),
+            );
+        }
+    };
+    match MeshClient::new(config, id, server_name, mesh.identity.store()) {
+        Ok(client) => {
+            let client = Arc::new(client);
+            if peers.len() >= MAX_PEERS {
+                peers.clear();
+            }
+            peers.insert(key, client.clone());
+            PeerTls::Mesh(client)
+        }
+        Err(e) => PeerTls::Refuse(e),
     }
 }
 

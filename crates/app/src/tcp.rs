@@ -17,19 +17,21 @@
 //! or either side fails mid-stream, the other side is reset (RST), never
 //! closed with a FIN that would make a truncated stream look complete.
 
-use crate::mesh::{HasTcp, MeshTls};
+use crate::mesh::{self, HasTcp, MeshTls};
 use linnet_config::{HttpConfig, ProxyConfig};
 use linnet_core::drain;
 use linnet_detect::{Detected, PrefixedIo, Protocol, Reason};
-use linnet_discovery::{Balancer, Discovery, Outbound, PortProtocol};
+use linnet_discovery::{Balancer, Discovery, Endpoint, Outbound, PickError, PortProtocol};
 use linnet_http::{
     Balance, BoxFuture, Explicit, InFlight, Proxy, Route, Upstream, client::ConnectConfig,
 };
 use linnet_metrics::{
     Direction,
     http::HttpMetrics,
+    mesh::MeshMetrics,
     tcp::{CloseReason, ConnMetrics, Peer, TcpMetrics, Tls},
 };
+use linnet_tls::{FailClosed, FailReason, PeerTls};
 use linnet_transport::{
     Accepted, CopyError, CountingIo, OrigDst, connect, duplex,
     duplex::{Side, Transferred},
@@ -53,6 +55,11 @@ pub(crate) struct Forward {
     pub(crate) orig_dst: OrigDst,
     pub(crate) metrics: TcpMetrics,
     pub(crate) http_metrics: HttpMetrics,
+    /// Refusals of meshed targets that mTLS could not prove.
+    pub(crate) mesh_metrics: MeshMetrics,
+    /// Where meshed workloads may be (`DESTINATION_PROFILE_NETWORKS`):
+    /// only these addresses are looked up, and wait for the answer.
+    pub(crate) profile_networks: Vec<linnet_config::parse::Network>,
     /// HTTP clients by target (and the identity it must present, for a
     /// meshed one), shared by all connections to that target.
     pub(crate) upstreams: Mutex<HashMap<UpstreamKey, Arc<Upstream>>>,
@@ -75,18 +82,21 @@ const MAX_PORT_POLICIES: usize = 256;
 
 /// Where a connection's bytes or requests go.
 enum Dest {
-    /// One address.
-    Addr(SocketAddr),
+    /// One address (with its identity, when the control plane names one).
+    Addr(Arc<Endpoint>),
     /// An endpoint of a discovered service, per request or connection.
     Balanced(
         Balancer,
         Option<tokio::sync::watch::Receiver<Option<linnet_discovery::Profile>>>,
     ),
+    /// Nowhere: the control plane did not say in time whether the target
+    /// is meshed.
+    Undecided(Duration),
 }
 
-/// A target, the identity it must present when meshed, and whether HTTP/1
-/// goes to it as HTTP/2.
-pub(crate) type UpstreamKey = (SocketAddr, Option<linnet_tls::Id>, bool);
+/// A target, the identity it must present when meshed (and the SNI to
+/// send it), and whether HTTP/1 goes to it as HTTP/2.
+pub(crate) type UpstreamKey = (SocketAddr, Option<Arc<str>>, Option<Arc<str>>, bool);
 
 /// Upstreams kept before unused ones are dropped.
 const MAX_UPSTREAMS: usize = 1024;
@@ -159,12 +169,25 @@ impl Forward {
         else {
             return;
         };
+        // A port whose policy says HTTP serves nothing else: bytes that
+        // are not HTTP (or that took longer than the detect timeout to
+        // look like it) never reach the application unread.
+        let http_only = direction == Direction::Inbound && self.http_only(target.port());
         if let (Some(mesh), Protocol::Tls { sni: Some(sni) }) = (&self.mesh, &detected.protocol) {
             if direction == Direction::Inbound && mesh.is_local(sni) {
                 // The mesh's own TLS: terminated here.
                 let client = PrefixedIo::new(detected.buffered.freeze(), client);
-                return self.terminate(client, client_addr, target, watch).await;
+                return self
+                    .terminate(client, client_addr, target, http_only, watch)
+                    .await;
             }
+        }
+        if http_only && !matches!(detected.protocol, Protocol::Http1 | Protocol::Http2) {
+            tracing::info!(
+                %direction, client = %client_addr, %target, protocol = detected.protocol.as_str(),
+                "refusing connection: the port's policy says HTTP, and the client did not speak it in time"
+            );
+            return self.refuse(&client, client_addr, CloseReason::error("not_http", None));
         }
         let tls = match &detected.protocol {
             Protocol::Tls { sni } => Tls {
@@ -183,22 +206,43 @@ impl Forward {
         };
         if let Some(version) = version {
             let route = match dest {
-                Dest::Addr(addr) => Route::Target(self.upstream(addr)),
+                Dest::Addr(e) => Route::Target(self.upstream_for(
+                    e.addr,
+                    e.identity.as_deref(),
+                    e.server_name.as_deref(),
+                    e.hint == linnet_discovery::Hint::H2,
+                )),
                 Dest::Balanced(balancer, profile) => Route::Balanced(Arc::new(BalancedRoute {
                     fwd: self.clone(),
                     balancer,
                     _profile: profile,
                     recent: Default::default(),
                 })),
+                // Every request fails, saying why.
+                Dest::Undecided(waited) => Route::Target(Arc::new(self.new_upstream(
+                    target,
+                    PeerTls::Refuse(undecided(target, waited)),
+                    false,
+                ))),
             };
             return self
                 .serve_http(client, client_addr, version, target, route, watch)
                 .await;
         }
         let (target, endpoint) = match dest {
-            Dest::Addr(addr) => (addr, None),
+            Dest::Addr(e) => (e.addr, Some(e)),
             Dest::Balanced(balancer, _profile) => match balancer.pick().await {
                 Ok(endpoint) => (endpoint.addr, Some(endpoint)),
+                Err(PickError::Timeout(authority)) => {
+                    let e = FailClosed::new(
+                        FailReason::DiscoveryTimeout,
+                        format!(
+                            "the control plane did not answer in time about {authority}, whose endpoints may be meshed"
+                        ),
+                        None,
+                    );
+                    return self.refuse_meshed(client.get_ref(), client_addr, target, &tls, &e);
+                }
                 Err(error) => {
                     tracing::info!(%direction, client = %client_addr, %target, %error, "no endpoint for the connection");
                     let src = self.metrics.open(direction, Peer::Src, &tls, target);
@@ -207,6 +251,10 @@ impl Forward {
                     return;
                 }
             },
+            Dest::Undecided(waited) => {
+                let e = undecided(target, waited);
+                return self.refuse_meshed(client.get_ref(), client_addr, target, &tls, &e);
+            }
         };
 
         self.connect_and_relay(client, client_addr, target, endpoint, tls, watch)
@@ -229,29 +277,32 @@ impl Forward {
     {
         let direction = self.direction;
         let transport_port = endpoint.as_ref().and_then(|e| e.opaque_transport_port);
-        // Opaque traffic to a meshed peer goes over mTLS to its proxy's
-        // transport port. (Without that port it goes as it is: the peer's
-        // redirected inbound side does not terminate mTLS yet.)
-        let meshed = match (
-            &self.mesh,
-            endpoint
-                .as_ref()
-                .filter(|_| transport_port.is_some())
-                .and_then(|e| e.identity.as_deref()),
-        ) {
-            (Some(mesh), Some(id)) => match linnet_tls::Id::parse(id) {
-                Ok(id) => Some((mesh.clone(), id)),
-                Err(error) => {
-                    tracing::warn!(%target, %error, "endpoint identity unusable; connecting without mTLS");
-                    None
-                }
-            },
-            _ => None,
+        // The one rule: a meshed endpoint is reached over mTLS proving its
+        // identity, at its proxy's transport port with a transport header
+        // when it has one, else at the target port itself (its proxy
+        // terminates the mTLS and detects what is inside); or not at all.
+        let peer = match &endpoint {
+            Some(e) => mesh::peer_tls(
+                self.mesh.as_deref(),
+                e.identity.as_deref(),
+                e.server_name.as_deref(),
+                transport_port.is_some(),
+            ),
+            None => PeerTls::Plain,
         };
-        let dst_tls = if let Some((_, id)) = &meshed {
-            Tls::mesh(Some(Arc::from(id.to_string())))
-        } else {
-            tls.clone()
+        let meshed = match peer {
+            PeerTls::Plain => None,
+            PeerTls::Mesh(m) => Some(m),
+            PeerTls::Refuse(e) => {
+                return self.refuse_meshed(client.tcp(), client_addr, target, &tls, &e);
+            }
+        };
+        if let Some(e) = meshed.as_ref().and_then(|m| m.ready().err()) {
+            return self.refuse_meshed(client.tcp(), client_addr, target, &tls, &e);
+        }
+        let dst_tls = match &meshed {
+            Some(m) => Tls::mesh(Some(m.identity_str().clone())),
+            None => tls.clone(),
         };
         let src = self.metrics.open(direction, Peer::Src, &tls, target);
         let connect_to = match (&meshed, transport_port) {
@@ -269,20 +320,30 @@ impl Forward {
                 let reason = CloseReason::error(e.reason(), e.io());
                 (reason, linnet_core::display_chain(&e))
             })?;
-            let Some((mesh, id)) = &meshed else {
+            let Some(mesh) = &meshed else {
                 return Ok(Either::Left(tcp));
             };
-            let sni = endpoint.as_ref().and_then(|e| e.server_name.as_deref());
-            let stream = mesh_connect(
-                mesh,
-                id,
-                sni,
-                tcp,
-                transport_port.map(|_| target.port()),
-                self.config.connect_timeout,
-            )
-            .await
-            .map_err(|e| (CloseReason::error("tls", None), e))?;
+            let mut stream = match mesh.connect(tcp, self.config.connect_timeout).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.count_fail_closed(client_addr, target, &e);
+                    return Err((CloseReason::error("tls_fail_closed", None), e.to_string()));
+                }
+            };
+            if transport_port.is_some() {
+                use tokio::io::AsyncWriteExt;
+                let header = linnet_transport::header::TransportHeader {
+                    port: target.port(),
+                    name: None,
+                    protocol: None,
+                };
+                stream.write_all(&header.encode()).await.map_err(|e| {
+                    (
+                        CloseReason::error("io", Some(&e)),
+                        format!("sending the transport header: {e}"),
+                    )
+                })?;
+            }
             Ok(Either::Right(stream))
         };
         let server = tokio::select! {
@@ -445,6 +506,40 @@ impl Forward {
                 format!("the transport header names {target}, this proxy"),
             );
         }
+        use linnet_transport::header::SessionProtocol;
+        let version = match header.protocol {
+            Some(SessionProtocol::Http1) => Some(linnet_http::Version::Http1),
+            Some(SessionProtocol::Http2) => Some(linnet_http::Version::Http2),
+            None => None,
+        };
+        if let Some(version) = version {
+            // HTTP inside the header: served as HTTP, so that the client's
+            // own `l5d-*` headers are replaced by ours.
+            tracing::debug!(%direction, client = %client_addr, client_id = ?client_id, %target, "meshed HTTP connection with a transport header");
+            let route = Route::Target(self.upstream(target));
+            return self
+                .serve_http_as(
+                    tls,
+                    client_addr,
+                    version,
+                    target,
+                    route,
+                    Some(client_id),
+                    watch,
+                )
+                .await;
+        }
+        if self.http_only(target.port()) {
+            let tcp = tls.get_ref().0.get_ref();
+            return refuse(
+                tcp,
+                "not_http",
+                format!(
+                    "the policy of port {} says HTTP; the transport header says opaque",
+                    target.port()
+                ),
+            );
+        }
         tracing::debug!(%direction, client = %client_addr, client_id = ?client_id, %target, "meshed opaque connection");
         let tls_label = Tls::mesh(client_id.as_ref().map(|id| Arc::from(id.to_string())));
         self.connect_and_relay(tls, client_addr, target, None, tls_label, watch)
@@ -461,6 +556,7 @@ impl Forward {
         client: PrefixedIo<TcpStream>,
         client_addr: SocketAddr,
         target: SocketAddr,
+        http_only: bool,
         mut watch: drain::Watch,
     ) {
         let direction = self.direction;
@@ -493,6 +589,14 @@ impl Forward {
             Protocol::Http2 => Some(linnet_http::Version::Http2),
             _ => None,
         };
+        if version.is_none() && http_only {
+            tracing::info!(
+                %direction, client = %client_addr, %target, protocol = detected.protocol.as_str(),
+                "refusing mTLS connection: the port's policy says HTTP, and the client did not speak it in time"
+            );
+            let tcp = tls.get_ref().0.get_ref();
+            return self.refuse(tcp, client_addr, CloseReason::error("not_http", None));
+        }
         let inner = PrefixedIo::new(detected.buffered.freeze(), tls);
         match version {
             Some(version) => {
@@ -550,42 +654,6 @@ impl Forward {
         );
         None
     }
-}
-
-/// mTLS to a meshed peer expecting `id`; with `header_port`, the transport
-/// header naming it is sent first.
-async fn mesh_connect(
-    mesh: &MeshTls,
-    id: &linnet_tls::Id,
-    sni: Option<&str>,
-    tcp: TcpStream,
-    header_port: Option<u16>,
-    timeout: Duration,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    use tokio::io::AsyncWriteExt;
-    let config = mesh
-        .client(id, header_port.is_some())
-        .map_err(|e| e.to_string())?;
-    let name = sni
-        .or(id.server_name())
-        .and_then(|n| linnet_tls::pki_types::ServerName::try_from(n.to_string()).ok())
-        .ok_or_else(|| format!("{id} has no server name to send as SNI"))?;
-    let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
-    let mut tls = tokio::time::timeout(timeout, handshake)
-        .await
-        .map_err(|_| format!("mTLS handshake with {id} timed out"))?
-        .map_err(|e| format!("mTLS handshake with {id}: {e}"))?;
-    if let Some(port) = header_port {
-        let header = linnet_transport::header::TransportHeader {
-            port,
-            name: None,
-            protocol: None,
-        };
-        tls.write_all(&header.encode())
-            .await
-            .map_err(|e| format!("sending the transport header: {e}"))?;
-    }
-    Ok(tls)
 }
 
 impl Forward {
@@ -681,77 +749,91 @@ impl Forward {
             .await;
     }
 
-    /// The shared clients for `target`.
+    /// The shared clients for `target` (the application, inbound).
     fn upstream(&self, target: SocketAddr) -> Arc<Upstream> {
         self.upstream_for(target, None, None, false)
     }
 
-    /// The shared clients for `target`, over mTLS expecting `peer` when
-    /// this proxy has an identity and the target has one.
+    /// The shared clients for `target`, which the control plane names
+    /// with `identity` (reached with `sni`) when it is meshed: over mTLS
+    /// proving it, or refused (see [`mesh::peer_tls`]).
     fn upstream_for(
         &self,
         target: SocketAddr,
-        peer: Option<&str>,
+        identity: Option<&str>,
         sni: Option<&str>,
         h2: bool,
     ) -> Arc<Upstream> {
-        let peer = match (&self.mesh, peer) {
-            (Some(_), Some(p)) => linnet_tls::Id::parse(p)
-                .map_err(
-                    |error| tracing::warn!(%target, %error, "endpoint identity unusable; no mTLS"),
-                )
-                .ok(),
-            _ => None,
-        };
-        let key = (target, peer, h2);
+        let h2 = h2 && identity.is_some();
+        let key: UpstreamKey = (target, identity.map(Arc::from), sni.map(Arc::from), h2);
         let mut upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(u) = upstreams.get(&key) {
             return u.clone();
+        }
+        let tls = mesh::peer_tls(self.mesh.as_deref(), identity, sni, false);
+        if let PeerTls::Refuse(_) = &tls {
+            // Not kept: it only fails requests, saying why.
+            return Arc::new(self.new_upstream(target, tls, false));
         }
         if upstreams.len() >= MAX_UPSTREAMS {
             // Drop the ones no connection uses; their pools close.
             upstreams.retain(|_, u| Arc::strong_count(u) > 1);
         }
+        let u = Arc::new(self.new_upstream(target, tls, h2));
+        upstreams.insert(key, u.clone());
+        u
+    }
+
+    fn new_upstream(&self, target: SocketAddr, tls: PeerTls, h2: bool) -> Upstream {
         let config = ConnectConfig {
             timeout: self.config.connect_timeout,
             keepalive: self.config.connect_keepalive,
         };
-        let tls = match (&self.mesh, &key.1) {
-            (Some(mesh), Some(id)) => match mesh.client(id, false) {
-                Ok(config) => {
-                    // A SPIFFE ID cannot be sent as SNI: the handshake goes
-                    // with a placeholder (the peer will not terminate it,
-                    // so it fails closed) rather than in plaintext.
-                    let sni = sni.or(id.server_name()).unwrap_or_else(|| {
-                        tracing::warn!(%target, %id, "mTLS to SPIFFE identities is not supported yet; requests to it will fail");
-                        "spiffe.invalid"
-                    });
-                    linnet_tls::pki_types::ServerName::try_from(sni.to_string())
-                        .ok()
-                        .map(|server_name| linnet_http::UpstreamTls {
-                            config,
-                            server_name,
-                            identity: id.to_string(),
-                        })
-                }
-                Err(error) => {
-                    tracing::warn!(%target, %error, "cannot build the mTLS client config");
-                    None
-                }
-            },
-            _ => None,
-        };
-        let u = Arc::new(Upstream::new(
+        Upstream::new(
             target,
             config,
             &self.http,
-            self.metrics.clone(),
+            linnet_http::UpstreamMetrics {
+                tcp: self.metrics.clone(),
+                mesh: self.mesh_metrics.clone(),
+            },
             self.direction,
             tls,
             h2,
-        ));
-        upstreams.insert(key, u.clone());
-        u
+        )
+    }
+
+    /// Counts and logs a meshed target that was not reached because mTLS
+    /// proving it could not be done.
+    fn count_fail_closed(&self, client_addr: SocketAddr, target: SocketAddr, e: &FailClosed) {
+        tracing::info!(
+            direction = %self.direction, client = %client_addr, %target,
+            rule = e.reason.as_str(), identity = ?e.identity, error = %e.detail,
+            "refusing to reach a meshed peer without mTLS proving its identity"
+        );
+        self.mesh_metrics
+            .fail_closed(self.direction, e.reason.as_str());
+    }
+
+    /// Resets a client whose target is meshed (or may be) and cannot be
+    /// reached over mTLS: counted, logged, never plaintext.
+    fn refuse_meshed(
+        &self,
+        client: &TcpStream,
+        client_addr: SocketAddr,
+        target: SocketAddr,
+        tls: &Tls,
+        e: &FailClosed,
+    ) {
+        self.count_fail_closed(client_addr, target, e);
+        self.metrics.refused(
+            self.direction,
+            Peer::Src,
+            tls,
+            target,
+            CloseReason::error("tls_fail_closed", None),
+        );
+        reset_on_close(client);
     }
 
     /// Refuses a connection that has no target: counted under the
@@ -827,26 +909,52 @@ impl Forward {
     /// Where a redirected connection to `target` goes, and whether the
     /// control plane says it is opaque (no detection).
     async fn destination(&self, target: SocketAddr) -> (Dest, bool) {
+        let plain = || Dest::Addr(linnet_discovery::plain(target));
         let Some(discovery) = &self.discovery else {
-            return (Dest::Addr(target), false);
+            return (plain(), false);
         };
         match self.direction {
             Direction::Outbound if discovery.has_destination() || discovery.has_policy() => {
+                if !self.in_profile_networks(target.ip()) {
+                    // Outside the mesh's networks: never meshed.
+                    return (plain(), false);
+                }
                 match discovery.outbound(target).await {
-                    Outbound::Forward { opaque, .. } => (Dest::Addr(target), opaque),
+                    Outbound::Forward { opaque, endpoint } => (
+                        Dest::Addr(endpoint.unwrap_or_else(|| linnet_discovery::plain(target))),
+                        opaque,
+                    ),
                     Outbound::Service {
                         opaque,
                         balancer,
                         profile,
                     } => (Dest::Balanced(balancer, profile), opaque),
+                    Outbound::Undecided { waited } => (Dest::Undecided(waited), false),
                 }
             }
             Direction::Inbound => {
                 let protocol = self.port_policy(discovery, target.port());
-                (Dest::Addr(target), protocol == Some(PortProtocol::Opaque))
+                (plain(), protocol == Some(PortProtocol::Opaque))
             }
-            _ => (Dest::Addr(target), false),
+            _ => (plain(), false),
         }
+    }
+
+    /// Whether the policy of inbound `port` says HTTP (or gRPC): then
+    /// nothing but HTTP is served there.
+    fn http_only(&self, port: u16) -> bool {
+        let Some(discovery) = &self.discovery else {
+            return false;
+        };
+        matches!(
+            self.port_policy(discovery, port),
+            Some(PortProtocol::Http1 | PortProtocol::Http2 | PortProtocol::Grpc)
+        )
+    }
+
+    /// Whether `ip` is where meshed workloads may be.
+    fn in_profile_networks(&self, ip: std::net::IpAddr) -> bool {
+        self.profile_networks.iter().any(|n| n.contains(ip))
     }
 
     /// The protocol the port's policy sets, if it has arrived; until then
@@ -874,8 +982,11 @@ struct BalancedRoute {
     _profile: Option<tokio::sync::watch::Receiver<Option<linnet_discovery::Profile>>>,
     /// The clients of the endpoints this connection has used, so that a
     /// request costs no lookup in the listener's shared cache.
-    recent: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
+    recent: Mutex<HashMap<SocketAddr, Recent>>,
 }
+
+/// An endpoint a connection used, as discovered, and its clients.
+type Recent = (Arc<Endpoint>, Arc<Upstream>);
 
 /// Endpoints a connection remembers the clients of.
 const MAX_RECENT: usize = 64;
@@ -883,14 +994,30 @@ const MAX_RECENT: usize = 64;
 impl Balance for BalancedRoute {
     fn pick(&self) -> BoxFuture<'_, Result<Arc<Upstream>, String>> {
         Box::pin(async move {
-            let endpoint = self.balancer.pick().await.map_err(|e| e.to_string())?;
-            let meshed = self.fwd.mesh.is_some() && endpoint.identity.is_some();
-            let h2 = meshed && endpoint.hint == linnet_discovery::Hint::H2;
+            let endpoint = match self.balancer.pick().await {
+                Ok(e) => e,
+                Err(PickError::Timeout(authority)) => {
+                    let e = FailClosed::new(
+                        FailReason::DiscoveryTimeout,
+                        format!(
+                            "the control plane did not answer in time about {authority}, whose endpoints may be meshed"
+                        ),
+                        None,
+                    );
+                    self.fwd
+                        .count_fail_closed(UNKNOWN_CLIENT, UNKNOWN_CLIENT, &e);
+                    return Err(e.to_string());
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            // Still the same peer (identity and protocol unchanged)?
-            if let Some(u) = recent.get(&endpoint.addr) {
-                let identity = endpoint.identity.as_deref().filter(|_| meshed);
-                if u.peer_identity() == identity && u.upgrades_h1() == h2 {
+            // Still the same peer (identity, name and protocol unchanged)?
+            if let Some((seen, u)) = recent.get(&endpoint.addr) {
+                if Arc::ptr_eq(seen, &endpoint)
+                    || (seen.identity == endpoint.identity
+                        && seen.server_name == endpoint.server_name
+                        && seen.hint == endpoint.hint)
+                {
                     return Ok(u.clone());
                 }
             }
@@ -903,10 +1030,25 @@ impl Balance for BalancedRoute {
             if recent.len() >= MAX_RECENT {
                 recent.clear();
             }
-            recent.insert(endpoint.addr, u.clone());
+            recent.insert(endpoint.addr, (endpoint, u.clone()));
             Ok(u)
         })
     }
+}
+
+/// Where a request's client is not at hand (logs only).
+const UNKNOWN_CLIENT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// The refusal for a target the control plane did not decide on in time.
+fn undecided(target: SocketAddr, waited: Duration) -> FailClosed {
+    FailClosed::new(
+        FailReason::DiscoveryTimeout,
+        format!(
+            "the control plane did not say within {waited:?} whether {target} is meshed; it is not reached in plaintext"
+        ),
+        None,
+    )
 }
 
 /// Explicit proxy mode's view of the stack.
@@ -915,6 +1057,25 @@ struct ExplicitRoutes {
     fwd: Arc<Forward>,
     /// The listener the client dialled.
     local: SocketAddr,
+}
+
+impl ExplicitRoutes {
+    /// An endpoint of `balancer`; a control plane that does not answer in
+    /// time is counted as a refusal (the target may be meshed).
+    async fn pick(&self, balancer: &Balancer) -> Result<Arc<Endpoint>, String> {
+        balancer.pick().await.map_err(|error| {
+            if let PickError::Timeout(authority) = &error {
+                let e = FailClosed::new(
+                    FailReason::DiscoveryTimeout,
+                    format!("the control plane did not answer in time about {authority}"),
+                    None,
+                );
+                self.fwd
+                    .count_fail_closed(UNKNOWN_CLIENT, UNKNOWN_CLIENT, &e);
+            }
+            error.to_string()
+        })
+    }
 }
 
 impl Explicit for ExplicitRoutes {
@@ -956,13 +1117,28 @@ impl Explicit for ExplicitRoutes {
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']');
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            // An address, as if the connection had been redirected to it:
+            // the control plane may name the pod it belongs to.
+            let addr = SocketAddr::new(ip, port);
+            return Box::pin(async move {
+                let dest = self.fwd.destination(addr).await.0;
+                let endpoint = match dest {
+                    Dest::Addr(e) => e,
+                    Dest::Balanced(balancer, _) => self.pick(&balancer).await?,
+                    Dest::Undecided(waited) => {
+                        let e = undecided(addr, waited);
+                        self.fwd.count_fail_closed(UNKNOWN_CLIENT, addr, &e);
+                        return Err(e.to_string());
+                    }
+                };
+                Ok((endpoint.addr, endpoint.identity.clone()))
+            });
+        }
         let balancer = discovery.authority(host, port);
         Box::pin(async move {
-            balancer
-                .pick()
-                .await
-                .map(|e| (e.addr, e.identity.clone()))
-                .map_err(|e| e.to_string())
+            let e = self.pick(&balancer).await?;
+            Ok((e.addr, e.identity.clone()))
         })
     }
 }

@@ -126,6 +126,13 @@ pub struct ControlConfig {
     /// answer before going on without it.
     #[serde(serialize_with = "parse::ser_duration")]
     pub discovery_initial_wait: Duration,
+    /// `DESTINATION_PROFILE_NETWORKS`: where meshed workloads may be
+    /// (Linkerd's name and meaning). An address inside is looked up, and
+    /// while the control plane has not answered whether it is meshed it is
+    /// not reached at all (after `DISCOVERY_INITIAL_WAIT`, the connection
+    /// fails); an address outside is never meshed and goes to its original
+    /// destination without a lookup. Every address, when unset.
+    pub profile_networks: Vec<parse::Network>,
     /// Inbound policy until the control plane's arrives.
     pub inbound_default_policy: DefaultPolicy,
     /// DNS servers for names the control plane does not know (the
@@ -263,6 +270,7 @@ const KNOWN: &[&str] = &[
     "DESTINATION_SVC_ADDR",
     "DESTINATION_SVC_NAME",
     "DESTINATION_CONTEXT",
+    "DESTINATION_PROFILE_NETWORKS",
     "POLICY_SVC_ADDR",
     "POLICY_SVC_NAME",
     "POLICY_WORKLOAD",
@@ -387,6 +395,25 @@ impl Config {
                 }
             })?
             .unwrap_or(false);
+        if control.identity.is_none() && !identity_disabled {
+            // Identity settings without the service that certifies them
+            // would leave the proxy without mTLS, silently.
+            for name in [
+                "IDENTITY_LOCAL_NAME",
+                "IDENTITY_TOKEN_FILE",
+                "IDENTITY_TRUST_ANCHORS",
+                "IDENTITY_DIR",
+                "IDENTITY_SERVER_NAME",
+            ] {
+                if let Some(var) = r.which(name) {
+                    return Err(ConfigError {
+                        var,
+                        value: String::new(),
+                        reason: "set without IDENTITY_SVC_ADDR: the identity service that certifies this workload is required (or set IDENTITY_DISABLED=true to run without mTLS)".to_string(),
+                    });
+                }
+            }
+        }
         let identity = if identity_disabled || control.identity.is_none() {
             None
         } else {
@@ -498,6 +525,14 @@ impl<E: Env + ?Sized> Reader<'_, E> {
             .map_err(|reason| ConfigError { var, value, reason })
     }
 
+    /// The variable that sets `name`, if one does.
+    fn which(&self, name: &str) -> Option<String> {
+        [PREFIX, LINKERD_PREFIX]
+            .into_iter()
+            .map(|prefix| format!("{prefix}{name}"))
+            .find(|var| self.env.get(var).is_some())
+    }
+
     fn addr(&self, name: &str, default: impl Into<SocketAddr>) -> Result<SocketAddr, ConfigError> {
         Ok(self.opt_addr(name)?.unwrap_or_else(|| default.into()))
     }
@@ -565,6 +600,14 @@ impl<E: Env + ?Sized> Reader<'_, E> {
             discovery_idle_timeout: self
                 .timeout("OUTBOUND_DISCOVERY_IDLE_TIMEOUT", Duration::from_secs(5))?,
             discovery_initial_wait: self.timeout("DISCOVERY_INITIAL_WAIT", Duration::from_secs(3))?,
+            profile_networks: self
+                .get("DESTINATION_PROFILE_NETWORKS", parse::Network::parse_list)?
+                .unwrap_or_else(|| {
+                    ["0.0.0.0/0", "::/0"]
+                        .iter()
+                        .filter_map(|n| parse::Network::parse(n).ok())
+                        .collect()
+                }),
             inbound_default_policy: self
                 .get("INBOUND_DEFAULT_POLICY", |s| {
                     Ok(match s.trim() {

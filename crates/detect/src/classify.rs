@@ -38,6 +38,20 @@ pub fn classify(buf: &[u8]) -> Verdict {
     if buf.is_empty() {
         return need_http;
     }
+    // Empty lines before an HTTP/1 request line are allowed (RFC 9112,
+    // section 2.2) and servers skip them: they must not turn HTTP into
+    // opaque bytes that reach the application unread.
+    let newlines = leading_newlines(buf);
+    if newlines > 0 {
+        return match &buf[newlines..] {
+            [] => need_http,
+            rest => match request_line(rest) {
+                Some(true) => Verdict::Done(Protocol::Http1),
+                Some(false) => need_http,
+                None => Verdict::Done(Protocol::Opaque),
+            },
+        };
+    }
     match starts_with_partial(buf, H2_PREFACE) {
         Some(true) => return Verdict::Done(Protocol::Http2),
         Some(false) => return need_http,
@@ -57,11 +71,24 @@ pub fn classify(buf: &[u8]) -> Verdict {
 /// its method and a space already read: a request line too long for the
 /// peek buffer (a long URL) is still HTTP, for the HTTP server to parse.
 pub(crate) fn long_request_line(buf: &[u8]) -> bool {
+    let newlines = leading_newlines(buf);
+    if newlines == buf.len() {
+        // Nothing but empty lines: what an HTTP server skips.
+        return true;
+    }
+    let buf = &buf[newlines..];
     let method = buf.iter().take_while(|&&b| is_tchar(b)).count();
     (1..=MAX_METHOD_LEN).contains(&method)
         && buf.get(method) == Some(&b' ')
         && starts_with_partial(buf, H2_PREFACE).is_none()
         && request_line(buf) == Some(false)
+}
+
+/// How many CR and LF bytes `buf` starts with.
+fn leading_newlines(buf: &[u8]) -> usize {
+    buf.iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count()
 }
 
 /// `Some(true)` if `buf` starts with `pattern`, `Some(false)` if `buf` is a

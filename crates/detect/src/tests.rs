@@ -221,3 +221,39 @@ async fn detects_a_client_hello_arriving_in_pieces() {
     );
     drop(task.await.unwrap());
 }
+
+#[test]
+fn empty_lines_before_a_request_line_are_http() {
+    for line in [
+        "\r\nGET / HTTP/1.1\r\n",
+        "\r\n\r\n\r\nPOST /x HTTP/1.0\r\n",
+        "\nGET / HTTP/1.1\n",
+    ] {
+        assert_eq!(done(line.as_bytes()), Protocol::Http1, "{line:?}");
+    }
+    for partial in ["\r\n", "\r\n\r", "\r\nGET", "\r\nGET / HTTP/1.1\r"] {
+        assert_eq!(
+            classify(partial.as_bytes()),
+            Verdict::NeedMore {
+                limit: MAX_HTTP_PEEK
+            },
+            "{partial:?}"
+        );
+    }
+    assert_eq!(done(b"\r\nSSH-2.0-x\r\n"), Protocol::Opaque);
+}
+
+#[tokio::test]
+async fn a_peek_full_of_empty_lines_is_http() {
+    // What an HTTP server skips must not smuggle a request past the
+    // proxy's HTTP handling as opaque bytes.
+    let (mut client, mut server) = duplex(64 * 1024);
+    let mut bytes = b"\r\n".repeat(MAX_HTTP_PEEK);
+    bytes.extend_from_slice(b"GET / HTTP/1.1\r\nl5d-client-id: forged\r\n\r\n");
+    client.write_all(&bytes).await.unwrap();
+    let d = detect(&mut server, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        (d.protocol, d.reason),
+        (Protocol::Http1, Reason::BufferFull)
+    );
+}

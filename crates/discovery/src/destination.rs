@@ -163,8 +163,16 @@ impl Apply<DestinationProfile, Option<Profile>> for Profiles {
         }));
     }
 
-    fn error(&mut self, tx: &watch::Sender<Option<Profile>>, _status: &tonic::Status) {
-        // Without a first answer, proceed as if the target were unknown.
+    fn error(&mut self, tx: &watch::Sender<Option<Profile>>, status: &tonic::Status) {
+        // A target the control plane refuses outright is unknown to it;
+        // any other failure (unreachable, overloaded) says nothing about
+        // whether it is meshed, so the answer stays pending.
+        if !matches!(
+            status.code(),
+            tonic::Code::NotFound | tonic::Code::InvalidArgument
+        ) {
+            return;
+        }
         tx.send_if_modified(|p| {
             if p.is_none() {
                 *p = Some(Profile::default());

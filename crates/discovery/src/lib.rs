@@ -85,7 +85,7 @@ pub enum Resolution {
 }
 
 /// One endpoint.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     /// Where to connect.
     pub addr: SocketAddr,
@@ -105,7 +105,7 @@ pub struct Endpoint {
 }
 
 /// A protocol hint.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Hint {
     /// None given.
     #[default]
@@ -389,7 +389,10 @@ impl Discovery {
 
     /// Where an outbound connection to `orig_dst` goes: the backends its
     /// outbound policy names; without one, the endpoints of the service
-    /// its profile names; without that, itself.
+    /// its profile names, or the endpoint it is; without that, itself.
+    /// When the control plane has not answered within the initial wait,
+    /// [`Outbound::Undecided`]: whether the target is meshed is unknown,
+    /// so it must not be reached in plaintext.
     pub async fn outbound(&self, orig_dst: SocketAddr) -> Outbound {
         let wait = self.inner.config.initial_wait;
         if let Some(mut rx) = self.outbound_policy(orig_dst) {
@@ -417,13 +420,16 @@ impl Discovery {
             }
         }
         let Some(mut profile) = self.profile(orig_dst) else {
-            return Outbound::Forward { opaque: false };
+            return Outbound::Forward {
+                opaque: false,
+                endpoint: None,
+            };
         };
         let p = match tokio::time::timeout(wait, profile.wait_for(Option::is_some)).await {
             Ok(Ok(p)) => p.clone().unwrap_or_default(),
             _ => {
-                tracing::info!(%orig_dst, ?wait, "no profile from the control plane in time; forwarding to the original destination");
-                Profile::default()
+                tracing::info!(%orig_dst, ?wait, "no profile from the control plane in time: whether the target is meshed is unknown");
+                return Outbound::Undecided { waited: wait };
             }
         };
         match p.name {
@@ -439,7 +445,18 @@ impl Discovery {
                     profile: Some(profile),
                 }
             }
-            None => Outbound::Forward { opaque: p.opaque },
+            None => Outbound::Forward {
+                opaque: p.opaque,
+                // The control plane may name the pod the address belongs
+                // to, and its identity.
+                endpoint: p
+                    .endpoint
+                    .filter(|e| e.addr == orig_dst || e.addr.ip() == orig_dst.ip())
+                    .map(|mut e| {
+                        e.addr = orig_dst;
+                        Arc::new(e)
+                    }),
+            },
         }
     }
 
@@ -481,6 +498,15 @@ pub enum Outbound {
     Forward {
         /// Skip protocol detection.
         opaque: bool,
+        /// The endpoint the control plane says it is (with its identity,
+        /// when meshed).
+        endpoint: Option<Arc<Endpoint>>,
+    },
+    /// Nowhere: the control plane did not answer in time, so whether the
+    /// target is meshed is unknown.
+    Undecided {
+        /// How long the answer was waited for.
+        waited: Duration,
     },
     /// To the endpoints of a service.
     Service {
@@ -542,7 +568,8 @@ enum Target {
         dst: Option<tw::Receiver<Resolution>>,
         fallback: Fallback,
     },
-    Addr(SocketAddr),
+    /// One address (with its identity, when the control plane names one).
+    Addr(Arc<Endpoint>),
 }
 
 /// No endpoint could be picked.
@@ -552,6 +579,9 @@ pub enum PickError {
     NoEndpoints(String),
     /// Neither the control plane nor DNS knows the name.
     NotFound(String),
+    /// The control plane did not answer in time: whether the service's
+    /// endpoints are meshed is unknown, so none is picked.
+    Timeout(String),
 }
 
 impl std::fmt::Display for PickError {
@@ -559,13 +589,17 @@ impl std::fmt::Display for PickError {
         match self {
             PickError::NoEndpoints(a) => write!(f, "{a} has no endpoints"),
             PickError::NotFound(a) => write!(f, "{a} is not known to the control plane or DNS"),
+            PickError::Timeout(a) => {
+                write!(f, "the control plane did not answer in time about {a}")
+            }
         }
     }
 }
 
 impl std::error::Error for PickError {}
 
-fn plain(addr: SocketAddr) -> Arc<Endpoint> {
+/// An endpoint the control plane says nothing about: no identity.
+pub fn plain(addr: SocketAddr) -> Arc<Endpoint> {
     Arc::new(Endpoint {
         addr,
         weight: 1,
@@ -652,7 +686,7 @@ impl Balancer {
                     Some(target) => target.clone(),
                     None => {
                         let target = Arc::new(match chosen {
-                            BackendSpec::Forward(a) => Target::Addr(*a),
+                            BackendSpec::Forward(e) => Target::Addr(e.clone()),
                             BackendSpec::Service(path) => Target::Service {
                                 authority: path.clone(),
                                 dst: self.discovery.endpoints(path),
@@ -672,7 +706,7 @@ impl Balancer {
 impl Target {
     async fn pick(&self, discovery: &Discovery) -> Result<Arc<Endpoint>, PickError> {
         let (authority, dst, fallback) = match self {
-            Target::Addr(a) => return Ok(plain(*a)),
+            Target::Addr(e) => return Ok(e.clone()),
             Target::Service {
                 authority,
                 dst,
@@ -694,7 +728,10 @@ impl Target {
                 }
                 Resolution::NotFound => {}
                 Resolution::Pending => {
-                    tracing::info!(%authority, ?wait, "no answer from the control plane in time; falling back");
+                    // Not a licence for plaintext: its endpoints may be
+                    // meshed.
+                    tracing::info!(%authority, ?wait, "no answer from the control plane in time");
+                    return Err(PickError::Timeout(authority.clone()));
                 }
             }
         }

@@ -3,9 +3,9 @@
 //! default route (services to balance over, or addresses to forward to).
 //! Route matching, timeouts and retries come with the routing work.
 
-use crate::{Metrics, watch::Apply};
+use crate::{Endpoint, Metrics, watch::Apply};
 use linkerd2_proxy_api::outbound::{self, backend, proxy_protocol::Kind};
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// What a policy lookup has found so far.
@@ -34,8 +34,8 @@ pub struct OutboundPolicy {
 pub enum BackendSpec {
     /// A service's endpoints, by its `Destination.Get` path.
     Service(String),
-    /// One address.
-    Forward(SocketAddr),
+    /// One address, with the identity the control plane names for it.
+    Forward(Arc<Endpoint>),
 }
 
 type RouteBackends = Vec<(Option<outbound::Backend>, u32)>;
@@ -174,13 +174,13 @@ pub(crate) fn reduce(p: outbound::OutboundPolicy, metrics: &Metrics) -> Outbound
                     }
                 },
                 Some(backend::Kind::Forward(w)) => {
-                    match w.addr.and_then(|a| SocketAddr::try_from(a).ok()) {
-                        Some(a) => BackendSpec::Forward(a),
-                        None => {
-                            metrics.skipped("no_address");
-                            return None;
-                        }
+                    // Read as a Destination endpoint is: its identity, SNI
+                    // and hints count as much here.
+                    let mut w = w;
+                    if w.weight == 0 {
+                        w.weight = 1;
                     }
+                    BackendSpec::Forward(Arc::new(crate::destination::endpoint(w, metrics)?))
                 }
                 None => {
                     metrics.skipped("no_backend");

@@ -16,15 +16,16 @@ use hyper_util::{
 use linnet_config::HttpConfig;
 use linnet_metrics::{
     Direction,
+    mesh::MeshMetrics,
     tcp::{Peer, TcpMetrics, Tls},
 };
-use linnet_transport::{ConnectError, CountingIo};
+use linnet_tls::PeerTls;
+use linnet_transport::CountingIo;
 use std::{
     future::Future,
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -43,19 +44,6 @@ const MAX_IDLE_PER_TARGET: usize = 64;
 /// How long an idle pooled connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// mTLS to a meshed target: the config (which checks the peer's
-/// identity) and the server name sent as SNI.
-#[derive(Clone, Debug)]
-pub struct UpstreamTls {
-    /// The client config.
-    pub config: Arc<linnet_tls::rustls::ClientConfig>,
-    /// The server name sent as SNI.
-    pub server_name: linnet_tls::pki_types::ServerName<'static>,
-    /// The identity the peer must prove (what `l5d-require-id` and the
-    /// `server_id` label name).
-    pub identity: String,
-}
-
 /// How to reach a target.
 #[derive(Clone, Debug)]
 pub struct ConnectConfig {
@@ -65,12 +53,22 @@ pub struct ConnectConfig {
     pub keepalive: Option<Duration>,
 }
 
+/// Where an [`Upstream`]'s connections are counted.
+#[derive(Clone, Debug)]
+pub struct UpstreamMetrics {
+    /// Its connections, as the `dst` side.
+    pub tcp: TcpMetrics,
+    /// Its refusals of a meshed target that mTLS could not prove.
+    pub mesh: MeshMetrics,
+}
+
 /// The pooled clients for one target.
 #[derive(Debug)]
 pub struct Upstream {
     target: SocketAddr,
-    /// The identity the target must prove over mTLS, when meshed.
-    peer_identity: Option<String>,
+    /// How the target is reached: plaintext, mTLS proving its identity,
+    /// or not at all.
+    tls: PeerTls,
     /// Whether HTTP/1 requests travel to it as HTTP/2 (a meshed peer that
     /// said it takes HTTP/2), restored on its side from `l5d-orig-proto`.
     upgrade_h1: bool,
@@ -89,18 +87,19 @@ impl Upstream {
         target: SocketAddr,
         config: ConnectConfig,
         http: &HttpConfig,
-        metrics: TcpMetrics,
+        metrics: UpstreamMetrics,
         direction: Direction,
-        tls: Option<UpstreamTls>,
+        tls: PeerTls,
         upgrade_h1: bool,
     ) -> Self {
         let connector = Connector {
             target,
             config,
-            metrics,
+            metrics: metrics.tcp,
+            mesh_metrics: metrics.mesh,
             direction,
             absolute_form: false,
-            tls,
+            tls: tls.clone(),
         };
         let mut h1 = Client::builder(TokioExecutor::new());
         h1.pool_timer(TokioTimer::new())
@@ -121,8 +120,8 @@ impl Upstream {
             .http2_keep_alive_timeout(http.http2_keepalive_timeout);
         Self {
             target,
-            peer_identity: connector.tls.as_ref().map(|t| t.identity.clone()),
-            upgrade_h1: upgrade_h1 && connector.tls.is_some(),
+            upgrade_h1: upgrade_h1 && matches!(tls, PeerTls::Mesh(_)),
+            tls,
             h1: h1.build(connector.clone()),
             h1_absolute: h1.build(Connector {
                 absolute_form: true,
@@ -132,9 +131,15 @@ impl Upstream {
         }
     }
 
-    /// The identity the target proves over mTLS, when it is meshed.
+    /// The identity the target must prove over mTLS, when it is meshed
+    /// (connections to it fail when it cannot be proven).
     pub fn peer_identity(&self) -> Option<&str> {
-        self.peer_identity.as_deref()
+        self.tls.identity()
+    }
+
+    /// How the target is reached.
+    pub fn tls(&self) -> &PeerTls {
+        &self.tls
     }
 
     /// Whether HTTP/1 requests to it are carried as HTTP/2 (meshed, and
@@ -169,29 +174,50 @@ pub struct Connector {
     target: SocketAddr,
     config: ConnectConfig,
     metrics: TcpMetrics,
+    mesh_metrics: MeshMetrics,
     direction: Direction,
     /// Whether its connections carry absolute-form requests.
     absolute_form: bool,
-    /// mTLS, for a meshed target.
-    tls: Option<UpstreamTls>,
+    /// Plaintext, mTLS, or refused: the one rule, decided for the target.
+    tls: PeerTls,
 }
 
 impl tower_service::Service<http::Uri> for Connector {
     type Response = TokioIo<UpstreamIo>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+    type Error = linnet_core::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, linnet_core::Error>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), linnet_core::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            let refused = |this: &Connector, mut e: linnet_tls::FailClosed| {
+                e.detail = format!("to {}: {}", this.target, e.detail).into();
+                tracing::info!(
+                    direction = %this.direction, target = %this.target, rule = e.reason.as_str(),
+                    identity = ?e.identity, error = %e.detail,
+                    "refusing to reach a meshed peer without mTLS proving its identity"
+                );
+                this.mesh_metrics
+                    .fail_closed(this.direction, e.reason.as_str());
+                linnet_core::Error::from(e)
+            };
+            let mesh = match &this.tls {
+                PeerTls::Refuse(e) => return Err(refused(&this, e.clone())),
+                // Checked before dialling: no credentials, no connection.
+                PeerTls::Mesh(m) => match m.ready() {
+                    Ok(()) => Some(m.clone()),
+                    Err(e) => return Err(refused(&this, e)),
+                },
+                PeerTls::Plain => None,
+            };
             let stream =
                 linnet_transport::connect(this.target, this.config.timeout, this.config.keepalive)
                     .await?;
-            let Some(tls) = this.tls else {
+            let Some(mesh) = mesh else {
                 let metrics =
                     this.metrics
                         .open(this.direction, Peer::Dst, &Tls::DISABLED, this.target);
@@ -202,29 +228,14 @@ impl tower_service::Service<http::Uri> for Connector {
             };
             // The peer's identity is checked in the handshake, before a
             // byte of the request is sent.
-            let handshake = tokio_rustls::TlsConnector::from(tls.config.clone())
-                .connect(tls.server_name.clone(), stream);
-            let failed = |e: io::Error| ConnectError::Io {
-                addr: this.target,
-                source: io::Error::new(
-                    e.kind(),
-                    format!("mTLS with {}: {e}", tls.server_name.to_str()),
-                ),
-            };
-            let stream = match tokio::time::timeout(this.config.timeout, handshake).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(failed(e)),
-                Err(_) => {
-                    return Err(failed(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "handshake timed out",
-                    )));
-                }
+            let stream = match mesh.connect(stream, this.config.timeout).await {
+                Ok(s) => s,
+                Err(e) => return Err(refused(&this, e)),
             };
             let metrics = this.metrics.open(
                 this.direction,
                 Peer::Dst,
-                &Tls::mesh(Some(std::sync::Arc::from(tls.identity.as_str()))),
+                &Tls::mesh(Some(mesh.identity_str().clone())),
                 this.target,
             );
             Ok(TokioIo::new(UpstreamIo {

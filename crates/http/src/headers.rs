@@ -59,6 +59,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Headers that only a proxy sets on requests it passes to the
+/// application (inbound): who the client is (`l5d-client-id`) and how an
+/// HTTP/1 request travelled between proxies (`l5d-orig-proto`, consumed
+/// on the way in).
+pub const PROXY_OWNED: [&str; 2] = ["l5d-client-id", "l5d-orig-proto"];
+
+/// Removes every copy of the [`PROXY_OWNED`] headers a client sent.
+pub fn strip_proxy_owned(headers: &mut HeaderMap) {
+    for name in PROXY_OWNED {
+        headers.remove(name);
+    }
+}
+
 /// Removes a `Content-Length` from an HTTP/1 message whose body was not
 /// framed by it (`exact_body_len` is `None`: chunked). hyper reads a
 /// message that carried both `Transfer-Encoding: chunked` and
@@ -123,6 +136,22 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn proxy_owned_headers_are_stripped_in_every_spelling_and_copy() {
+        let mut h = map(&[
+            ("L5D-Client-Id", "forged"),
+            ("l5d-client-id", "forged-again"),
+            ("l5d-orig-proto", "HTTP/1.1"),
+            ("l5d-dst-canonical", "web.default.svc.cluster.local:80"),
+            ("x-app", "kept"),
+        ]);
+        strip_proxy_owned(&mut h);
+        assert!(h.get("l5d-client-id").is_none());
+        assert!(h.get("l5d-orig-proto").is_none());
+        assert_eq!(h.get("x-app").unwrap(), "kept");
+        assert!(h.get("l5d-dst-canonical").is_some());
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod rescue;
 pub mod server;
 
 pub use self::{
-    client::{Upstream, UpstreamTls},
+    client::{Upstream, UpstreamMetrics},
     proxy::{Balance, BoxFuture, Explicit, InFlight, Proxy, Route},
     server::serve,
 };

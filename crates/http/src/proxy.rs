@@ -339,8 +339,9 @@ impl Inner {
             }
         }
         if self.direction == Direction::Inbound {
-            // Only this proxy may say who the client is.
-            req.headers_mut().remove(L5D_CLIENT_ID);
+            // Only this proxy may say who the client is, or how the
+            // request travelled between proxies.
+            headers::strip_proxy_owned(req.headers_mut());
             if let Some(id) = &self.client_id {
                 req.headers_mut().insert(L5D_CLIENT_ID, id.clone());
             }

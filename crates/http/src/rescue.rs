@@ -61,6 +61,16 @@ pub fn rescue(error: &(dyn Error + 'static), grpc: bool) -> Rescued {
             grpc,
         );
     }
+    if let Some(refused) = linnet_core::find_cause::<linnet_tls::FailClosed>(error) {
+        // A meshed peer that mTLS could not prove: refused, never plaintext.
+        return respond(
+            StatusCode::BAD_GATEWAY,
+            GRPC_UNAVAILABLE,
+            "tls_fail_closed",
+            &refused.to_string(),
+            grpc,
+        );
+    }
     let message = linnet_core::display_chain(error);
     match linnet_core::find_cause::<ConnectError>(error) {
         // The target did not accept in time: a gateway timeout.

@@ -7,6 +7,7 @@
 //! set once (when it opens), never per read or write.
 
 pub mod http;
+pub mod mesh;
 pub mod process;
 pub mod tcp;
 

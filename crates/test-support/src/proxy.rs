@@ -1,6 +1,6 @@
 //! The whole proxy, in-process.
 
-use linnet_app::{Drained, Listeners, OrigDst};
+use linnet_app::{Drained, Listeners, OrigDst, StartError};
 use linnet_config::Config;
 use std::net::SocketAddr;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -15,7 +15,7 @@ pub struct Proxy {
     /// The admin server.
     pub admin: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Drained>,
+    task: JoinHandle<Result<Drained, StartError>>,
 }
 
 impl Proxy {
@@ -60,8 +60,14 @@ impl Proxy {
         }
     }
 
-    /// Waits for the proxy to finish; re-raises a panic of its task.
+    /// Waits for the proxy to finish; re-raises a panic of its task, and
+    /// panics if it could not start.
     pub async fn join(self) -> Drained {
+        self.try_join().await.expect("the proxy started")
+    }
+
+    /// Waits for the proxy to finish, or for its failure to start.
+    pub async fn try_join(self) -> Result<Drained, StartError> {
         match self.task.await {
             Ok(d) => d,
             Err(e) => std::panic::resume_unwind(e.into_panic()),

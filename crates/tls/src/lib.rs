@@ -10,13 +10,18 @@
 //! - [`client_config`] and [`server_config`]: the client verifies that the
 //!   server's chain reaches the trust anchors and carries exactly the
 //!   identity it expects; the server asks for a client certificate, verifies
-//!   it when given, and [`peer_identity`] says whose it is.
+//!   it when given, and [`peer_identity`] says whose it is;
+//! - [`PeerTls`] and [`MeshClient`]: the one rule for reaching a meshed
+//!   peer (mTLS proving its identity, or a refusal), and the one mTLS
+//!   connector every path uses.
 
+mod connect;
 mod id;
 mod store;
 mod verify;
 
 pub use self::{
+    connect::{FailClosed, FailReason, MeshClient, PeerTls},
     id::{Id, IdError, identities},
     store::CertStore,
     verify::IdentityVerifier,
