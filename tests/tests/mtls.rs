@@ -4,15 +4,16 @@
 //! must refuse on that port.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use linnet_app::OrigDst;
 use linnet_test_support::{
     control::ControlPlane,
     eventually,
-    metrics::try_http,
     proxy::Proxy,
     tcp::{ExchangeServer, exchange, random_payload},
 };
-use linnet_tls::{Id, TrustAnchors, client_config, pki_types::ServerName};
+use linnet_tls::pki_types::ServerName;
 use std::{sync::Arc, time::Duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -38,28 +39,7 @@ async fn meshed_proxy_with(
     orig_dst: OrigDst,
     extra: &[(&str, &str)],
 ) -> Proxy {
-    let token_file = plane.dir().join(format!("token-{token}"));
-    std::fs::write(&token_file, token).unwrap();
-    let (addr, anchors, token_file) = (
-        plane.addr.to_string(),
-        plane.trust_anchors(),
-        token_file.display().to_string(),
-    );
-    let mut env = extra.to_vec();
-    env.extend_from_slice(&[
-        ("LINNET_DESTINATION_SVC_ADDR", &addr),
-        ("LINNET_IDENTITY_SVC_ADDR", &addr),
-        ("LINNET_IDENTITY_LOCAL_NAME", id),
-        ("LINNET_IDENTITY_TOKEN_FILE", &token_file),
-        ("LINNET_IDENTITY_TRUST_ANCHORS", &anchors),
-        ("LINNET_INBOUND_DETECT_TIMEOUT", "1s"),
-    ]);
-    let p = Proxy::start(orig_dst, &env).await;
-    eventually("certified", Duration::from_secs(10), || async {
-        (try_http(p.admin, "GET", "/ready", "").await.ok()?.0 == 200).then_some(())
-    })
-    .await;
-    p
+    plane.meshed_proxy(id, token, orig_dst, extra).await
 }
 
 struct Mesh {
@@ -205,24 +185,7 @@ fn test_client_config(
     plane: &ControlPlane,
     alpn: Vec<Vec<u8>>,
 ) -> linnet_tls::rustls::ClientConfig {
-    use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
-    let dir = plane.dir();
-    let ca_key =
-        KeyPair::from_pem(&std::fs::read_to_string(dir.join("issuer.key")).unwrap()).unwrap();
-    let issuer = Issuer::from_ca_cert_pem(&plane.trust_anchors(), ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::default();
-    p.subject_alt_names = vec![SanType::DnsName(CLIENT.to_string().try_into().unwrap())];
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    let store = Arc::new(linnet_tls::CertStore::default());
-    store
-        .set(
-            vec![cert.der().clone()],
-            linnet_tls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    let anchors = TrustAnchors::from_pem(&plane.trust_anchors()).unwrap();
-    client_config(&anchors, store, Id::parse(SERVER).unwrap(), alpn).unwrap()
+    common::mesh_client_config(plane, CLIENT, SERVER, alpn)
 }
 
 #[tokio::test]

@@ -84,6 +84,61 @@ impl ControlPlane {
     }
 }
 
+// === meshed proxies ===
+
+impl ControlPlane {
+    /// Starts an in-process proxy whose identity `id` this control plane
+    /// certifies (with `token`), discovering through it, plus `extra`
+    /// settings; returns once it is ready (certified).
+    pub async fn meshed_proxy(
+        &self,
+        id: &str,
+        token: &str,
+        orig_dst: linnet_app::OrigDst,
+        extra: &[(&str, &str)],
+    ) -> crate::proxy::Proxy {
+        let p = self.meshed_proxy_unready(id, token, orig_dst, extra).await;
+        crate::eventually("certified", Duration::from_secs(10), || async {
+            (crate::metrics::try_http(p.admin, "GET", "/ready", "")
+                .await
+                .ok()?
+                .0
+                == 200)
+                .then_some(())
+        })
+        .await;
+        p
+    }
+
+    /// [`Self::meshed_proxy`], without waiting for the certificate (which
+    /// may never come: a wrong token).
+    pub async fn meshed_proxy_unready(
+        &self,
+        id: &str,
+        token: &str,
+        orig_dst: linnet_app::OrigDst,
+        extra: &[(&str, &str)],
+    ) -> crate::proxy::Proxy {
+        let token_file = self.dir().join(format!("token-{id}-{token}"));
+        std::fs::write(&token_file, token).unwrap();
+        let (addr, anchors, token_file) = (
+            self.addr.to_string(),
+            self.trust_anchors(),
+            token_file.display().to_string(),
+        );
+        let mut env = extra.to_vec();
+        env.extend_from_slice(&[
+            ("LINNET_DESTINATION_SVC_ADDR", &addr),
+            ("LINNET_IDENTITY_SVC_ADDR", &addr),
+            ("LINNET_IDENTITY_LOCAL_NAME", id),
+            ("LINNET_IDENTITY_TOKEN_FILE", &token_file),
+            ("LINNET_IDENTITY_TRUST_ANCHORS", &anchors),
+            ("LINNET_INBOUND_DETECT_TIMEOUT", "1s"),
+        ]);
+        crate::proxy::Proxy::start(orig_dst, &env).await
+    }
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.kill();
