@@ -82,6 +82,10 @@ fn every_bad_value_exits_64_naming_the_variable() {
             "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
             "3306-25",
         ),
+        (
+            "LINNET_DESTINATION_PROFILE_NETWORKS",
+            "10.0.0.0/8,10.0.0.0/99",
+        ),
     ];
     for (var, value) in cases {
         let out = Command::new(BIN)
@@ -166,4 +170,80 @@ fn bind_failure_is_reported() {
         stderr.contains(&format!("cannot listen for admin connections on {addr}")),
         "{stderr}"
     );
+}
+
+#[test]
+fn identity_settings_without_the_identity_service_exit_64() {
+    // Without IDENTITY_SVC_ADDR nothing would certify the workload: the
+    // proxy would run without mTLS, and say nothing.
+    for var in [
+        "LINNET_IDENTITY_LOCAL_NAME",
+        "LINKERD2_PROXY_IDENTITY_TOKEN_FILE",
+        "LINNET_IDENTITY_TRUST_ANCHORS",
+    ] {
+        let out = Command::new(BIN)
+            .arg("proxy")
+            .env_clear()
+            .env(
+                var,
+                "web.default.serviceaccount.identity.linkerd.cluster.local",
+            )
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{var}: {stderr}");
+        assert!(
+            stderr.contains(var) && stderr.contains("IDENTITY_SVC_ADDR"),
+            "{var}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_identity_that_cannot_be_set_up_stops_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t").unwrap();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let anchors_ok = linnet_control::Ca::generate()
+        .unwrap()
+        .trust_anchors_pem()
+        .to_string();
+    let cases: [(&str, String, &str); 2] = [
+        // Trust anchors that are not certificates.
+        (
+            "LINNET_IDENTITY_TRUST_ANCHORS",
+            "-----BEGIN CERTIFICATE-----\nMIIBdTCCARugAwIBAgIUQ==\n-----END CERTIFICATE-----\n"
+                .to_string(),
+            "trust anchors",
+        ),
+        // A key directory that cannot be created.
+        (
+            "LINNET_IDENTITY_DIR",
+            blocker.join("id").display().to_string(),
+            "cannot set up the workload identity",
+        ),
+    ];
+    for (var, value, says) in cases {
+        let mut cmd = proxy_cmd();
+        cmd.env("LINNET_IDENTITY_SVC_ADDR", "127.0.0.1:1")
+            .env(
+                "LINNET_IDENTITY_LOCAL_NAME",
+                "web.default.serviceaccount.identity.linkerd.cluster.local",
+            )
+            .env("LINNET_IDENTITY_TOKEN_FILE", &token)
+            .env("LINNET_IDENTITY_TRUST_ANCHORS", &anchors_ok)
+            .env(var, &value);
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{var}: {stderr}");
+        assert!(
+            stderr.contains("cannot set up the workload identity")
+                && stderr.contains(says)
+                && stderr.lines().count() < 20,
+            "{var}: {stderr}"
+        );
+        assert!(!stderr.contains("listening"), "{var}: it served: {stderr}");
+    }
 }

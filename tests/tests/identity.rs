@@ -68,3 +68,40 @@ async fn never_ready_with_a_wrong_token() {
     .await;
     assert_eq!(ready(&p).await, 503);
 }
+
+#[tokio::test]
+async fn not_ready_while_the_certificate_has_expired() {
+    // Certificates live 2s; the proxy renews only every 4s, so for about
+    // two seconds of every four it holds an expired one.
+    let plane = ControlPlane::start(&format!(
+        "identity:\n  certificate_lifetime: 2s\n  clock_skew_allowance: 0s\n  tokens:\n    {ID}: right\n"
+    ))
+    .await;
+    let p = plane
+        .meshed_proxy_unready(
+            ID,
+            "right",
+            OrigDst::Fixed("127.0.0.1:9".parse().unwrap()),
+            &[
+                ("LINNET_IDENTITY_MIN_REFRESH", "4s"),
+                ("LINNET_IDENTITY_MAX_REFRESH", "4s"),
+            ],
+        )
+        .await;
+    eventually("certified and ready", Duration::from_secs(10), || async {
+        (ready(&p).await == 200).then_some(())
+    })
+    .await;
+    eventually(
+        "not ready once the certificate expired",
+        Duration::from_secs(10),
+        || async { (ready(&p).await == 503).then_some(()) },
+    )
+    .await;
+    eventually(
+        "ready again once renewed",
+        Duration::from_secs(10),
+        || async { (ready(&p).await == 200).then_some(()) },
+    )
+    .await;
+}

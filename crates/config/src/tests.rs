@@ -282,3 +282,40 @@ fn identity_settings() {
         "LINNET_IDENTITY_TRUST_ANCHORS"
     );
 }
+
+#[test]
+fn profile_networks_default_to_every_address() {
+    let c = Config::from_env(&env(&[])).unwrap();
+    for ip in ["10.1.2.3", "192.168.0.1", "fd00::1", "2001:db8::1"] {
+        let ip = ip.parse().unwrap();
+        assert!(c.control.profile_networks.iter().any(|n| n.contains(ip)));
+    }
+    let c = Config::from_env(&env(&[(
+        "LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS",
+        "10.0.0.0/8,fd00::/8",
+    )]))
+    .unwrap();
+    let inside = |ip: &str| {
+        let ip = ip.parse().unwrap();
+        c.control.profile_networks.iter().any(|n| n.contains(ip))
+    };
+    assert!(inside("10.9.9.9") && inside("fd00::5"));
+    assert!(!inside("192.168.0.1") && !inside("2001:db8::1"));
+}
+
+#[test]
+fn identity_settings_need_the_identity_service() {
+    let e = Config::from_env(&env(&[(
+        "LINNET_IDENTITY_LOCAL_NAME",
+        "web.default.serviceaccount.identity.linkerd.cluster.local",
+    )]))
+    .unwrap_err();
+    assert_eq!(e.var, "LINNET_IDENTITY_LOCAL_NAME");
+    // Disabled on purpose: the settings are ignored.
+    let c = Config::from_env(&env(&[
+        ("LINNET_IDENTITY_LOCAL_NAME", "web"),
+        ("LINNET_IDENTITY_DISABLED", "true"),
+    ]))
+    .unwrap();
+    assert!(c.identity.is_none());
+}
