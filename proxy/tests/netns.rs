@@ -17,41 +17,12 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-const PROXY_UID: &str = "2102";
 const APP_PORT: u16 = 8080;
 
 /// `linnet proxy` inside `ns`, as the proxy's uid (which the iptables
-/// rules exempt from redirection).
+/// rules exempt from redirection), once ready.
 fn start_proxy(ns: &Netns, bin: &std::path::Path, name: &str) -> Process {
-    let mut cmd = ns.command("setpriv");
-    cmd.args([
-        &format!("--reuid={PROXY_UID}"),
-        &format!("--regid={PROXY_UID}"),
-        "--clear-groups",
-        "--",
-    ])
-    .arg(bin)
-    .arg("proxy")
-    .env_clear()
-    .env("LINNET_SHUTDOWN_GRACE_PERIOD", "30s")
-    .env("LINNET_LOG", "warn,linnet=debug");
-    let p = Process::spawn(name, cmd);
-    for _ in 0..500 {
-        let ready = ns.block_on(async {
-            linnet_test_support::metrics::try_http(
-                "127.0.0.1:4191".parse().unwrap(),
-                "GET",
-                "/ready",
-                "",
-            )
-            .await
-        });
-        if ready.is_ok_and(|(s, _)| s == 200) {
-            return p;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{name} never became ready:\n{}", p.log());
+    linnet_test_support::netns::pod_proxy(ns, bin, name, &[], true)
 }
 
 fn init(ns: &Netns, bin: &std::path::Path) {

@@ -58,7 +58,12 @@ pub struct HttpServer {
 impl HttpServer {
     /// Starts the server on `127.0.0.1:0`.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    /// Starts the server on `listener` (one bound elsewhere, such as in
+    /// a network namespace).
+    pub fn start_on(listener: TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let bodies = Arc::new(Mutex::new(Vec::new()));

@@ -174,3 +174,47 @@ fn run(program: &str, args: &[&str]) -> Output {
     );
     out
 }
+
+/// The uid `linnet init` exempts from redirection: the proxy's.
+pub const PROXY_UID: &str = "2102";
+
+/// `linnet proxy` (the binary at `bin`, executable by [`PROXY_UID`])
+/// inside `ns`, as the proxy's uid, with `env` and a 30s grace period;
+/// with `ready`, returns once its `/ready` (admin on 127.0.0.1:4191)
+/// answers 200, else once its admin server answers at all.
+pub fn pod_proxy(
+    ns: &Netns,
+    bin: &std::path::Path,
+    name: &str,
+    env: &[(&str, &str)],
+    ready: bool,
+) -> crate::process::Process {
+    let mut cmd = ns.command("setpriv");
+    cmd.args([
+        &format!("--reuid={PROXY_UID}"),
+        &format!("--regid={PROXY_UID}"),
+        "--clear-groups",
+        "--",
+    ])
+    .arg(bin)
+    .arg("proxy")
+    .env_clear()
+    .env("LINNET_SHUTDOWN_GRACE_PERIOD", "30s")
+    .env("LINNET_LOG", "warn,linnet=debug");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let p = crate::process::Process::spawn(name, cmd);
+    for _ in 0..500 {
+        let status = ns.block_on(async {
+            crate::metrics::try_http("127.0.0.1:4191".parse().unwrap(), "GET", "/ready", "").await
+        });
+        match status {
+            Ok((200, _)) => return p,
+            Ok(_) if !ready => return p,
+            _ => {}
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{name} never became ready:\n{}", p.log());
+}
