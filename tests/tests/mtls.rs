@@ -646,9 +646,12 @@ async fn rogue_server(
 ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let store = Arc::new(linnet_tls::CertStore::default());
     store.set(chain, key).unwrap();
-    let config =
-        linnet_tls::server_config(&TrustAnchors::from_pem(anchors).unwrap(), store, Vec::new())
-            .unwrap();
+    let config = linnet_tls::server_config(
+        &linnet_tls::TrustAnchors::from_pem(anchors).unwrap(),
+        store,
+        Vec::new(),
+    )
+    .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
