@@ -44,7 +44,8 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     /// How often an HTTP/2 connection is pinged...
     pub keepalive_interval: Duration,
-    /// ...and how long a ping may go unanswered before it is closed.
+    /// ...and how long a ping may go unanswered before it is closed;
+    /// also how long an idle connection has to close gracefully.
     pub keepalive_timeout: Duration,
     /// Streams (watches and calls) one connection may have open.
     pub max_concurrent_streams: u32,
@@ -194,6 +195,11 @@ where
         .max_header_list_size(options.max_header_list_size)
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
+    // Once idle, the connection is closed gracefully (GOAWAY); a client
+    // that never even sent the HTTP/2 preface cannot take part in that,
+    // so after the keepalive timeout it is dropped.
+    let force = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(force);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -207,6 +213,11 @@ where
                 tracing::debug!(%peer, "closing an idle connection");
                 closing = true;
                 conn.as_mut().graceful_shutdown();
+                force.as_mut().reset(tokio::time::Instant::now() + options.keepalive_timeout);
+            }
+            _ = &mut force, if closing => {
+                tracing::debug!(%peer, "an idle connection did not close in time; dropping it");
+                return;
             }
         }
     }

@@ -277,7 +277,9 @@ fn reason(e: &std::io::Error) -> &'static str {
         Some(E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. })) => {
             "wrong_name"
         }
-        Some(E::InvalidCertificate(C::UnknownIssuer)) => "unknown_ca",
+        // A chain to no anchor, or to an anchor's name but not its key
+        // (another CA of the same name, as generated CAs often are).
+        Some(E::InvalidCertificate(C::UnknownIssuer | C::BadSignature)) => "unknown_ca",
         Some(E::InvalidCertificate(
             C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
         )) => "expired",

@@ -15,12 +15,18 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Starts on `127.0.0.1:0` serving `yaml`.
+    /// Starts on `127.0.0.1:0` serving `yaml` (in plaintext: loopback).
     pub async fn start(yaml: &str) -> Self {
+        Self::start_at("127.0.0.1:0".parse().unwrap(), yaml).await
+    }
+
+    /// Starts on `addr` serving `yaml`: off loopback its clients must
+    /// speak TLS (see [`crate::addr::ExtraAddr`] for such an address).
+    pub async fn start_at(addr: SocketAddr, yaml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
         let mut plane = Self {
-            addr: "127.0.0.1:0".parse().unwrap(),
+            addr,
             dir,
             tasks: Vec::new(),
         };
