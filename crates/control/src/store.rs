@@ -58,8 +58,10 @@ impl Store {
     /// is recent: file times are coarse (a few milliseconds), so two
     /// writes of the same length in one tick would otherwise look alike.
     pub async fn follow(self, path: PathBuf, interval: Duration, metrics: Metrics) {
-        let mut stamp = Stamp::of(&path).await;
-        let mut last = tokio::fs::read(&path).await.ok();
+        // Nothing is taken as read: the file may have changed since the
+        // mesh in force was loaded from it. What the first look finds is
+        // a reload only if it differs from that mesh.
+        let (mut stamp, mut last, mut first) = (None, None, true);
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -78,7 +80,9 @@ impl Store {
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || Mesh::load(&path))
             };
+            let initial = std::mem::take(&mut first);
             match load.await {
+                Ok(Ok(mesh)) if initial && *self.current() == mesh => {}
                 Ok(Ok(mesh)) => {
                     tracing::info!(path = %path.display(), "mesh file reloaded");
                     metrics.reloaded(true);
