@@ -25,6 +25,9 @@ pub(crate) struct ServerTls {
     /// The rustls config: TLS 1.3, ALPN `h2`, the certificate from the
     /// store.
     pub(crate) config: Arc<rustls::ServerConfig>,
+    /// The certificate in force (tests look at it).
+    #[cfg(test)]
+    certs: Arc<CertStore>,
     /// The renewal task; stopped when this is dropped.
     renew: JoinHandle<()>,
 }
@@ -61,9 +64,11 @@ impl ServerTls {
         let mesh = store.current();
         let lifetime = issue(&ca, &mesh.identity, &certs, &metrics)?;
         let config = linnet_tls::server_config(&anchors, certs.clone(), vec![b"h2".to_vec()])?;
-        let renew = tokio::spawn(renew(ca, store, certs, metrics, lifetime));
+        let renew = tokio::spawn(renew(ca, store, certs.clone(), metrics, lifetime));
         Ok(Self {
             config: Arc::new(config),
+            #[cfg(test)]
+            certs,
             renew,
         })
     }
@@ -134,5 +139,50 @@ async fn renew(
                 RETRY
             }
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Mesh;
+
+    fn names(certs: &CertStore) -> Vec<String> {
+        let leaf = certs.leaf().unwrap();
+        linnet_tls::identities(&leaf)
+            .unwrap()
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renews_at_70_percent_and_when_the_names_change() {
+        let dir = std::path::Path::new("/nonexistent");
+        let mesh = Mesh::parse("identity:\n  certificate_lifetime: 1h\n", dir).unwrap();
+        let store = Store::new(mesh);
+        let ca = Arc::new(Ca::generate().unwrap());
+        let tls = ServerTls::start(ca, store.clone(), Metrics::default()).unwrap();
+        assert_eq!(names(&tls.certs).len(), 3);
+        let first = tls.certs.leaf().unwrap();
+
+        // Not before 70% of the hour...
+        tokio::time::sleep(Duration::from_secs(41 * 60)).await;
+        assert_eq!(tls.certs.leaf().unwrap(), first);
+        // ...but then.
+        tokio::time::sleep(Duration::from_secs(2 * 60)).await;
+        let second = tls.certs.leaf().unwrap();
+        assert_ne!(second, first);
+
+        // The file names other identities: a new certificate at once.
+        store.replace(
+            Mesh::parse(
+                "identity:\n  certificate_lifetime: 1h\n  control_plane_identities: [control.mesh.example]\n",
+                dir,
+            )
+            .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(names(&tls.certs), ["control.mesh.example"]);
     }
 }
