@@ -109,6 +109,7 @@ pub async fn serve_with(
     let permits = Arc::new(Semaphore::new(options.max_connections));
     let metrics = control.metrics.clone();
     let mut conns = tokio::task::JoinSet::new();
+    let mut warned_cap = false;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -126,7 +127,13 @@ pub async fn serve_with(
         while conns.try_join_next().is_some() {}
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics.connection_refused();
-            tracing::warn!(%peer, max_connections = options.max_connections, "too many connections; closing a new one");
+            // Once at warning level (a flood must not flood the log too);
+            // the metric counts every one.
+            if std::mem::replace(&mut warned_cap, true) {
+                tracing::debug!(%peer, "too many connections; closing a new one");
+            } else {
+                tracing::warn!(%peer, max_connections = options.max_connections, "too many connections; closing new ones (counted in control_server_connections_refused_total)");
+            }
             drop(stream);
             continue;
         };
@@ -152,11 +159,11 @@ pub async fn serve_with(
                 Ok(Err(error)) => {
                     let reason = handshake_reason(&error);
                     metrics.handshake_failed(reason);
-                    tracing::info!(%peer, reason, %error, "TLS handshake failed");
+                    tracing::debug!(%peer, reason, %error, "TLS handshake failed");
                 }
                 Err(_) => {
                     metrics.handshake_failed("timeout");
-                    tracing::info!(%peer, timeout = ?options.handshake_timeout, "TLS handshake timed out");
+                    tracing::debug!(%peer, timeout = ?options.handshake_timeout, "TLS handshake timed out");
                 }
             }
         });
