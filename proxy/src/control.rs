@@ -1,6 +1,7 @@
 //! `linnet control`: the embedded control plane, serving Linkerd's proxy
 //! API from a YAML mesh file (see `linnet_control` and
-//! `examples/mesh.yaml`).
+//! `examples/mesh.yaml`): plaintext to clients on loopback, TLS with its
+//! own certificate to any other.
 
 use crate::{EXIT_CONFIG, signals, trace};
 use anyhow::Context as _;
@@ -26,6 +27,15 @@ pub(crate) struct ControlArgs {
     /// Log filter.
     #[arg(long, default_value = "warn,linnet=info,linnet_control=info")]
     log: String,
+    /// Client connections served at once; new ones beyond it are closed.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// How long a client off loopback may take over its TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = linnet_config::parse::duration)]
+    handshake_timeout: Duration,
+    /// How long a connection with no open stream is kept.
+    #[arg(long, default_value = "5m", value_parser = linnet_config::parse::duration)]
+    idle_timeout: Duration,
 }
 
 pub(crate) fn main(args: ControlArgs) -> ExitCode {
@@ -109,7 +119,13 @@ fn run(args: ControlArgs, mesh: Mesh) -> anyhow::Result<()> {
             ca: Arc::new(ca),
         };
         let stopped = stop_admin.clone();
-        linnet_control::serve(listener, control, async move {
+        let options = linnet_control::ServeOptions {
+            max_connections: args.max_connections.max(1),
+            handshake_timeout: args.handshake_timeout,
+            idle_timeout: args.idle_timeout,
+            ..Default::default()
+        };
+        linnet_control::serve_with(listener, control, options, async move {
             tokio::select! {
                 _ = shutdown => {}
                 _ = stopped.notified() => {}

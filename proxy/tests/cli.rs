@@ -103,6 +103,56 @@ fn every_bad_value_exits_64_naming_the_variable() {
     }
 }
 
+/// A control plane off loopback without a name to verify, or without
+/// trust anchors to verify it with: refused at start, never plaintext.
+#[test]
+fn a_control_plane_off_loopback_without_tls_exits_64() {
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[("LINKERD2_PROXY_DESTINATION_SVC_ADDR", "10.0.0.1:8086")],
+            "LINNET_DESTINATION_SVC_NAME",
+        ),
+        (
+            &[
+                (
+                    "LINNET_DESTINATION_SVC_ADDR",
+                    "linkerd-dst-headless.linkerd.svc.cluster.local:8086",
+                ),
+                (
+                    "LINNET_DESTINATION_SVC_NAME",
+                    "linkerd-destination.linkerd.serviceaccount.identity.linkerd.cluster.local",
+                ),
+            ],
+            "LINNET_DESTINATION_SVC_ADDR",
+        ),
+        (
+            &[
+                ("LINNET_IDENTITY_SVC_ADDR", "10.0.0.2:8080"),
+                (
+                    "LINNET_IDENTITY_SVC_NAME",
+                    "linkerd-identity.linkerd.serviceaccount.identity.linkerd.cluster.local",
+                ),
+                ("LINNET_IDENTITY_DISABLED", "true"),
+            ],
+            "LINNET_IDENTITY_SVC_ADDR",
+        ),
+    ];
+    for (vars, var) in cases {
+        let out = Command::new(BIN)
+            .arg("proxy")
+            .env_clear()
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{vars:?}: {stderr}");
+        assert!(
+            stderr.contains(var),
+            "{vars:?}: does not name {var}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn linkerd_aliases_apply_and_linnet_wins() {
     let mut cmd = proxy_cmd();

@@ -74,19 +74,14 @@ pub struct Options {
 /// without them (as it does with none configured).
 fn discovery(
     config: &Config,
-    registry: &mut linnet_metrics::prometheus_client::registry::Registry,
+    metrics: linnet_discovery::Metrics,
+    tls: Option<linnet_discovery::control::ControlTls>,
 ) -> Option<linnet_discovery::Discovery> {
     let c = &config.control;
     if c.destination.is_none() && c.policy.is_none() {
         return None;
     }
-    let addr = |a: &Option<linnet_config::ControlAddr>| {
-        a.as_ref().map(|a| linnet_discovery::ControlAddr {
-            addr: a.addr.clone(),
-            name: a.name.clone(),
-        })
-    };
-    let metrics = linnet_discovery::Metrics::register(registry);
+    let addr = |a: &Option<linnet_config::ControlAddr>| a.as_ref().map(control_addr);
     let d = linnet_discovery::Config {
         destination: addr(&c.destination),
         policy: addr(&c.policy),
@@ -97,6 +92,7 @@ fn discovery(
         dns_servers: c.dns_servers.clone(),
         dns_min_ttl: c.dns_min_ttl,
         dns_max_ttl: c.dns_max_ttl,
+        tls,
     };
     match linnet_discovery::Discovery::new(d, metrics) {
         Ok(d) => {
@@ -130,12 +126,44 @@ pub enum StartError {
     MeshTls(String),
 }
 
+fn control_addr(a: &linnet_config::ControlAddr) -> linnet_discovery::ControlAddr {
+    linnet_discovery::ControlAddr {
+        addr: a.addr.clone(),
+        name: a.name.clone(),
+    }
+}
+
+/// The control-plane clients' metrics, and the TLS that reaches a
+/// control plane off loopback: verified against the identity's trust
+/// anchors (without them such a control plane is not reached at all).
+fn control_plane(
+    config: &Config,
+    registry: &mut linnet_metrics::prometheus_client::registry::Registry,
+) -> (
+    linnet_discovery::Metrics,
+    Option<linnet_discovery::control::ControlTls>,
+) {
+    let c = &config.control;
+    if c.destination.is_none() && c.policy.is_none() && c.identity.is_none() {
+        return (Default::default(), None);
+    }
+    let metrics = linnet_discovery::Metrics::register(registry);
+    let anchors = config.identity.as_ref().and_then(|id| {
+        linnet_tls::TrustAnchors::from_pem(&id.trust_anchors_pem)
+            .inspect_err(|error| tracing::error!(%error, "IDENTITY_TRUST_ANCHORS: unusable; a control plane off loopback cannot be reached"))
+            .ok()
+    });
+    let tls = anchors.map(|a| linnet_discovery::control::ControlTls::new(a, metrics.clone()));
+    (metrics, tls)
+}
+
 /// The workload identity, certifying in the background, when configured.
 /// A configured identity that cannot be set up stops the proxy: running
 /// on without it would leave meshed traffic without mTLS.
 fn identity(
     config: &Config,
     registry: &mut linnet_metrics::prometheus_client::registry::Registry,
+    control_tls: Option<&linnet_discovery::control::ControlTls>,
 ) -> Result<Option<Arc<linnet_identity::Identity>>, StartError> {
     if config.identity_disabled {
         tracing::warn!(
@@ -164,10 +192,8 @@ fn identity(
         metrics,
     )
     .map_err(|e| failed(e.to_string()))?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", svc.addr))
-        .map_err(|e| failed(format!("identity service address {}: {e}", svc.addr)))?
-        .connect_timeout(std::time::Duration::from_secs(1))
-        .connect_lazy();
+    let channel = linnet_discovery::control::channel("identity", &control_addr(svc), control_tls)
+        .map_err(|e| failed(e.to_string()))?;
     let id = Arc::new(id);
     tracing::info!(identity = %id.local(), service = %svc.addr, "certifying this workload's identity");
     let client = linkerd2_proxy_api::identity::identity_client::IdentityClient::new(channel);
@@ -236,8 +262,17 @@ pub async fn run(
     let tcp_metrics = TcpMetrics::register(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
     let mesh_metrics = linnet_metrics::mesh::MeshMetrics::register(&mut registry);
-    let discovery = discovery(&config, &mut registry);
-    let identity = identity(&config, &mut registry)?;
+    // The identity first: discovery's TLS presents its certificate.
+    let (control_metrics, control_tls) = control_plane(&config, &mut registry);
+    let identity = identity(&config, &mut registry, control_tls.as_ref())?;
+    let discovery = discovery(
+        &config,
+        control_metrics,
+        control_tls.map(|t| match &identity {
+            Some(id) => t.with_client_certificate(id.store()),
+            None => t,
+        }),
+    );
     let mesh = match &identity {
         Some(id) => Some(Arc::new(
             mesh::MeshTls::new(

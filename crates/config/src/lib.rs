@@ -81,7 +81,9 @@ pub struct IdentityConfig {
 pub struct ControlAddr {
     /// `host:port` (a name or an IP).
     pub addr: String,
-    /// Its TLS identity (`*_SVC_NAME`), for mTLS to it.
+    /// Its TLS identity (`*_SVC_NAME`, lower-cased), which its server
+    /// certificate must carry as a DNS SAN. Required unless `addr` is
+    /// loopback (where the service is spoken to in plaintext).
     pub name: Option<String>,
 }
 
@@ -419,6 +421,7 @@ impl Config {
         } else {
             Some(r.identity()?)
         };
+        r.control_tls(&control, identity.is_some(), identity_disabled)?;
         Ok(Config {
             outbound,
             inbound,
@@ -475,6 +478,17 @@ fn linkerd_targets_to_ours(filter: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// A DNS-like name: dot-separated labels of letters, digits and `-`.
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// The number of cores this process may use: the cgroup CPU quota rounded
@@ -567,8 +581,79 @@ impl<E: Env + ?Sized> Reader<'_, E> {
                 )
             }
         })?;
-        let name = self.string(&format!("{svc}_SVC_NAME"))?;
-        Ok(addr.map(|addr| ControlAddr { addr, name }))
+        let name = self.get(&format!("{svc}_SVC_NAME"), |s| {
+            let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
+            if is_dns_name(&s) {
+                Ok(s)
+            } else {
+                Err("expected the control plane's identity, a DNS-like name such as linkerd-destination.linkerd.serviceaccount.identity.linkerd.cluster.local".to_string())
+            }
+        })?;
+        let Some(addr) = addr else {
+            return Ok(None);
+        };
+        // Off loopback the service is spoken to only over TLS, verified
+        // against its identity: without one there is nothing to verify.
+        if name.is_none() && !linnet_core::addr::is_loopback_authority(&addr) {
+            return Err(ConfigError {
+                var: self.spelt(&format!("{svc}_SVC_NAME")),
+                value: String::new(),
+                reason: format!(
+                    "required with a non-loopback {svc}_SVC_ADDR ({addr}): the control plane is spoken to over TLS that verifies this identity"
+                ),
+            });
+        }
+        Ok(Some(ControlAddr { addr, name }))
+    }
+
+    /// The variable as the environment spells it: ours when set (or when
+    /// neither is), else Linkerd's.
+    fn spelt(&self, name: &str) -> String {
+        let ours = format!("{PREFIX}{name}");
+        let theirs = format!("{LINKERD_PREFIX}{name}");
+        if self.env.get(&ours).is_none() && self.env.get(&theirs).is_some() {
+            theirs
+        } else {
+            ours
+        }
+    }
+
+    /// A control plane off loopback needs the trust anchors to verify it:
+    /// with identity disabled, or not configured, it cannot be reached
+    /// safely, and the proxy refuses to start rather than speak plaintext.
+    fn control_tls(
+        &self,
+        control: &ControlConfig,
+        has_anchors: bool,
+        identity_disabled: bool,
+    ) -> Result<(), ConfigError> {
+        if has_anchors {
+            return Ok(());
+        }
+        let services = [
+            ("DESTINATION", &control.destination),
+            ("POLICY", &control.policy),
+            ("IDENTITY", &control.identity),
+        ];
+        for (svc, addr) in services {
+            let Some(addr) = addr else { continue };
+            if linnet_core::addr::is_loopback_authority(&addr.addr) {
+                continue;
+            }
+            let why = if identity_disabled {
+                "IDENTITY_DISABLED is set"
+            } else {
+                "no identity is configured (IDENTITY_SVC_ADDR and IDENTITY_TRUST_ANCHORS)"
+            };
+            return Err(ConfigError {
+                var: self.spelt(&format!("{svc}_SVC_ADDR")),
+                value: addr.addr.clone(),
+                reason: format!(
+                    "not a loopback address, so the control plane is spoken to only over TLS verified against IDENTITY_TRUST_ANCHORS, but {why}; configure the identity or use a loopback address"
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn control(&self) -> Result<ControlConfig, ConfigError> {

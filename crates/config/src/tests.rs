@@ -168,6 +168,18 @@ fn control_plane() {
         ),
         ("LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "90s"),
         ("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "deny"),
+        // A destination off loopback is reached over TLS: the identity's
+        // trust anchors verify it.
+        ("LINKERD2_PROXY_IDENTITY_SVC_ADDR", "127.0.0.1:8080"),
+        (
+            "LINKERD2_PROXY_IDENTITY_LOCAL_NAME",
+            "web.ns.serviceaccount.identity.linkerd.cluster.local",
+        ),
+        (
+            "LINKERD2_PROXY_IDENTITY_TOKEN_FILE",
+            "/var/run/secrets/token",
+        ),
+        ("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", PEM),
         ("LINNET_DNS_SERVERS", "127.0.0.1:5353, 10.0.0.10"),
     ]))
     .unwrap()
@@ -216,9 +228,11 @@ fn control_plane() {
     }
 }
 
+const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
 #[test]
 fn identity_settings() {
-    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let pem = PEM;
     let base = [
         ("LINKERD2_PROXY_IDENTITY_SVC_ADDR", "127.0.0.1:8080"),
         (
@@ -318,4 +332,109 @@ fn identity_settings_need_the_identity_service() {
     ]))
     .unwrap();
     assert!(c.identity.is_none());
+}
+
+/// linkerd2-proxy's rule: a control plane on loopback is spoken to in
+/// plaintext, any other only over TLS verified against `*_SVC_NAME` and
+/// the trust anchors; a configuration that cannot do that is refused.
+#[test]
+fn control_plane_off_loopback_needs_a_name_and_trust_anchors() {
+    let identity = [
+        (
+            "LINNET_IDENTITY_LOCAL_NAME",
+            "web.ns.serviceaccount.identity.linkerd.cluster.local",
+        ),
+        ("LINNET_IDENTITY_TOKEN_FILE", "/var/run/secrets/token"),
+        ("LINNET_IDENTITY_TRUST_ANCHORS", PEM),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut v = identity.to_vec();
+        v.extend_from_slice(extra);
+        Config::from_env(&env(&v))
+    };
+    // Loopback: no name needed, with or without an identity.
+    for addr in [
+        "127.0.0.1:8086",
+        "[::1]:8086",
+        "localhost:8086",
+        "127.9.9.9:1",
+    ] {
+        let c = Config::from_env(&env(&[("LINNET_DESTINATION_SVC_ADDR", addr)])).unwrap();
+        assert_eq!(c.control.destination.unwrap().name, None);
+    }
+    // Off loopback, each service needs its name, named in the error.
+    for svc in ["DESTINATION", "POLICY", "IDENTITY"] {
+        for addr in [
+            "10.0.0.1:8086",
+            "linkerd-dst.linkerd.svc.cluster.local:8086",
+            "[fd00::1]:8086",
+        ] {
+            let var = format!("LINNET_{svc}_SVC_ADDR");
+            let mut v = identity.to_vec();
+            v.push(("LINNET_IDENTITY_SVC_ADDR", "127.0.0.1:8080"));
+            v.push(("LINNET_POLICY_WORKLOAD", "w"));
+            v.push((&var, addr));
+            let err = Config::from_env(&env(&v)).unwrap_err();
+            assert_eq!(err.var, format!("LINNET_{svc}_SVC_NAME"), "{err}");
+            assert!(err.to_string().contains(addr), "{err}");
+        }
+    }
+    // A missing setting is named in our spelling (as identity's are).
+    let err = Config::from_env(&env(&[(
+        "LINKERD2_PROXY_DESTINATION_SVC_ADDR",
+        "10.0.0.1:8086",
+    )]))
+    .unwrap_err();
+    assert_eq!(err.var, "LINNET_DESTINATION_SVC_NAME");
+    // With a name and the trust anchors: fine.
+    let c = with(&[
+        ("LINNET_IDENTITY_SVC_ADDR", "10.0.0.2:8080"),
+        (
+            "LINNET_IDENTITY_SVC_NAME",
+            "Linkerd-Identity.linkerd.serviceaccount.identity.linkerd.cluster.local.",
+        ),
+        ("LINNET_DESTINATION_SVC_ADDR", "10.0.0.1:8086"),
+        (
+            "LINNET_DESTINATION_SVC_NAME",
+            "linkerd-destination.linkerd.serviceaccount.identity.linkerd.cluster.local",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.control.identity.unwrap().name.as_deref(),
+        Some("linkerd-identity.linkerd.serviceaccount.identity.linkerd.cluster.local")
+    );
+    // A name that is no identity.
+    let err = Config::from_env(&env(&[
+        ("LINNET_DESTINATION_SVC_ADDR", "10.0.0.1:8086"),
+        ("LINNET_DESTINATION_SVC_NAME", "not a name"),
+    ]))
+    .unwrap_err();
+    assert_eq!(err.var, "LINNET_DESTINATION_SVC_NAME");
+    // Without trust anchors (no identity, or identity disabled): refused,
+    // never plaintext.
+    let named = [
+        ("LINNET_DESTINATION_SVC_ADDR", "10.0.0.1:8086"),
+        (
+            "LINNET_DESTINATION_SVC_NAME",
+            "linkerd-destination.linkerd.serviceaccount.identity.linkerd.cluster.local",
+        ),
+    ];
+    let err = Config::from_env(&env(&named)).unwrap_err();
+    assert_eq!(err.var, "LINNET_DESTINATION_SVC_ADDR", "{err}");
+    assert!(err.reason.contains("IDENTITY_TRUST_ANCHORS"), "{err}");
+    let mut disabled = named.to_vec();
+    disabled.extend_from_slice(&identity);
+    disabled.push(("LINNET_IDENTITY_SVC_ADDR", "127.0.0.1:8080"));
+    disabled.push(("LINNET_IDENTITY_DISABLED", "true"));
+    let err = Config::from_env(&env(&disabled)).unwrap_err();
+    assert_eq!(err.var, "LINNET_DESTINATION_SVC_ADDR", "{err}");
+    assert!(err.reason.contains("IDENTITY_DISABLED"), "{err}");
+    // Disabled identity with a loopback control plane stays allowed.
+    let c = Config::from_env(&env(&[
+        ("LINNET_DESTINATION_SVC_ADDR", "127.0.0.1:8086"),
+        ("LINNET_IDENTITY_DISABLED", "true"),
+    ]))
+    .unwrap();
+    assert!(c.identity_disabled);
 }

@@ -43,11 +43,33 @@ pub struct Identity {
     pub clock_skew_allowance: Duration,
     /// The token each identity must present to be certified.
     pub tokens: BTreeMap<String, String>,
+    /// The trust domain, the last part of Linkerd's identity names
+    /// (`<sa>.<ns>.serviceaccount.identity.linkerd.<trust-domain>`);
+    /// only used for the default control-plane identities.
+    pub trust_domain: String,
+    /// The control plane's own identities: the DNS SANs of the
+    /// certificate it issues itself and serves TLS with off loopback.
+    /// Proxies name one of them as `*_SVC_NAME`. By default Linkerd's:
+    /// `linkerd-{identity,destination,policy}.linkerd.serviceaccount.identity.linkerd.<trust-domain>`.
+    pub control_plane_identities: Vec<String>,
 }
+
+/// Linkerd's control-plane identities in `trust_domain`.
+pub fn default_control_plane_identities(trust_domain: &str) -> Vec<String> {
+    ["linkerd-identity", "linkerd-destination", "linkerd-policy"]
+        .iter()
+        .map(|sa| format!("{sa}.linkerd.serviceaccount.identity.linkerd.{trust_domain}"))
+        .collect()
+}
+
+/// Linkerd's default trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
 impl Default for Identity {
     fn default() -> Self {
         Self {
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+            control_plane_identities: default_control_plane_identities(DEFAULT_TRUST_DOMAIN),
             issuer_certificate: PathBuf::from("issuer.crt"),
             issuer_key: PathBuf::from("issuer.key"),
             trust_anchors: None,
@@ -319,6 +341,8 @@ struct FileIdentity {
     clock_skew_allowance: Option<String>,
     #[serde(default)]
     tokens: BTreeMap<String, FileToken>,
+    trust_domain: Option<String>,
+    control_plane_identities: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -652,7 +676,42 @@ fn identity(id: FileIdentity, dir: &Path) -> Result<Identity, Error> {
         }
         tokens.insert(name, token);
     }
+    let trust_domain = match id.trust_domain {
+        Some(t) => {
+            let t = t.trim_end_matches('.').to_ascii_lowercase();
+            parse_authority(&format!("{t}:1")).map_err(|r| invalid("identity.trust_domain", r))?;
+            t
+        }
+        None => d.trust_domain,
+    };
+    let control_plane_identities = match id.control_plane_identities {
+        None => default_control_plane_identities(&trust_domain),
+        Some(names) => {
+            if names.is_empty() {
+                return Err(invalid(
+                    "identity.control_plane_identities",
+                    "empty: the control plane needs at least one identity to serve TLS with",
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            let mut out = Vec::with_capacity(names.len());
+            for (i, n) in names.iter().enumerate() {
+                let at = format!("identity.control_plane_identities[{i}]");
+                // Proxies verify the control plane by a DNS SAN, and send
+                // the name as SNI: a SPIFFE URI cannot be one.
+                let (name, _) = parse_authority(&format!("{n}:1"))
+                    .map_err(|r| invalid(&at, format!("{r} (a DNS-like identity)")))?;
+                if !seen.insert(name.clone()) {
+                    return Err(invalid(at, format!("{name} is listed twice")));
+                }
+                out.push(name);
+            }
+            out
+        }
+    };
     Ok(Identity {
+        trust_domain,
+        control_plane_identities,
         issuer_certificate: dir.join(cert),
         issuer_key: dir.join(key),
         trust_anchors: anchors.map(|a| dir.join(a)),

@@ -191,6 +191,80 @@ impl Ca {
     }
 }
 
+/// A certificate for the control plane itself: what [`Ca::issue_server`]
+/// returns.
+pub struct ServerCert {
+    /// The leaf, then the issuer when it is an intermediate.
+    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// The leaf's key (fresh for each certificate), PKCS#8.
+    pub key: rustls_pki_types::PrivateKeyDer<'static>,
+    /// When the leaf expires.
+    pub valid_until: time::OffsetDateTime,
+}
+
+impl std::fmt::Debug for ServerCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCert")
+            .field("valid_until", &self.valid_until)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ca {
+    /// Issues the control plane a certificate of its own, with a fresh
+    /// key, naming every one of `names` as a DNS SAN (so a client
+    /// expecting any of them accepts it), valid for the mesh file's
+    /// certificate lifetime.
+    pub fn issue_server(
+        &self,
+        names: &[String],
+        id: &config::Identity,
+    ) -> Result<ServerCert, CaError> {
+        let key =
+            KeyPair::generate().map_err(|e| CaError(format!("cannot generate a key: {e}")))?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| {
+                n.clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|_| CaError(format!("{n:?} is not a DNS name")))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut dn = DistinguishedName::new();
+        if let Some(first) = names.first() {
+            dn.push(DnType::CommonName, first.as_str());
+        }
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - to_time(id.clock_skew_allowance);
+        params.not_after = now + to_time(id.certificate_lifetime);
+        let leaf = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| CaError(format!("cannot sign the control plane's certificate: {e}")))?;
+        let mut chain = vec![leaf.der().clone()];
+        if !self.self_signed {
+            chain.push(self.issuer_der.clone().into());
+        }
+        Ok(ServerCert {
+            chain,
+            key: rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            valid_until: params.not_after,
+        })
+    }
+}
+
 fn to_time(d: Duration) -> time::Duration {
     time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
 }

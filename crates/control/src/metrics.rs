@@ -1,4 +1,5 @@
-//! The control plane's own metrics.
+//! The control plane's own metrics: requests, watches, reloads,
+//! certificates issued, and its server's connections and TLS.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -9,6 +10,11 @@ use prometheus_client::{
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
     rpc: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,6 +30,10 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     config_valid: Gauge,
     certify: Family<ResultLabels, Counter>,
+    connections: Gauge,
+    refused: Counter,
+    handshake_errors: Family<ReasonLabels, Counter>,
+    cert_expiry: Gauge,
 }
 
 impl Metrics {
@@ -52,8 +62,48 @@ impl Metrics {
             "Identity.Certify calls by result (issued, or why refused)",
             m.certify.clone(),
         );
+        r.register(
+            "server_connections",
+            "Client connections open",
+            m.connections.clone(),
+        );
+        r.register(
+            "server_connections_refused",
+            "New connections closed at once because max_connections were open",
+            m.refused.clone(),
+        );
+        r.register(
+            "server_tls_handshake_errors",
+            "Failed TLS handshakes with clients off loopback, by reason (timeout, not_tls, alert, ...)",
+            m.handshake_errors.clone(),
+        );
+        r.register(
+            "server_certificate_expiration_timestamp_seconds",
+            "When the control plane's own TLS certificate expires (Unix time, seconds)",
+            m.cert_expiry.clone(),
+        );
         m.config_valid.set(1);
         m
+    }
+
+    /// Counts an open connection until the guard is dropped.
+    pub(crate) fn connection_opened(&self) -> WatchGuard {
+        self.connections.inc();
+        WatchGuard(self.connections.clone())
+    }
+
+    pub(crate) fn connection_refused(&self) {
+        self.refused.inc();
+    }
+
+    pub(crate) fn handshake_failed(&self, reason: &'static str) {
+        self.handshake_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub(crate) fn server_certificate(&self, expires: i64) {
+        self.cert_expiry.set(expires);
     }
 
     /// Counts a request to `rpc`.
@@ -79,7 +129,7 @@ impl Metrics {
     }
 }
 
-/// Decrements the open-watch gauge when dropped.
+/// Decrements an open-watch (or open-connection) gauge when dropped.
 #[derive(Debug)]
 pub(crate) struct WatchGuard(Gauge);
 

@@ -4,7 +4,13 @@
 
 use crate::{Metrics, config::Mesh};
 use futures_util::{Stream, stream};
-use std::{collections::VecDeque, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    path::PathBuf,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 use tokio::sync::watch;
 
 /// The current mesh, shared by every service.
@@ -42,31 +48,80 @@ impl Store {
         self.tx.subscribe()
     }
 
-    /// Re-reads `path` every `interval` and puts each valid change in
+    /// Looks at `path` every `interval` and puts each valid change in
     /// force; runs until dropped.
+    ///
+    /// Nothing here blocks the runtime: the file's metadata and text are
+    /// read with `tokio::fs`, and it is validated (which reads token
+    /// files) on the blocking pool. The text is read only when the
+    /// modification time or length moved, or while the modification time
+    /// is recent: file times are coarse (a few milliseconds), so two
+    /// writes of the same length in one tick would otherwise look alike.
     pub async fn follow(self, path: PathBuf, interval: Duration, metrics: Metrics) {
-        let mut last = std::fs::read(&path).ok();
+        // Nothing is taken as read: the file may have changed since the
+        // mesh in force was loaded from it. What the first look finds is
+        // a reload only if it differs from that mesh.
+        let (mut stamp, mut last, mut first) = (None, None, true);
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let now = std::fs::read(&path).ok();
-            if now == last {
+            let now = Stamp::of(&path).await;
+            if now == stamp && !now.as_ref().is_some_and(Stamp::is_recent) {
                 continue;
             }
-            last = now;
-            match Mesh::load(&path) {
-                Ok(mesh) => {
+            stamp = now;
+            let text = tokio::fs::read(&path).await.ok();
+            if text == last {
+                continue;
+            }
+            last = text;
+            let load = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || Mesh::load(&path))
+            };
+            let initial = std::mem::take(&mut first);
+            match load.await {
+                Ok(Ok(mesh)) if initial && *self.current() == mesh => {}
+                Ok(Ok(mesh)) => {
                     tracing::info!(path = %path.display(), "mesh file reloaded");
                     metrics.reloaded(true);
                     self.replace(mesh);
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::error!(path = %path.display(), %error, "mesh file rejected; the last good one stays in force");
+                    metrics.reloaded(false);
+                }
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %error, "mesh file reload failed; the last good one stays in force");
                     metrics.reloaded(false);
                 }
             }
         }
+    }
+}
+
+/// What says a file may have changed: its modification time and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: SystemTime,
+    len: u64,
+}
+
+impl Stamp {
+    async fn of(path: &std::path::Path) -> Option<Self> {
+        let meta = tokio::fs::metadata(path).await.ok()?;
+        Some(Self {
+            modified: meta.modified().ok()?,
+            len: meta.len(),
+        })
+    }
+
+    /// Modified so recently that a later write could share its time.
+    fn is_recent(&self) -> bool {
+        SystemTime::now()
+            .duration_since(self.modified)
+            .map_or(true, |age| age < Duration::from_secs(2))
     }
 }
 

@@ -5,6 +5,7 @@
 //! at the server edge), and the [`drain`] signal that turns a shutdown
 //! request into "stop accepting, let connections finish, then force-close".
 
+pub mod addr;
 pub mod drain;
 
 /// The error type of the data path: any error, boxed.

@@ -12,6 +12,7 @@
 //! protocol hint this proxy does not know) are skipped, logged and
 //! counted.
 
+pub mod control;
 mod destination;
 mod dns;
 mod metrics;
@@ -36,10 +37,10 @@ use std::{
     time::Duration,
 };
 use tokio::sync::watch as tw;
-use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+use tonic::transport::Channel;
 
 /// A control-plane service's address: `host:port`, and the identity it
-/// must present (for mTLS to the control plane, when identity lands).
+/// must present (off loopback; see [`control`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ControlAddr {
     /// `host:port` or `ip:port`.
@@ -70,6 +71,9 @@ pub struct Config {
     pub dns_min_ttl: Duration,
     /// See `dns_min_ttl`.
     pub dns_max_ttl: Duration,
+    /// TLS to a control plane off loopback; without it only loopback
+    /// services can be reached.
+    pub tls: Option<control::ControlTls>,
 }
 
 /// What a lookup has found so far.
@@ -171,15 +175,6 @@ struct Inner {
     metrics: Metrics,
 }
 
-fn channel(c: &ControlAddr) -> Result<Channel, tonic::transport::Error> {
-    Ok(TonicEndpoint::from_shared(format!("http://{}", c.addr))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .connect_lazy())
-}
-
 /// Discovery could not be set up.
 #[derive(Debug)]
 pub struct Error(String);
@@ -198,15 +193,17 @@ impl Discovery {
         let dst = config
             .destination
             .as_ref()
-            .map(|c| channel(c).map(DestinationClient::new))
+            .map(|c| {
+                control::channel("destination", c, config.tls.as_ref()).map(DestinationClient::new)
+            })
             .transpose()
-            .map_err(|e| Error(format!("destination service address: {e}")))?;
+            .map_err(|e| Error(e.to_string()))?;
         let policy_channel = config
             .policy
             .as_ref()
-            .map(channel)
+            .map(|c| control::channel("policy", c, config.tls.as_ref()))
             .transpose()
-            .map_err(|e| Error(format!("policy service address: {e}")))?;
+            .map_err(|e| Error(e.to_string()))?;
         let policy = policy_channel.clone().map(InboundServerPoliciesClient::new);
         let outbound_policy = policy_channel.map(OutboundPoliciesClient::new);
         let dns = Dns::new(&config.dns_servers, config.dns_min_ttl, config.dns_max_ttl)

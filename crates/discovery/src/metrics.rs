@@ -1,5 +1,6 @@
 //! The control-plane client's metrics: open watches, updates, errors,
-//! reconnects and skipped data, by API.
+//! reconnects and skipped data, by API; failed TLS handshakes, by service
+//! and reason.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -19,6 +20,12 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsLabels {
+    service: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SkipLabels {
     reason: &'static str,
 }
@@ -32,6 +39,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     reconnects: Family<ApiLabels, Counter>,
     skipped: Family<SkipLabels, Counter>,
+    tls_errors: Family<TlsLabels, Counter>,
 }
 
 impl Metrics {
@@ -61,7 +69,18 @@ impl Metrics {
             "Malformed items in control-plane answers, skipped, by reason",
             m.skipped.clone(),
         );
+        r.register(
+            "tls_errors",
+            "Failed TLS handshakes with the control plane, by service and reason (wrong_name, unknown_ca, expired, bad_certificate, alpn, alert, protocol, io, timeout); nothing is sent in plaintext instead",
+            m.tls_errors.clone(),
+        );
         m
+    }
+
+    pub(crate) fn tls_error(&self, service: &'static str, reason: &'static str) {
+        self.tls_errors
+            .get_or_create(&TlsLabels { service, reason })
+            .inc();
     }
 
     pub(crate) fn watch_opened(&self, api: &'static str) -> Gauge {

@@ -15,12 +15,18 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Starts on `127.0.0.1:0` serving `yaml`.
+    /// Starts on `127.0.0.1:0` serving `yaml` (in plaintext: loopback).
     pub async fn start(yaml: &str) -> Self {
+        Self::start_at("127.0.0.1:0".parse().unwrap(), yaml).await
+    }
+
+    /// Starts on `addr` serving `yaml`: off loopback its clients must
+    /// speak TLS (see [`crate::addr::ExtraAddr`] for such an address).
+    pub async fn start_at(addr: SocketAddr, yaml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
         let mut plane = Self {
-            addr: "127.0.0.1:0".parse().unwrap(),
+            addr,
             dir,
             tasks: Vec::new(),
         };
@@ -119,7 +125,11 @@ impl ControlPlane {
         orig_dst: linnet_app::OrigDst,
         extra: &[(&str, &str)],
     ) -> crate::proxy::Proxy {
-        let token_file = self.dir().join(format!("token-{id}-{token}"));
+        let file_safe: String = id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let token_file = self.dir().join(format!("token-{file_safe}-{token}"));
         std::fs::write(&token_file, token).unwrap();
         let (addr, anchors, token_file) = (
             self.addr.to_string(),

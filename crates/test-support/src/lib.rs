@@ -12,6 +12,7 @@
 //! Fixtures panic on failure: they are for tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod addr;
 pub mod control;
 pub mod grpc;
 pub mod http;

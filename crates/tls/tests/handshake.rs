@@ -354,3 +354,45 @@ fn identity_names() {
             .is_err()
     );
 }
+
+/// The control plane serves one certificate naming all its identities:
+/// a client expecting any one of them accepts it, and only those.
+#[tokio::test]
+async fn a_certificate_with_several_names_is_accepted_for_each() {
+    let ca = Ca::new();
+    let names = [
+        "linkerd-identity.linkerd.serviceaccount.identity.linkerd.cluster.local",
+        "linkerd-destination.linkerd.serviceaccount.identity.linkerd.cluster.local",
+        "linkerd-policy.linkerd.serviceaccount.identity.linkerd.cluster.local",
+    ];
+    let sans = names
+        .iter()
+        .map(|n| SanType::DnsName(n.to_string().try_into().unwrap()))
+        .collect();
+    let server = ca.leaf_at(sans, OffsetDateTime::now_utc() - Duration::hours(1), 1);
+    for name in names {
+        let (_, _, leaf) = handshake(
+            &ca.anchors(),
+            &ca.anchors(),
+            server.clone(),
+            Arc::default(),
+            name,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(Id::parse(name).unwrap().is_named_in(&leaf));
+    }
+    let e = handshake(
+        &ca.anchors(),
+        &ca.anchors(),
+        server,
+        Arc::default(),
+        "linkerd-destination.other.serviceaccount.identity.linkerd.cluster.local",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.contains("not valid for name") || e.contains("NotValidForName"),
+        "{e}"
+    );
+}

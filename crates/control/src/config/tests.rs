@@ -172,3 +172,54 @@ fn status_ranges() {
     assert_eq!(status_range("6xx"), None);
     assert_eq!(status_range("99"), None);
 }
+
+#[test]
+fn control_plane_identities() {
+    // Linkerd's, in the default trust domain.
+    let m = parse("").unwrap();
+    assert_eq!(m.identity.trust_domain, "cluster.local");
+    assert_eq!(
+        m.identity.control_plane_identities,
+        [
+            "linkerd-identity.linkerd.serviceaccount.identity.linkerd.cluster.local",
+            "linkerd-destination.linkerd.serviceaccount.identity.linkerd.cluster.local",
+            "linkerd-policy.linkerd.serviceaccount.identity.linkerd.cluster.local",
+        ]
+    );
+    // In another trust domain.
+    let m = parse("identity:\n  trust_domain: Example.ORG.\n").unwrap();
+    assert_eq!(m.identity.trust_domain, "example.org");
+    assert_eq!(
+        m.identity.control_plane_identities[1],
+        "linkerd-destination.linkerd.serviceaccount.identity.linkerd.example.org"
+    );
+    // Given: normalised, kept in order.
+    let m =
+        parse("identity:\n  control_plane_identities: [Control.Mesh.Example., dst.mesh.example]\n")
+            .unwrap();
+    assert_eq!(
+        m.identity.control_plane_identities,
+        ["control.mesh.example", "dst.mesh.example"]
+    );
+    for (yaml, at) in [
+        (
+            "identity:\n  control_plane_identities: []\n",
+            "identity.control_plane_identities",
+        ),
+        (
+            "identity:\n  control_plane_identities: [a.example, \"spiffe://x/y\"]\n",
+            "identity.control_plane_identities[1]",
+        ),
+        (
+            "identity:\n  control_plane_identities: [a.example, A.example]\n",
+            "identity.control_plane_identities[1]",
+        ),
+        (
+            "identity:\n  trust_domain: \"not a domain\"\n",
+            "identity.trust_domain",
+        ),
+    ] {
+        let e = err(yaml);
+        assert!(e.contains(at), "{yaml}: {e}");
+    }
+}
