@@ -355,7 +355,14 @@ fn meshed_pods_are_reached_over_mtls_or_not_at_all() {
         async move { exchange(TcpStream::connect(at(OPAQUE_PORT)).await.unwrap(), &payload).await }
     });
     assert!(echoed.is_ok(), "{echoed:?}");
-    assert_eq!(exchanged.completed(), 1);
+    // The server's side of the exchange ends just after the client's.
+    for _ in 0..250 {
+        if exchanged.completed() == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(exchanged.completed(), 1, "{:?}", exchanged.failures());
     let server = scrape(&server_pod);
     for port in [HTTP_PORT, OPAQUE_PORT] {
         assert!(

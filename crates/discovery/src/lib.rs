@@ -446,13 +446,12 @@ impl Discovery {
                 opaque: p.opaque,
                 // The control plane may name the pod the address belongs
                 // to, and its identity.
-                endpoint: p
-                    .endpoint
-                    .filter(|e| e.addr == orig_dst || e.addr.ip() == orig_dst.ip())
-                    .map(|mut e| {
-                        e.addr = orig_dst;
-                        Arc::new(e)
-                    }),
+                // (Whatever address it gives, the connection's own is the
+                // one dialled, and the identity applies to it.)
+                endpoint: p.endpoint.map(|mut e| {
+                    e.addr = orig_dst;
+                    Arc::new(e)
+                }),
             },
         }
     }
@@ -660,7 +659,10 @@ impl Balancer {
                     return Ok(plain(*orig_dst));
                 };
                 if p.backends.is_empty() {
-                    return Ok(plain(*orig_dst));
+                    // A policy naming no usable backend (all malformed, or
+                    // none given) is not a licence to dial the address in
+                    // plaintext: it may be meshed.
+                    return Err(PickError::NoEndpoints(orig_dst.to_string()));
                 }
                 let total: u64 = p.backends.iter().map(|(_, w)| u64::from(*w)).sum();
                 let mut n = rand::random_range(0..total.max(1));
