@@ -184,8 +184,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
     let mut registry = linnet_metrics::registry();
-    let tcp_metrics = TcpMetrics::register(&mut registry);
-    let http_metrics = HttpMetrics::register(&mut registry);
+    let bounds = linnet_metrics::bounded::Bounds::register(
+        &mut registry,
+        linnet_metrics::bounded::Limits {
+            max_values: config.metrics.max_label_values,
+            idle_timeout: config.metrics.idle_timeout,
+        },
+    );
+    let tcp_metrics = TcpMetrics::register(&mut registry, &bounds);
+    let http_metrics = HttpMetrics::register(&mut registry, &bounds);
     let discovery = discovery(&config, &mut registry);
     let identity = identity(&config, &mut registry);
     let mesh = match &identity {
