@@ -11,8 +11,9 @@
 //!   [`Limits::max_values`] distinct values at once. A new value beyond
 //!   that becomes [`OVERFLOW`] (`"<overflow>"`, which no authority, SNI,
 //!   identity or address can be), and `metrics_label_overflow_total` counts
-//!   it, once per label-set resolution (a connection, or a request whose
-//!   authority differs from its connection's previous one).
+//!   it, once per resolution: per connection side for the `tcp_*` labels,
+//!   per HTTP label set (a connection, or a request whose authority
+//!   differs from its connection's previous one).
 //! - **Series** ([`Family`]): a family whose label sets carry such values
 //!   leases each series to the handles that count into it (a connection's
 //!   [`crate::tcp::ConnMetrics`], an HTTP connection's
