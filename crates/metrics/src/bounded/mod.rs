@@ -240,10 +240,14 @@ impl Drop for Lease {
     }
 }
 
+/// The least time between two sweeps of a table that entries arrive in:
+/// a sweep walks the whole table.
+const MIN_SWEEP_MS: u64 = 100;
+
 /// How often a table sweeps itself when entries arrive: every half idle
-/// timeout.
+/// timeout (and at most every [`MIN_SWEEP_MS`]).
 fn due(last_sweep_ms: u64, now_ms: u64, idle_ms: u64) -> bool {
-    now_ms.saturating_sub(last_sweep_ms) >= idle_ms / 2
+    now_ms.saturating_sub(last_sweep_ms) >= (idle_ms / 2).max(MIN_SWEEP_MS)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Label values chosen by peers, at most [`super::Limits::max_values`] of
 //! them at once per label; the rest are [`OVERFLOW`].
 
-use super::{Bounds, Lease, Usage, idle};
+use super::{Bounds, Lease, MIN_SWEEP_MS, Usage, due, idle};
 use crate::AddrLabel;
 use prometheus_client::{
     encoding::{EncodeLabelValue, LabelValueEncoder},
@@ -52,10 +52,6 @@ pub struct Value<T> {
     label: Bounded<T>,
     _lease: Option<Lease>,
 }
-
-/// A full table sweeps at most this often, so that a flood of new values
-/// against a table full of live ones costs a lookup each, not a sweep.
-const FULL_SWEEP_MS: u64 = 100;
 
 // === impl LabelValues ===
 
@@ -109,9 +105,13 @@ impl<T: Clone + Hash + Eq> LabelValues<T> {
         }
         let now = self.bounds.now_ms();
         let idle_ms = self.bounds.idle_ms();
-        let since = now.saturating_sub(table.last_sweep_ms);
+        // A full table sweeps sooner, but at most every `MIN_SWEEP_MS`, so
+        // that a flood of new values against a table of live ones costs a
+        // lookup each, not a sweep each.
         let full = table.values.len() >= self.bounds.limits().max_values;
-        if since >= idle_ms / 2 || (full && since >= FULL_SWEEP_MS) {
+        if due(table.last_sweep_ms, now, idle_ms)
+            || (full && now.saturating_sub(table.last_sweep_ms) >= MIN_SWEEP_MS)
+        {
             table.last_sweep_ms = now;
             table.values.retain(|_, usage| !idle(usage, now, idle_ms));
         }
