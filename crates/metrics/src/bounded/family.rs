@@ -1,7 +1,7 @@
 //! A metric family whose series are leased to the handles that use them
 //! and removed once idle: [`prometheus_client`]'s `Family`, plus eviction.
 
-use super::{Bounds, Lease, Usage, due, idle};
+use super::{Bounds, Lease, Usage, due, idle, shrink};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder},
     metrics::{MetricType, TypedMetric, family::MetricConstructor},
@@ -59,12 +59,6 @@ impl<S, M, C> Family<S, M, C> {
         self.table.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Removes the series that have been idle for the idle timeout.
-    pub fn sweep(&self) {
-        let now = self.bounds.now_ms();
-        self.write().sweep(now, self.bounds.idle_ms());
-    }
-
     /// The number of series.
     pub fn len(&self) -> usize {
         self.read().series.len()
@@ -73,6 +67,14 @@ impl<S, M, C> Family<S, M, C> {
     /// Whether there are no series.
     pub fn is_empty(&self) -> bool {
         self.read().series.is_empty()
+    }
+}
+
+impl<S: Hash + Eq, M, C> Family<S, M, C> {
+    /// Removes the series that have been idle for the idle timeout.
+    pub fn sweep(&self) {
+        let now = self.bounds.now_ms();
+        self.write().sweep(now, self.bounds.idle_ms());
     }
 }
 
@@ -99,10 +101,11 @@ impl<S: Clone + Hash + Eq, M: Clone, C: MetricConstructor<M>> Family<S, M, C> {
     }
 }
 
-impl<S, M> Table<S, M> {
+impl<S: Hash + Eq, M> Table<S, M> {
     fn sweep(&mut self, now_ms: u64, idle_ms: u64) {
         self.last_sweep_ms = now_ms;
         self.series.retain(|_, e| !idle(&e.usage, now_ms, idle_ms));
+        shrink(&mut self.series);
     }
 }
 
@@ -139,7 +142,7 @@ impl<S, M: TypedMetric, C> TypedMetric for Family<S, M, C> {
 
 impl<S, M, C> EncodeMetric for Family<S, M, C>
 where
-    S: EncodeLabelSet,
+    S: EncodeLabelSet + Hash + Eq,
     M: EncodeMetric + TypedMetric,
 {
     /// Sweeps, then encodes what is left: a scrape never shows a series

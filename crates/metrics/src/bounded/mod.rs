@@ -25,10 +25,11 @@
 //!
 //! Resolving a value or a series takes a read lock on its table (a write
 //! lock the first time it is seen) once per connection, not per request.
-//! Idle entries are removed when the table is encoded (each scrape), and,
-//! without scrapes, when a new entry arrives and the last sweep is older
-//! than half the idle timeout (or, for a full value table, 100 ms), so
-//! memory stays bounded whether or not anyone scrapes.
+//! Idle entries are removed at each scrape (a family when it is encoded,
+//! the value tables when `metrics_label_overflow_total` is), and, without
+//! scrapes, when a new entry arrives and the last sweep is older than half
+//! the idle timeout (or, for a full value table, 100 ms), so memory stays
+//! bounded whether or not anyone scrapes.
 
 mod family;
 mod values;
@@ -38,13 +39,13 @@ pub use self::{
     values::{Bounded, LabelValues, OVERFLOW, Text, Value},
 };
 use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family as PlainFamily},
+    encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder},
+    metrics::{MetricType, counter::Counter, family::Family as PlainFamily},
     registry::Registry,
 };
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -91,7 +92,20 @@ struct Shared {
     limits: Limits,
     clock: Clock,
     overflows: PlainFamily<OverflowLabels, Counter>,
+    /// The value tables, swept when `metrics_label_overflow_total` is
+    /// encoded (each scrape).
+    tables: Mutex<Vec<Weak<dyn Sweep>>>,
 }
+
+/// A table whose idle entries can be removed.
+trait Sweep: Send + Sync {
+    fn sweep(&self, now_ms: u64, idle_ms: u64);
+}
+
+/// `metrics_label_overflow_total`; encoding it first sweeps the value
+/// tables, so that a scrape frees the values of evicted series too.
+#[derive(Debug)]
+struct OverflowMetric(Bounds);
 
 // === impl Bounds ===
 
@@ -102,17 +116,18 @@ impl Bounds {
     }
 
     pub(crate) fn with_clock(registry: &mut Registry, limits: Limits, clock: Clock) -> Self {
-        let overflows = PlainFamily::default();
+        let bounds = Self(Arc::new(Shared {
+            limits,
+            clock,
+            overflows: PlainFamily::default(),
+            tables: Mutex::new(Vec::new()),
+        }));
         registry.register(
             "metrics_label_overflow",
             "Total count of label values that were replaced by \"<overflow>\" because their label already had the most distinct values allowed",
-            overflows.clone(),
+            OverflowMetric(bounds.clone()),
         );
-        Self(Arc::new(Shared {
-            limits,
-            clock,
-            overflows,
-        }))
+        bounds
     }
 
     /// The limits.
@@ -131,12 +146,34 @@ impl Bounds {
     }
 
     /// The value table of `label` in the families of `family`.
-    pub fn values<T>(&self, family: &'static str, label: &'static str) -> LabelValues<T> {
+    pub fn values<T>(&self, family: &'static str, label: &'static str) -> LabelValues<T>
+    where
+        T: std::hash::Hash + Eq + Send + Sync + 'static,
+    {
         let overflows = self
             .0
             .overflows
             .get_or_create_owned(&OverflowLabels { family, label });
-        LabelValues::new(self.clone(), overflows)
+        let values = LabelValues::new(self.clone(), overflows);
+        self.0
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(values.sweeper());
+        values
+    }
+
+    /// Sweeps the value tables that still exist.
+    fn sweep_values(&self) {
+        let (now, idle_ms) = (self.now_ms(), self.idle_ms());
+        let mut tables = self.0.tables.lock().unwrap_or_else(|e| e.into_inner());
+        tables.retain(|t| match t.upgrade() {
+            Some(table) => {
+                table.sweep(now, idle_ms);
+                true
+            }
+            None => false,
+        });
     }
 
     fn now_ms(&self) -> u64 {
@@ -145,6 +182,17 @@ impl Bounds {
 
     fn idle_ms(&self) -> u64 {
         u64::try_from(self.0.limits.idle_timeout.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl EncodeMetric for OverflowMetric {
+    fn encode(&self, encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        self.0.sweep_values();
+        self.0.0.overflows.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
     }
 }
 
@@ -237,6 +285,14 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let now = self.0.bounds.now_ms();
         self.0.released_ms.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// After a sweep: gives back what a burst made a table grow to, keeping
+/// room to grow again, so that memory returns after the burst.
+fn shrink<K: std::hash::Hash + Eq, V>(table: &mut std::collections::HashMap<K, V>) {
+    if table.capacity() > 64 && table.len() * 4 < table.capacity() {
+        table.shrink_to(table.len() * 2);
     }
 }
 

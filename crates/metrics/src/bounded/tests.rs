@@ -252,3 +252,34 @@ fn peer_text_is_escaped() {
         "{text}"
     );
 }
+
+#[test]
+fn a_scrape_frees_idle_values() {
+    let mut registry = Registry::default();
+    let clock = Clock::manual();
+    let bounds = Bounds::with_clock(&mut registry, Limits::default(), clock.clone());
+    let values = bounds.values::<Text>("test", "label");
+    let held = values.get("held");
+    drop(values.get("dropped"));
+    assert_eq!(values.len(), 2);
+    clock.advance(Duration::from_secs(60));
+    crate::encode(&registry);
+    assert_eq!(values.len(), 1);
+    assert!(held.label().is("held"));
+    drop(held);
+    clock.advance(Duration::from_secs(60));
+    crate::encode(&registry);
+    assert!(values.is_empty());
+    // A dropped table is forgotten.
+    drop(values);
+    crate::encode(&registry);
+    assert!(
+        bounds
+            .0
+            .tables
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|t| t.upgrade().is_none())
+    );
+}

@@ -1,7 +1,7 @@
 //! Label values chosen by peers, at most [`super::Limits::max_values`] of
 //! them at once per label; the rest are [`OVERFLOW`].
 
-use super::{Bounds, Lease, MIN_SWEEP_MS, Usage, due, idle};
+use super::{Bounds, Lease, MIN_SWEEP_MS, Sweep, Usage, due, idle, shrink};
 use crate::AddrLabel;
 use prometheus_client::{
     encoding::{EncodeLabelValue, LabelValueEncoder},
@@ -67,6 +67,15 @@ impl<T> LabelValues<T> {
         }
     }
 
+    /// A handle the [`Bounds`] keep to sweep this table at each scrape.
+    pub(super) fn sweeper(&self) -> std::sync::Weak<dyn Sweep>
+    where
+        T: Hash + Eq + Send + Sync + 'static,
+    {
+        let table: Arc<dyn Sweep> = self.table.clone();
+        Arc::downgrade(&table)
+    }
+
     /// The number of values held now.
     pub fn len(&self) -> usize {
         self.table
@@ -112,8 +121,7 @@ impl<T: Clone + Hash + Eq> LabelValues<T> {
         if due(table.last_sweep_ms, now, idle_ms)
             || (full && now.saturating_sub(table.last_sweep_ms) >= MIN_SWEEP_MS)
         {
-            table.last_sweep_ms = now;
-            table.values.retain(|_, usage| !idle(usage, now, idle_ms));
+            table.sweep(now, idle_ms);
         }
         if table.values.len() >= self.bounds.limits().max_values {
             self.overflows.inc();
@@ -126,6 +134,22 @@ impl<T: Clone + Hash + Eq> LabelValues<T> {
             label: Bounded::Value(v),
             _lease: Some(Lease(usage)),
         }
+    }
+}
+
+impl<T: Hash + Eq> Table<T> {
+    fn sweep(&mut self, now_ms: u64, idle_ms: u64) {
+        self.last_sweep_ms = now_ms;
+        self.values.retain(|_, usage| !idle(usage, now_ms, idle_ms));
+        shrink(&mut self.values);
+    }
+}
+
+impl<T: Hash + Eq + Send + Sync> Sweep for RwLock<Table<T>> {
+    fn sweep(&self, now_ms: u64, idle_ms: u64) {
+        self.write()
+            .unwrap_or_else(|e| e.into_inner())
+            .sweep(now_ms, idle_ms);
     }
 }
 
