@@ -25,8 +25,10 @@
 //!
 //! Resolving a value or a series takes a read lock on its table (a write
 //! lock the first time it is seen) once per connection, not per request.
+//! `metrics_label_values` says how many values each label holds now.
+//!
 //! Idle entries are removed at each scrape (a family when it is encoded,
-//! the value tables when `metrics_label_overflow_total` is), and, without
+//! the value tables when `metrics_label_values` is), and, without
 //! scrapes, when a new entry arrives and the last sweep is older than half
 //! the idle timeout (or, for a full value table, 100 ms), so memory stays
 //! bounded whether or not anyone scrapes.
@@ -40,7 +42,7 @@ pub use self::{
 };
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder},
-    metrics::{MetricType, counter::Counter, family::Family as PlainFamily},
+    metrics::{MetricType, counter::Counter, family::Family as PlainFamily, gauge::Gauge},
     registry::Registry,
 };
 use std::{
@@ -92,20 +94,22 @@ struct Shared {
     limits: Limits,
     clock: Clock,
     overflows: PlainFamily<OverflowLabels, Counter>,
-    /// The value tables, swept when `metrics_label_overflow_total` is
-    /// encoded (each scrape).
-    tables: Mutex<Vec<Weak<dyn Sweep>>>,
+    /// The value tables, swept when `metrics_label_values` is encoded
+    /// (each scrape).
+    tables: Mutex<Vec<(OverflowLabels, Weak<dyn Sweep>)>>,
 }
 
 /// A table whose idle entries can be removed.
 trait Sweep: Send + Sync {
-    fn sweep(&self, now_ms: u64, idle_ms: u64);
+    /// Removes the idle entries; returns how many are left.
+    fn sweep(&self, now_ms: u64, idle_ms: u64) -> usize;
 }
 
-/// `metrics_label_overflow_total`; encoding it first sweeps the value
-/// tables, so that a scrape frees the values of evicted series too.
+/// `metrics_label_values`, the number of values each bounded label holds;
+/// encoding it first sweeps the value tables, so that a scrape frees the
+/// values of evicted series too.
 #[derive(Debug)]
-struct OverflowMetric(Bounds);
+struct ValuesMetric(Bounds);
 
 // === impl Bounds ===
 
@@ -125,7 +129,12 @@ impl Bounds {
         registry.register(
             "metrics_label_overflow",
             "Total count of label values that were replaced by \"<overflow>\" because their label already had the most distinct values allowed",
-            OverflowMetric(bounds.clone()),
+            bounds.0.overflows.clone(),
+        );
+        registry.register(
+            "metrics_label_values",
+            "Number of distinct values a label whose values peers choose holds now",
+            ValuesMetric(bounds.clone()),
         );
         bounds
     }
@@ -150,30 +159,27 @@ impl Bounds {
     where
         T: std::hash::Hash + Eq + Send + Sync + 'static,
     {
-        let overflows = self
-            .0
-            .overflows
-            .get_or_create_owned(&OverflowLabels { family, label });
+        let labels = OverflowLabels { family, label };
+        let overflows = self.0.overflows.get_or_create_owned(&labels);
         let values = LabelValues::new(self.clone(), overflows);
         self.0
             .tables
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(values.sweeper());
+            .push((labels, values.sweeper()));
         values
     }
 
-    /// Sweeps the value tables that still exist.
-    fn sweep_values(&self) {
+    /// Sweeps the value tables that still exist; returns their labels and
+    /// how many values each holds.
+    fn sweep_values(&self) -> Vec<(OverflowLabels, usize)> {
         let (now, idle_ms) = (self.now_ms(), self.idle_ms());
         let mut tables = self.0.tables.lock().unwrap_or_else(|e| e.into_inner());
-        tables.retain(|t| match t.upgrade() {
-            Some(table) => {
-                table.sweep(now, idle_ms);
-                true
-            }
-            None => false,
-        });
+        tables.retain(|(_, t)| t.strong_count() > 0);
+        tables
+            .iter()
+            .filter_map(|(labels, t)| Some((labels.clone(), t.upgrade()?.sweep(now, idle_ms))))
+            .collect()
     }
 
     fn now_ms(&self) -> u64 {
@@ -185,14 +191,18 @@ impl Bounds {
     }
 }
 
-impl EncodeMetric for OverflowMetric {
-    fn encode(&self, encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
-        self.0.sweep_values();
-        self.0.0.overflows.encode(encoder)
+impl EncodeMetric for ValuesMetric {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (labels, n) in self.0.sweep_values() {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 
     fn metric_type(&self) -> MetricType {
-        MetricType::Counter
+        MetricType::Gauge
     }
 }
 

@@ -146,10 +146,10 @@ impl<T: Hash + Eq> Table<T> {
 }
 
 impl<T: Hash + Eq + Send + Sync> Sweep for RwLock<Table<T>> {
-    fn sweep(&self, now_ms: u64, idle_ms: u64) {
-        self.write()
-            .unwrap_or_else(|e| e.into_inner())
-            .sweep(now_ms, idle_ms);
+    fn sweep(&self, now_ms: u64, idle_ms: u64) -> usize {
+        let mut table = self.write().unwrap_or_else(|e| e.into_inner());
+        table.sweep(now_ms, idle_ms);
+        table.values.len()
     }
 }
 
