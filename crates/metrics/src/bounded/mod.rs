@@ -24,14 +24,16 @@
 //!   `increase()` read that as a counter reset.
 //!
 //! Resolving a value or a series takes a read lock on its table (a write
-//! lock the first time it is seen) once per connection, not per request.
+//! lock when the table does not hold it: new, or overflowing) once per
+//! connection and per change of authority, never per request.
 //! `metrics_label_values` says how many values each label holds now.
 //!
 //! Idle entries are removed at each scrape (a family when it is encoded,
 //! the value tables when `metrics_label_values` is), and, without
 //! scrapes, when a new entry arrives and the last sweep is older than half
 //! the idle timeout (or, for a full value table, 100 ms), so memory stays
-//! bounded whether or not anyone scrapes.
+//! bounded whether or not anyone scrapes. A table that a burst made grow
+//! shrinks again once swept.
 
 mod family;
 mod values;
