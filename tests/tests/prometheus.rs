@@ -5,6 +5,7 @@
 
 use linnet_app::OrigDst;
 use linnet_test_support::{
+    control::ControlPlane,
     eventually,
     http::{HttpServer, collect, h1_client},
     metrics::try_http,
@@ -32,7 +33,10 @@ impl Prometheus {
     /// by binding port 0 and releasing it, which another process may take
     /// first: then Prometheus exits, and it is started again elsewhere.
     async fn start(targets: &[SocketAddr]) -> Self {
-        let dir = std::env::temp_dir().join(format!("linnet-prom-{}", std::process::id()));
+        // One directory per server, even for tests sharing a process.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("linnet-prom-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
@@ -274,4 +278,118 @@ async fn prometheus_scrapes_what_happened() {
     );
     // Lints may name a metric with "error" in it; a parse failure says so.
     assert!(!report.contains("parsing error"), "promtool: {report}");
+}
+
+/// A mesh proxy with SPIFFE identity `id`, certified by `plane`.
+async fn spiffe_proxy(
+    plane: &ControlPlane,
+    id: &str,
+    token: &str,
+    orig_dst: OrigDst,
+    extra: &[(&str, &str)],
+) -> Proxy {
+    let token_file = plane.dir().join(format!("token-{token}"));
+    std::fs::write(&token_file, token).unwrap();
+    let (addr, anchors, token_file) = (
+        plane.addr.to_string(),
+        plane.trust_anchors(),
+        token_file.display().to_string(),
+    );
+    let mut env = extra.to_vec();
+    env.extend_from_slice(&[
+        ("LINNET_DESTINATION_SVC_ADDR", &addr),
+        ("LINNET_IDENTITY_SVC_ADDR", &addr),
+        ("LINNET_IDENTITY_LOCAL_NAME", id),
+        ("LINNET_IDENTITY_TOKEN_FILE", &token_file),
+        ("LINNET_IDENTITY_TRUST_ANCHORS", &anchors),
+    ]);
+    let p = Proxy::start(orig_dst, &env).await;
+    eventually("certified", Duration::from_secs(10), || async {
+        (try_http(p.admin, "GET", "/ready", "").await.ok()?.0 == 200).then_some(())
+    })
+    .await;
+    p
+}
+
+/// Label values that need escaping in the text format (a SPIFFE identity
+/// may hold `"` and `\`) reach Prometheus intact: the scrape parses (the
+/// target stays up) and the series holds the value as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_ingests_escaped_label_values() {
+    const S: &str = r#"spiffe://cluster.local/ns/test/sa/ser\ver"#;
+    const C: &str = r#"spiffe://cluster.local/ns/test/sa/"cli\ent""#;
+    // YAML's double-quoted strings escape as PromQL's do.
+    let quoted = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let backend = HttpServer::start().await;
+    let vip = "10.96.0.9:80";
+    let yaml = |endpoint: SocketAddr| {
+        format!(
+            "identity:\n  tokens:\n    {s}: s\n    {c}: c\n\
+             services:\n  web.test.svc.cluster.local:80:\n    addresses: [\"{vip}\"]\n    endpoints:\n      - addr: \"{endpoint}\"\n        identity: {s}\n        server_name: server.test.sni.local\n",
+            s = quoted(S),
+            c = quoted(C),
+        )
+    };
+    let plane = ControlPlane::start(&yaml("127.0.0.1:1".parse().unwrap())).await;
+    let server = spiffe_proxy(
+        &plane,
+        S,
+        "s",
+        OrigDst::Fixed(backend.addr),
+        &[("LINNET_IDENTITY_SERVER_NAME", "server.test.sni.local")],
+    )
+    .await;
+    plane.write(&yaml(server.inbound));
+    let client = spiffe_proxy(&plane, C, "c", OrigDst::Fixed(vip.parse().unwrap()), &[]).await;
+    eventually("HTTP across the mesh", Duration::from_secs(10), || async {
+        let uri = format!("http://{}/status/200", client.outbound);
+        let rsp = h1_client().get(uri.parse().unwrap()).await.ok()?;
+        (collect(rsp).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(backend.seen().last().unwrap().headers["l5d-client-id"], C);
+    // The page escapes the identities.
+    let page = server.metrics().await.0;
+    assert!(
+        page.contains(r#"client_id="spiffe://cluster.local/ns/test/sa/\"cli\\ent\"""#),
+        "{page}"
+    );
+
+    let prometheus = Prometheus::start(&[server.admin, client.admin]).await;
+    eventually(
+        "prometheus sees both targets up",
+        Duration::from_secs(60),
+        || async {
+            (prometheus.query("up{job=\"linnet\"}").await? == vec![1.0, 1.0]).then_some(())
+        },
+    )
+    .await;
+    let (server_admin, client_admin) = (server.admin, client.admin);
+    for q in [
+        format!(
+            "sum(request_total{{instance=\"{server_admin}\",direction=\"inbound\",client_id={c}}})",
+            c = quoted(C)
+        ),
+        format!(
+            "sum(tcp_open_total{{instance=\"{server_admin}\",direction=\"inbound\",client_id={c}}})",
+            c = quoted(C)
+        ),
+        format!(
+            "sum(tcp_open_total{{instance=\"{client_admin}\",peer=\"dst\",server_id={s}}})",
+            s = quoted(S)
+        ),
+    ] {
+        eventually(
+            &format!("prometheus stores {q}"),
+            Duration::from_secs(30),
+            || async { (prometheus.query(&q).await?.first()? >= &1.0).then_some(()) },
+        )
+        .await;
+    }
+    // And nothing was stored under a mangled value.
+    let mangled = format!(
+        "count(tcp_open_total{{instance=\"{server_admin}\",client_id=~\"spiffe://.*\",client_id!={c}}})",
+        c = quoted(C)
+    );
+    assert_eq!(prometheus.query(&mangled).await.unwrap(), Vec::<f64>::new());
 }

@@ -259,8 +259,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Drained, StartError> {
     let mut registry = linnet_metrics::registry();
-    let tcp_metrics = TcpMetrics::register(&mut registry);
-    let http_metrics = HttpMetrics::register(&mut registry);
+    let bounds = linnet_metrics::bounded::Bounds::register(
+        &mut registry,
+        linnet_metrics::bounded::Limits {
+            max_values: config.metrics.max_label_values,
+            idle_timeout: config.metrics.idle_timeout,
+        },
+    );
+    let tcp_metrics = TcpMetrics::register(&mut registry, &bounds);
+    let http_metrics = HttpMetrics::register(&mut registry, &bounds);
     let mesh_metrics = linnet_metrics::mesh::MeshMetrics::register(&mut registry);
     // The identity first: discovery's TLS presents its certificate.
     let (control_metrics, control_tls) = control_plane(&config, &mut registry);

@@ -47,6 +47,24 @@ pub struct Config {
     pub identity: Option<IdentityConfig>,
     /// `IDENTITY_DISABLED`: the mesh is plaintext on purpose.
     pub identity_disabled: bool,
+    /// Bounds on metric labels whose values peers choose.
+    pub metrics: MetricsConfig,
+}
+
+/// Bounds on the metric series that peers can make the proxy keep
+/// (`METRICS_*`): label values such as `authority`, `sni`, `target_addr`
+/// and identities come from the other end of a connection.
+#[derive(Clone, Debug, Serialize)]
+pub struct MetricsConfig {
+    /// `METRICS_MAX_LABEL_VALUES`: distinct values each such label may
+    /// have at once in each group of families; further values are counted
+    /// under `"<overflow>"` (and in `metrics_label_overflow_total`), so the
+    /// memory and the size of a scrape stay bounded.
+    pub max_label_values: usize,
+    /// `METRICS_IDLE_TIMEOUT`: a series no open connection uses is removed
+    /// after this long; if it comes back, it counts from zero again.
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub idle_timeout: Duration,
 }
 
 /// The workload identity (`IDENTITY_*`).
@@ -298,6 +316,8 @@ const KNOWN: &[&str] = &[
     "HTTP2_INITIAL_CONNECTION_WINDOW_SIZE",
     "HTTP2_KEEPALIVE_INTERVAL",
     "HTTP2_KEEPALIVE_TIMEOUT",
+    "METRICS_MAX_LABEL_VALUES",
+    "METRICS_IDLE_TIMEOUT",
 ];
 
 /// Linkerd's default list of ports whose protocols are server-speaks-first
@@ -387,6 +407,10 @@ impl Config {
             Some(n) => n,
             None => default_cores(),
         };
+        let metrics = MetricsConfig {
+            max_label_values: r.count("METRICS_MAX_LABEL_VALUES", 1000)?,
+            idle_timeout: r.timeout("METRICS_IDLE_TIMEOUT", Duration::from_secs(60))?,
+        };
         let control = r.control()?;
         let identity_disabled = r
             .get("IDENTITY_DISABLED", |s| {
@@ -433,6 +457,7 @@ impl Config {
             control,
             identity,
             identity_disabled,
+            metrics,
         })
     }
 

@@ -80,6 +80,11 @@ fn bad_values_name_the_variable() {
         ("LINNET_HTTP2_KEEPALIVE_INTERVAL", "often"),
         ("LINNET_HTTP2_KEEPALIVE_TIMEOUT", "3"),
         ("LINKERD2_PROXY_INBOUND_MAX_IN_FLIGHT", "many"),
+        ("LINNET_METRICS_MAX_LABEL_VALUES", "0"),
+        ("LINNET_METRICS_MAX_LABEL_VALUES", "-5"),
+        ("LINNET_METRICS_MAX_LABEL_VALUES", "lots"),
+        ("LINNET_METRICS_IDLE_TIMEOUT", "0s"),
+        ("LINNET_METRICS_IDLE_TIMEOUT", "60"),
     ];
     for (var, value) in cases {
         let err = Config::from_env(&env(&[(var, value)])).unwrap_err();
@@ -437,4 +442,22 @@ fn control_plane_off_loopback_needs_a_name_and_trust_anchors() {
     ]))
     .unwrap();
     assert!(c.identity_disabled);
+}
+
+#[test]
+fn metrics_bounds() {
+    let c = Config::from_env(&env(&[])).unwrap();
+    assert_eq!(c.metrics.max_label_values, 1000);
+    assert_eq!(c.metrics.idle_timeout, Duration::from_secs(60));
+    let e = env(&[
+        ("LINNET_METRICS_MAX_LABEL_VALUES", "50"),
+        ("LINNET_METRICS_IDLE_TIMEOUT", "2s"),
+    ]);
+    let c = Config::from_env(&e).unwrap();
+    assert_eq!(c.metrics.max_label_values, 50);
+    assert_eq!(c.metrics.idle_timeout, Duration::from_secs(2));
+    assert!(Config::unknown_variables(&e).is_empty());
+    let json: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
+    assert_eq!(json["metrics"]["max_label_values"], 50);
+    assert_eq!(json["metrics"]["idle_timeout"], "2s");
 }

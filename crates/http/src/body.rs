@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use linnet_metrics::http::{LabeledMetrics, ResponseOutcome};
+use linnet_metrics::http::{GrpcStatus, LabeledMetrics, ResponseOutcome};
 use std::{
     pin::Pin,
     task::{Context, Poll, ready},
@@ -17,7 +17,7 @@ pub(crate) struct Recorder {
     pub(crate) metrics: LabeledMetrics,
     pub(crate) start: Instant,
     pub(crate) status: u16,
-    pub(crate) grpc_status: Option<i32>,
+    pub(crate) grpc_status: Option<GrpcStatus>,
 }
 
 impl Recorder {
@@ -67,7 +67,7 @@ impl Body for MeteredBody {
                 if let Some(trailers) = f.trailers_ref() {
                     let grpc = trailers
                         .get("grpc-status")
-                        .and_then(|v| v.to_str().ok()?.parse().ok());
+                        .map(|v| GrpcStatus::parse(v.to_str().unwrap_or_default()));
                     if let (Some(r), Some(g)) = (self.recorder.as_mut(), grpc) {
                         r.grpc_status = Some(g);
                     }

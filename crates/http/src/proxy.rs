@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use linnet_metrics::{
     Direction,
-    http::{HttpMetrics, LabeledMetrics, ResponseOutcome},
+    http::{GrpcStatus, HttpMetrics, LabeledMetrics, ResponseOutcome},
     prometheus_client::metrics::counter::Counter,
 };
 use linnet_transport::duplex::{Side, duplex};
@@ -437,7 +437,7 @@ impl Inner {
                 let grpc_status = rsp
                     .headers()
                     .get("grpc-status")
-                    .and_then(|v| v.to_str().ok()?.parse().ok());
+                    .map(|v| GrpcStatus::parse(v.to_str().unwrap_or_default()));
                 let recorder = Recorder {
                     _permit: permit,
                     metrics: labels,
@@ -474,16 +474,18 @@ impl Inner {
         let authority = authority.map_or("", |a| a.as_str());
         let mut last = self.last_labels.lock().unwrap_or_else(|e| e.into_inner());
         let labeled = match last.as_ref() {
-            Some(m)
-                if &*m.labels().authority == authority && m.labels().target_addr.0 == target =>
-            {
-                m.clone()
-            }
+            Some(m) if m.is_for(authority, target) => m.clone(),
             _ => {
-                let labels =
-                    HttpMetrics::labels(self.direction, Arc::from(authority), target, self.tls)
-                        .with_client_id(self.client_id_label.clone());
-                let m = self.metrics.labeled(labels);
+                // Let go of the previous label set first: its series may
+                // then be evicted once idle.
+                *last = None;
+                let m = self.metrics.labeled(
+                    self.direction,
+                    authority,
+                    target,
+                    self.tls,
+                    self.client_id_label.as_deref(),
+                );
                 *last = Some(m.clone());
                 m
             }
@@ -501,7 +503,7 @@ impl Inner {
     ) -> Response<BoxBody> {
         let outcome = ResponseOutcome {
             status: Some(rescued.response.status().as_u16()),
-            grpc_status: rescued.grpc_status,
+            grpc_status: rescued.grpc_status.map(GrpcStatus::from_code),
             error: rescued.error,
         };
         labels.response(outcome, start.elapsed());

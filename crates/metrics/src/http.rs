@@ -5,11 +5,19 @@
 //! status is not OK, or the proxy failed it (then `error` says why).
 //! Latency runs from the request's headers arriving to the response
 //! stream's end, as Linkerd measures it.
+//!
+//! `authority`, `target_addr` and `client_id` are bounded
+//! ([`crate::bounded`]), and so is `grpc_status` ([`GrpcStatus`]: 0–16, or
+//! `other`). A [`LabeledMetrics`] holds its values and series while it
+//! lives (a connection keeps the last one it used).
 
-use crate::{AddrLabel, Direction};
+use crate::{
+    AddrLabel, Direction,
+    bounded::{self, Bounded, Bounds, LabelValues, Series, Text, Value},
+};
 use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, histogram::Histogram},
     registry::Registry,
 };
 use std::{
@@ -31,21 +39,13 @@ pub struct RequestLabels {
     /// Inbound or outbound.
     pub direction: Direction,
     /// The request's authority (`:authority` or `Host`).
-    pub authority: Arc<str>,
+    pub authority: Bounded<Text>,
     /// The original destination of the connection.
-    pub target_addr: AddrLabel,
+    pub target_addr: Bounded<AddrLabel>,
     /// TLS status of the connection.
     pub tls: &'static str,
     /// The client's verified mesh identity (inbound, over mTLS).
-    pub client_id: Option<Arc<str>>,
-}
-
-impl RequestLabels {
-    /// The same, with the client's verified identity.
-    pub fn with_client_id(mut self, id: Option<Arc<str>>) -> Self {
-        self.client_id = id;
-        self
-    }
+    pub client_id: Option<Bounded<Text>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,7 +54,7 @@ struct ResponseLabels {
     request: RequestLabels,
     status_code: Option<u16>,
     classification: &'static str,
-    grpc_status: Option<i32>,
+    grpc_status: Option<GrpcStatus>,
     error: &'static str,
 }
 
@@ -65,13 +65,53 @@ struct LatencyLabels {
     status_code: Option<u16>,
 }
 
+/// A gRPC status as a label value: its code when it is one of the 17 gRPC
+/// defines (0–16), else `other`, so that an upstream cannot mint series
+/// with made-up codes.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct GrpcStatus(u8);
+
+impl GrpcStatus {
+    /// `OK`.
+    pub const OK: Self = Self(0);
+    /// Any code outside 0–16, or a `grpc-status` that is not a number.
+    pub const OTHER: Self = Self(u8::MAX);
+
+    /// The status of `code`.
+    pub fn from_code(code: i32) -> Self {
+        match u8::try_from(code) {
+            Ok(c) if c <= 16 => Self(c),
+            _ => Self::OTHER,
+        }
+    }
+
+    /// The status a `grpc-status` header or trailer value says.
+    pub fn parse(value: &str) -> Self {
+        value
+            .trim()
+            .parse::<i32>()
+            .map_or(Self::OTHER, Self::from_code)
+    }
+}
+
+impl EncodeLabelValue for GrpcStatus {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        if *self == Self::OTHER {
+            encoder.write_str("other")
+        } else {
+            write!(encoder, "{}", self.0)
+        }
+    }
+}
+
 /// How a response ended, for `response_total`.
 #[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq)]
 pub struct ResponseOutcome {
     /// The HTTP status, if a response head was sent.
     pub status: Option<u16>,
     /// The gRPC status, for gRPC responses that carried one.
-    pub grpc_status: Option<i32>,
+    pub grpc_status: Option<GrpcStatus>,
     /// Why the proxy failed it, if it did (empty otherwise).
     pub error: &'static str,
 }
@@ -80,26 +120,40 @@ impl ResponseOutcome {
     fn classification(&self) -> &'static str {
         let failed = !self.error.is_empty()
             || self.status.is_none_or(|s| s >= 500)
-            || self.grpc_status.is_some_and(|g| g != 0);
+            || self.grpc_status.is_some_and(|g| g != GrpcStatus::OK);
         if failed { "failure" } else { "success" }
     }
 }
 
-/// The HTTP metric families.
+/// The HTTP metric families, cheap to clone.
 #[derive(Clone, Debug)]
-pub struct HttpMetrics {
-    requests: Family<RequestLabels, Counter>,
-    responses: Family<ResponseLabels, Counter>,
-    latency: Family<LatencyLabels, Histogram>,
+pub struct HttpMetrics(Arc<Families>);
+
+#[derive(Debug)]
+struct Families {
+    requests: bounded::Family<RequestLabels, Counter>,
+    responses: bounded::Family<ResponseLabels, Counter>,
+    latency: bounded::Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    authority: LabelValues<Text>,
+    target_addr: LabelValues<AddrLabel>,
+    client_id: LabelValues<Text>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_MS)
 }
 
 impl HttpMetrics {
-    /// Creates the families and registers them.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = Self {
-            requests: Family::default(),
-            responses: Family::default(),
-            latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS_MS)),
+    /// Creates the families and registers them; their peer-chosen labels
+    /// are bounded by `bounds`.
+    pub fn register(registry: &mut Registry, bounds: &Bounds) -> Self {
+        let m = Families {
+            requests: bounds.family(),
+            responses: bounds.family(),
+            latency: bounds.family_with(latency_histogram as fn() -> Histogram),
+            authority: bounds.values("http", "authority"),
+            target_addr: bounds.values("http", "target_addr"),
+            client_id: bounds.values("http", "client_id"),
         };
         registry.register(
             "request",
@@ -116,60 +170,47 @@ impl HttpMetrics {
             "Elapsed times between a request's headers being received and its response stream completing",
             m.latency.clone(),
         );
-        m
+        Self(Arc::new(m))
     }
 
-    /// The label set for requests to `authority` at `target`.
-    pub fn labels(
+    /// The metrics of requests to `authority` at `target`, resolved once
+    /// and kept by whoever sends many requests with them (a connection).
+    pub fn labeled(
+        &self,
         direction: Direction,
-        authority: Arc<str>,
+        authority: &str,
         target: SocketAddr,
         tls: &'static str,
-    ) -> RequestLabels {
-        RequestLabels {
+        client_id: Option<&str>,
+    ) -> LabeledMetrics {
+        let m = &*self.0;
+        let authority_value = m.authority.get(authority);
+        let target_value = m.target_addr.get(target);
+        let client_id = client_id.map(|id| m.client_id.get(id));
+        let labels = RequestLabels {
             direction,
-            authority,
-            target_addr: AddrLabel(target),
+            authority: authority_value.label().clone(),
+            target_addr: target_value.label().clone(),
             tls,
-            client_id: None,
-        }
-    }
-
-    /// The metrics of one label set, resolved once and kept by whoever
-    /// sends many requests with it (a connection).
-    pub fn labeled(&self, labels: RequestLabels) -> LabeledMetrics {
+            client_id: client_id.as_ref().map(|v| v.label().clone()),
+        };
+        // An authority that overflowed is remembered as asked, so that the
+        // connection's next request to it reuses this label set.
+        let overflowed = matches!(labels.authority, Bounded::Overflow).then(|| authority.into());
         LabeledMetrics(Arc::new(Labeled {
-            requests: self.requests.get_or_create_owned(&labels),
+            requests: m.requests.get(&labels),
             metrics: self.clone(),
             labels,
+            target,
+            overflowed,
             responses: Mutex::new(HashMap::new()),
+            _values: (authority_value, target_value, client_id),
         }))
     }
-
-    /// Counts a request.
-    pub fn request(&self, labels: &RequestLabels) {
-        self.requests.get_or_create(labels).inc();
-    }
-
-    /// Counts a response and records its latency.
-    pub fn response(&self, labels: &RequestLabels, outcome: ResponseOutcome, elapsed: Duration) {
-        self.responses
-            .get_or_create(&ResponseLabels {
-                request: labels.clone(),
-                status_code: outcome.status,
-                classification: outcome.classification(),
-                grpc_status: outcome.grpc_status,
-                error: outcome.error,
-            })
-            .inc();
-        self.latency
-            .get_or_create(&LatencyLabels {
-                request: labels.clone(),
-                status_code: outcome.status,
-            })
-            .observe(elapsed.as_secs_f64() * 1000.0);
-    }
 }
+
+/// The response counter and latency histogram of one outcome.
+type OutcomeSeries = (Series<Counter>, Series<Histogram>);
 
 /// [`HttpMetrics`] for one label set: the request counter, and the
 /// response counter and latency histogram of each outcome as it first
@@ -181,14 +222,33 @@ pub struct LabeledMetrics(Arc<Labeled>);
 struct Labeled {
     metrics: HttpMetrics,
     labels: RequestLabels,
-    requests: Counter,
-    responses: Mutex<HashMap<ResponseOutcome, (Counter, Histogram)>>,
+    /// The target asked for.
+    target: SocketAddr,
+    /// The authority asked for, when it became [`bounded::OVERFLOW`].
+    overflowed: Option<Box<str>>,
+    requests: Series<Counter>,
+    /// At most one entry per outcome: statuses, bounded gRPC statuses and
+    /// error classes are all finite.
+    responses: Mutex<HashMap<ResponseOutcome, OutcomeSeries>>,
+    /// Leases on the label values, kept from eviction while this lives.
+    _values: (Value<Text>, Value<AddrLabel>, Option<Value<Text>>),
 }
 
 impl LabeledMetrics {
     /// The label set.
     pub fn labels(&self) -> &RequestLabels {
         &self.0.labels
+    }
+
+    /// Whether these are the metrics of requests to `authority` at
+    /// `target` (the direction, TLS and client being the connection's).
+    pub fn is_for(&self, authority: &str, target: SocketAddr) -> bool {
+        let l = &self.0;
+        l.target == target
+            && match &l.overflowed {
+                Some(asked) => **asked == *authority,
+                None => l.labels.authority.is(authority),
+            }
     }
 
     /// Counts a request.
@@ -200,15 +260,15 @@ impl LabeledMetrics {
     pub fn response(&self, outcome: ResponseOutcome, elapsed: Duration) {
         let mut responses = self.0.responses.lock().unwrap_or_else(|e| e.into_inner());
         let (counter, histogram) = responses.entry(outcome).or_insert_with(|| {
-            let m = &self.0.metrics;
-            let counter = m.responses.get_or_create_owned(&ResponseLabels {
+            let m = &self.0.metrics.0;
+            let counter = m.responses.get(&ResponseLabels {
                 request: self.0.labels.clone(),
                 status_code: outcome.status,
                 classification: outcome.classification(),
                 grpc_status: outcome.grpc_status,
                 error: outcome.error,
             });
-            let histogram = m.latency.get_or_create_owned(&LatencyLabels {
+            let histogram = m.latency.get(&LatencyLabels {
                 request: self.0.labels.clone(),
                 status_code: outcome.status,
             });
@@ -226,33 +286,26 @@ mod tests {
     #[test]
     fn classifies_and_encodes() {
         let mut registry = Registry::default();
-        let m = HttpMetrics::register(&mut registry);
-        let l = HttpMetrics::labels(
-            Direction::Outbound,
-            "web:80".into(),
-            "10.0.0.1:80".parse().unwrap(),
-            "disabled",
-        );
-        m.request(&l);
-        m.response(
-            &l,
+        let bounds = Bounds::register(&mut registry, Default::default());
+        let m = HttpMetrics::register(&mut registry, &bounds);
+        let target = "10.0.0.1:80".parse().unwrap();
+        let l = m.labeled(Direction::Outbound, "web:80", target, "disabled", None);
+        assert!(l.is_for("web:80", target) && !l.is_for("web:81", target));
+        let ok = ResponseOutcome {
+            status: Some(200),
+            ..Default::default()
+        };
+        l.request();
+        l.response(ok, Duration::from_millis(3));
+        l.response(
             ResponseOutcome {
                 status: Some(200),
-                ..Default::default()
-            },
-            Duration::from_millis(3),
-        );
-        m.response(
-            &l,
-            ResponseOutcome {
-                status: Some(200),
-                grpc_status: Some(14),
+                grpc_status: Some(GrpcStatus::from_code(14)),
                 error: "",
             },
             Duration::from_millis(3),
         );
-        m.response(
-            &l,
+        l.response(
             ResponseOutcome {
                 status: Some(502),
                 grpc_status: None,
@@ -260,16 +313,10 @@ mod tests {
             },
             Duration::from_millis(3),
         );
-        // The same series, through a kept label set.
-        let kept = m.labeled(l.clone());
-        kept.request();
-        kept.response(
-            ResponseOutcome {
-                status: Some(200),
-                ..Default::default()
-            },
-            Duration::from_millis(30),
-        );
+        // The same series, through another connection's label set.
+        let other = m.labeled(Direction::Outbound, "web:80", target, "disabled", None);
+        other.request();
+        other.response(ok, Duration::from_millis(30));
         let text = crate::encode(&registry);
         let base = r#"direction="outbound",authority="web:80",target_addr="10.0.0.1:80",tls="disabled",client_id="""#;
         for line in [
@@ -289,5 +336,51 @@ mod tests {
         ] {
             assert!(text.contains(&line), "missing {line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn grpc_status_out_of_range_is_other() {
+        for code in [0, 2, 16] {
+            assert_eq!(GrpcStatus::from_code(code), GrpcStatus(code as u8));
+        }
+        for code in [-1, 17, 255, 256, i32::MAX, i32::MIN] {
+            assert_eq!(GrpcStatus::from_code(code), GrpcStatus::OTHER);
+        }
+        assert_eq!(GrpcStatus::parse(" 4 "), GrpcStatus(4));
+        assert_eq!(GrpcStatus::parse("99999999999"), GrpcStatus::OTHER);
+        assert_eq!(GrpcStatus::parse("ok"), GrpcStatus::OTHER);
+
+        let mut registry = Registry::default();
+        let bounds = Bounds::register(&mut registry, Default::default());
+        let m = HttpMetrics::register(&mut registry, &bounds);
+        let l = m.labeled(
+            Direction::Inbound,
+            "grpc:80",
+            "10.0.0.2:80".parse().unwrap(),
+            "true",
+            None,
+        );
+        // A thousand made-up codes make one series.
+        for code in 17..1017 {
+            l.response(
+                ResponseOutcome {
+                    status: Some(200),
+                    grpc_status: Some(GrpcStatus::from_code(code)),
+                    error: "",
+                },
+                Duration::from_millis(1),
+            );
+        }
+        let text = crate::encode(&registry);
+        let series: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("response_total{"))
+            .collect();
+        assert_eq!(series.len(), 1, "{text}");
+        assert!(
+            series[0].contains(r#"classification="failure",grpc_status="other""#)
+                && series[0].ends_with(" 1000"),
+            "{text}"
+        );
     }
 }

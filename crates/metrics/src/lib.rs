@@ -4,8 +4,11 @@
 //! server at `/metrics`. Components register their own families here; the
 //! names and labels follow Linkerd's so that existing dashboards and alerts
 //! work unchanged. Label sets are types, and a connection resolves its label
-//! set once (when it opens), never per read or write.
+//! set once (when it opens), never per read or write. Label values that
+//! peers choose are bounded in number and evicted when idle ([`bounded`]),
+//! and escaped as the text format requires ([`write_escaped`]).
 
+pub mod bounded;
 pub mod http;
 pub mod mesh;
 pub mod process;
@@ -134,6 +137,26 @@ impl std::fmt::Display for Direction {
     }
 }
 
+/// Writes `text` as the inside of a quoted label value in the text
+/// exposition format: `\\`, `\"` and newline escaped. `prometheus_client`
+/// writes what it is given as is, so every label value that can hold such
+/// characters (anything a peer chose) goes through here.
+pub fn write_escaped(out: &mut impl std::fmt::Write, text: &str) -> std::fmt::Result {
+    let mut rest = text;
+    while let Some(at) = rest.find(['\\', '"', '\n']) {
+        let (plain, tail) = rest.split_at(at);
+        out.write_str(plain)?;
+        let mut chars = tail.chars();
+        out.write_str(match chars.next() {
+            Some('\\') => "\\\\",
+            Some('"') => "\\\"",
+            _ => "\\n",
+        })?;
+        rest = chars.as_str();
+    }
+    out.write_str(rest)
+}
+
 /// A socket address as a label value, written without allocating a String
 /// per label set.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -148,6 +171,16 @@ impl EncodeLabelValue for AddrLabel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_label_values() {
+        let mut out = String::new();
+        write_escaped(&mut out, "a\"b\\c\nd").unwrap();
+        assert_eq!(out, r#"a\"b\\c\nd"#);
+        let mut out = String::new();
+        write_escaped(&mut out, "plain.example:80").unwrap();
+        assert_eq!(out, "plain.example:80");
+    }
 
     #[test]
     fn counters_are_named_with_total() {

@@ -5,8 +5,16 @@
 //! the target. Byte counters are shared handles that the transport bumps as
 //! bytes move, so a long-lived connection's traffic shows up while it is
 //! still open.
+//!
+//! `sni`, `client_id`, `server_id` and `target_addr` are bounded
+//! ([`crate::bounded`]): each connection side leases its values and series
+//! while it is open; a series no connection has used for the idle timeout
+//! is removed.
 
-use crate::{AddrLabel, Direction};
+use crate::{
+    AddrLabel, Direction,
+    bounded::{self, Bounded, Bounds, LabelValues, Series, Text, Value},
+};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -43,13 +51,13 @@ pub struct TcpLabels {
     /// configured; `opaque` for TLS the proxy passes through unread.
     pub tls: &'static str,
     /// The server name a passed-through TLS client asked for (SNI).
-    pub sni: Option<Arc<str>>,
+    pub sni: Option<Bounded<Text>>,
     /// The client's verified mesh identity (inbound, mTLS).
-    pub client_id: Option<Arc<str>>,
+    pub client_id: Option<Bounded<Text>>,
     /// The server's verified mesh identity (outbound, mTLS).
-    pub server_id: Option<Arc<str>>,
+    pub server_id: Option<Bounded<Text>>,
     /// The original destination the connection was for.
-    pub target_addr: AddrLabel,
+    pub target_addr: Bounded<AddrLabel>,
 }
 
 /// The label set of a protocol detection.
@@ -175,20 +183,28 @@ impl CloseReason {
     }
 }
 
-/// The TCP metric families.
-#[derive(Clone, Debug, Default)]
-pub struct TcpMetrics {
-    open_total: Family<TcpLabels, Counter>,
-    open_connections: Family<TcpLabels, Gauge>,
-    close_total: Family<TcpCloseLabels, Counter>,
-    read_bytes_total: Family<TcpLabels, Counter>,
-    write_bytes_total: Family<TcpLabels, Counter>,
+/// The TCP metric families, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct TcpMetrics(Arc<Families>);
+
+#[derive(Debug)]
+struct Families {
+    open_total: bounded::Family<TcpLabels, Counter>,
+    open_connections: bounded::Family<TcpLabels, Gauge>,
+    close_total: bounded::Family<TcpCloseLabels, Counter>,
+    read_bytes_total: bounded::Family<TcpLabels, Counter>,
+    write_bytes_total: bounded::Family<TcpLabels, Counter>,
     accept_errors_total: Family<AcceptErrorLabels, Counter>,
     detect_total: Family<DetectLabels, Counter>,
+    sni: LabelValues<Text>,
+    client_id: LabelValues<Text>,
+    server_id: LabelValues<Text>,
+    target_addr: LabelValues<AddrLabel>,
 }
 
 /// The metrics of one open connection side: counts it open now and closed
 /// when [`ConnMetrics::close`] is called (or, failing that, when dropped).
+/// While it lives, its series and label values are not evicted.
 #[derive(Debug)]
 pub struct ConnMetrics {
     metrics: TcpMetrics,
@@ -197,15 +213,40 @@ pub struct ConnMetrics {
     pub read_bytes: Counter,
     /// Bytes written to this side's socket.
     pub write_bytes: Counter,
+    open: Series<Gauge>,
+    /// Leases on the other series and on the label values.
+    _held: Held,
     closed: bool,
+}
+
+/// What an open connection side holds only to keep it from eviction.
+#[derive(Debug)]
+struct Held {
+    _series: [Series<Counter>; 3],
+    _target: Value<AddrLabel>,
+    _sni: Option<Value<Text>>,
+    _peer_id: Option<Value<Text>>,
 }
 
 // === impl TcpMetrics ===
 
 impl TcpMetrics {
-    /// Creates the families and registers them in `registry`.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = Self::default();
+    /// Creates the families and registers them in `registry`; their
+    /// peer-chosen labels are bounded by `bounds`.
+    pub fn register(registry: &mut Registry, bounds: &Bounds) -> Self {
+        let m = Families {
+            open_total: bounds.family(),
+            open_connections: bounds.family(),
+            close_total: bounds.family(),
+            read_bytes_total: bounds.family(),
+            write_bytes_total: bounds.family(),
+            accept_errors_total: Family::default(),
+            detect_total: Family::default(),
+            sni: bounds.values("tcp", "sni"),
+            client_id: bounds.values("tcp", "client_id"),
+            server_id: bounds.values("tcp", "server_id"),
+            target_addr: bounds.values("tcp", "target_addr"),
+        };
         registry.register(
             "tcp_open",
             "Total count of opened connections",
@@ -241,14 +282,15 @@ impl TcpMetrics {
             "Total count of protocol detections, by outcome",
             m.detect_total.clone(),
         );
-        m
+        Self(Arc::new(m))
     }
 
     /// Counts a protocol detection: what was found (`http/1`, `http/2`,
     /// `tls`, `opaque`) and how (`matched`, `timeout`, `eof`,
     /// `buffer_full`, or `skipped` for ports configured to skip it).
     pub fn detected(&self, direction: Direction, protocol: &'static str, reason: &'static str) {
-        self.detect_total
+        self.0
+            .detect_total
             .get_or_create(&DetectLabels {
                 direction,
                 protocol,
@@ -259,7 +301,8 @@ impl TcpMetrics {
 
     /// Counts a failed `accept`.
     pub fn accept_error(&self, direction: Direction, error: &std::io::Error) {
-        self.accept_errors_total
+        self.0
+            .accept_errors_total
             .get_or_create(&AcceptErrorLabels {
                 direction,
                 errno: Errno(error.raw_os_error()),
@@ -275,26 +318,42 @@ impl TcpMetrics {
         tls: &Tls,
         target: SocketAddr,
     ) -> ConnMetrics {
+        let m = &*self.0;
+        let target = m.target_addr.get(target);
+        let sni = tls.sni.as_deref().map(|s| m.sni.get(s));
+        let ids = match direction {
+            Direction::Inbound => &m.client_id,
+            Direction::Outbound => &m.server_id,
+        };
+        let peer_id = tls.peer_id.as_deref().map(|id| ids.get(id));
+        let peer_label = peer_id.as_ref().map(|v| v.label().clone());
         let labels = TcpLabels {
             direction,
             peer,
             tls: tls.status,
-            sni: tls.sni.clone(),
-            client_id: match direction {
-                Direction::Inbound => tls.peer_id.clone(),
-                Direction::Outbound => None,
-            },
-            server_id: match direction {
-                Direction::Outbound => tls.peer_id.clone(),
-                Direction::Inbound => None,
-            },
-            target_addr: AddrLabel(target),
+            sni: sni.as_ref().map(|v| v.label().clone()),
+            client_id: peer_label
+                .clone()
+                .filter(|_| direction == Direction::Inbound),
+            server_id: peer_label.filter(|_| direction == Direction::Outbound),
+            target_addr: target.label().clone(),
         };
-        self.open_total.get_or_create(&labels).inc();
-        self.open_connections.get_or_create(&labels).inc();
+        let opened = m.open_total.get(&labels);
+        opened.inc();
+        let open = m.open_connections.get(&labels);
+        open.inc();
+        let read = m.read_bytes_total.get(&labels);
+        let write = m.write_bytes_total.get(&labels);
         ConnMetrics {
-            read_bytes: self.read_bytes_total.get_or_create_owned(&labels),
-            write_bytes: self.write_bytes_total.get_or_create_owned(&labels),
+            read_bytes: (*read).clone(),
+            write_bytes: (*write).clone(),
+            open,
+            _held: Held {
+                _series: [opened, read, write],
+                _target: target,
+                _sni: sni,
+                _peer_id: peer_id,
+            },
             metrics: self.clone(),
             labels,
             closed: false,
@@ -327,13 +386,11 @@ impl ConnMetrics {
         if std::mem::replace(&mut self.closed, true) {
             return;
         }
+        self.open.dec();
         self.metrics
-            .open_connections
-            .get_or_create(&self.labels)
-            .dec();
-        self.metrics
+            .0
             .close_total
-            .get_or_create(&TcpCloseLabels {
+            .get(&TcpCloseLabels {
                 conn: self.labels.clone(),
                 error: reason.error,
                 errno: Errno(reason.errno),
@@ -358,10 +415,15 @@ mod tests {
         Tls::DISABLED
     }
 
+    fn register(registry: &mut Registry) -> TcpMetrics {
+        let bounds = Bounds::register(registry, Default::default());
+        TcpMetrics::register(registry, &bounds)
+    }
+
     #[test]
     fn counts_open_close_and_bytes() {
         let mut registry = Registry::default();
-        let tcp = TcpMetrics::register(&mut registry);
+        let tcp = register(&mut registry);
         let target: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let conn = tcp.open(Direction::Outbound, Peer::Dst, &disabled(), target);
         conn.read_bytes.inc_by(10);
@@ -397,7 +459,7 @@ mod tests {
     #[test]
     fn dropped_connection_is_closed_once() {
         let mut registry = Registry::default();
-        let tcp = TcpMetrics::register(&mut registry);
+        let tcp = register(&mut registry);
         let target: SocketAddr = "10.0.0.1:80".parse().unwrap();
         drop(tcp.open(Direction::Inbound, Peer::Src, &disabled(), target));
         let text = crate::encode(&registry);
