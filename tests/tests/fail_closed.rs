@@ -315,3 +315,46 @@ async fn a_silent_control_plane_is_not_a_licence_for_plaintext() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn explicit_mode_reaches_a_meshed_address_over_mtls_or_not_at_all() {
+    // The client dials the proxy itself (explicit mode), naming the
+    // address of a peer the control plane calls meshed; the peer answers
+    // no handshake.
+    let recorder = Recorder::start().await;
+    let plane = ControlPlane::start(&mesh(recorder.addr, &identity(SERVER), false)).await;
+    let client = plane
+        .meshed_proxy(
+            CLIENT,
+            "c",
+            OrigDst::from_fn(|s| s.local_addr()),
+            &[("LINNET_OUTBOUND_CONNECT_TIMEOUT", "300ms")],
+        )
+        .await;
+    let target = recorder.addr;
+    // A request in absolute form, and a CONNECT tunnel.
+    for request in [
+        format!(
+            "GET http://{target}/{MARKER} HTTP/1.1\r\nhost: {target}\r\nx-marker: {MARKER}\r\n\r\n"
+        ),
+        format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n{MARKER}\r\n"),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(client.outbound)
+            .await
+            .unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut rsp = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut rsp))
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&rsp[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 502"), "{request:?}: {head}");
+        assert!(head.contains("mTLS required (handshake)"), "{head}");
+    }
+    assert!(
+        !recorder.saw(MARKER.as_bytes()),
+        "plaintext crossed the wire"
+    );
+    assert_eq!(recorder.bytes().first(), Some(&0x16), "a TLS record");
+}

@@ -1060,6 +1060,22 @@ struct ExplicitRoutes {
 }
 
 impl ExplicitRoutes {
+    /// What the control plane says of an address, as if a connection had
+    /// been redirected to it: the pod it is (and its identity), or a
+    /// service's endpoint; a control plane that does not answer in time
+    /// fails it.
+    async fn by_address(&self, addr: SocketAddr) -> Result<Arc<Endpoint>, String> {
+        match self.fwd.destination(addr).await.0 {
+            Dest::Addr(e) => Ok(e),
+            Dest::Balanced(balancer, _) => self.pick(&balancer).await,
+            Dest::Undecided(waited) => {
+                let e = undecided(addr, waited);
+                self.fwd.count_fail_closed(UNKNOWN_CLIENT, addr, &e);
+                Err(e.to_string())
+            }
+        }
+    }
+
     /// An endpoint of `balancer`; a control plane that does not answer in
     /// time is counted as a refusal (the target may be meshed).
     async fn pick(&self, balancer: &Balancer) -> Result<Arc<Endpoint>, String> {
@@ -1118,26 +1134,21 @@ impl Explicit for ExplicitRoutes {
             .trim_start_matches('[')
             .trim_end_matches(']');
         if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-            // An address, as if the connection had been redirected to it:
-            // the control plane may name the pod it belongs to.
             let addr = SocketAddr::new(ip, port);
             return Box::pin(async move {
-                let dest = self.fwd.destination(addr).await.0;
-                let endpoint = match dest {
-                    Dest::Addr(e) => e,
-                    Dest::Balanced(balancer, _) => self.pick(&balancer).await?,
-                    Dest::Undecided(waited) => {
-                        let e = undecided(addr, waited);
-                        self.fwd.count_fail_closed(UNKNOWN_CLIENT, addr, &e);
-                        return Err(e.to_string());
-                    }
-                };
-                Ok((endpoint.addr, endpoint.identity.clone()))
+                let e = self.by_address(addr).await?;
+                Ok((e.addr, e.identity.clone()))
             });
         }
         let balancer = discovery.authority(host, port);
         Box::pin(async move {
             let e = self.pick(&balancer).await?;
+            if e.identity.is_some() {
+                return Ok((e.addr, e.identity.clone()));
+            }
+            // An address from DNS (or an endpoint named without an
+            // identity): the control plane may still name the pod it is.
+            let e = self.by_address(e.addr).await?;
             Ok((e.addr, e.identity.clone()))
         })
     }

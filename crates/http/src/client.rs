@@ -78,6 +78,8 @@ pub struct Upstream {
     /// the request line is passed on in absolute form, as it came.
     h1_absolute: Client<Connector, RequestBody>,
     h2: Client<Connector, RequestBody>,
+    /// The connector itself, for byte tunnels (`CONNECT`).
+    connector: Connector,
 }
 
 impl Upstream {
@@ -127,8 +129,18 @@ impl Upstream {
                 absolute_form: true,
                 ..connector.clone()
             }),
-            h2: h2.build(connector),
+            h2: h2.build(connector.clone()),
+            connector,
         }
+    }
+
+    /// A connection to the target for a byte tunnel (`CONNECT`), made the
+    /// way the clients' are: mTLS proving the target's identity when it is
+    /// meshed, or refused; counted as the `dst` side.
+    pub async fn connect(&self) -> Result<UpstreamIo, linnet_core::Error> {
+        let mut connector = self.connector.clone();
+        let io = tower_service::Service::call(&mut connector, http::Uri::default()).await?;
+        Ok(io.into_inner())
     }
 
     /// The identity the target must prove over mTLS, when it is meshed

@@ -96,7 +96,7 @@ pub trait Explicit: Send + Sync + std::fmt::Debug + 'static {
     fn upstream(&self, addr: SocketAddr, identity: Option<&str>) -> Arc<Upstream>;
     /// Whether `addr` is this proxy itself: forwarding there would loop.
     fn is_self(&self, addr: SocketAddr) -> bool;
-    /// How to connect for a `CONNECT` tunnel.
+    /// How targets are connected to (its timeout bounds resolving, too).
     fn connect_config(&self) -> ConnectConfig;
     /// Where `authority` is, and the mesh identity it must prove if it is
     /// meshed: by default its IP, or its host name resolved by the system.
@@ -262,9 +262,8 @@ impl Inner {
                 };
                 if connect {
                     let labels = self.count_request(authority.as_ref(), addr);
-                    return self
-                        .connect_tunnel(req, addr, explicit.connect_config(), labels, start)
-                        .await;
+                    let upstream = explicit.upstream(addr, identity.as_deref());
+                    return self.connect_tunnel(req, &upstream, labels, start).await;
                 }
                 explicit.upstream(addr, identity.as_deref())
             }
@@ -512,19 +511,22 @@ impl Inner {
 
     /// Explicit proxy mode's `CONNECT host:port`: the proxy itself opens
     /// the tunnel.
+    /// A meshed target is tunnelled to over mTLS that proves its
+    /// identity, like any other request to it, or refused.
     async fn connect_tunnel(
         &self,
         mut req: Request<Incoming>,
-        addr: SocketAddr,
-        config: ConnectConfig,
+        upstream: &Upstream,
         labels: LabeledMetrics,
         start: Instant,
     ) -> Response<BoxBody> {
-        let mut stream = match linnet_transport::connect(addr, config.timeout, config.keepalive)
-            .await
-        {
+        let addr = upstream.target();
+        let mut stream = match upstream.connect().await {
             Ok(s) => s,
-            Err(error) => return self.count_rescued(&labels, rescue::rescue(&error, false), start),
+            Err(error) => {
+                tracing::info!(direction = %self.direction, target = %addr, error = %linnet_core::display_chain(&*error), "CONNECT failed");
+                return self.count_rescued(&labels, rescue::rescue(&*error, false), start);
+            }
         };
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
