@@ -192,6 +192,29 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_meshed_peer_is_502_or_unavailable_with_the_rule() {
+        let refused = linnet_tls::FailClosed::new(
+            linnet_tls::FailReason::NoCertificate,
+            "to 10.0.0.1:80: this workload has no certificate yet",
+            Some("web.ns.serviceaccount.identity.linkerd.cluster.local"),
+        );
+        // As hyper-util hands it over: boxed, under its own error.
+        let boxed: linnet_core::Error = Box::new(refused);
+        let r = rescue(&*boxed, false);
+        assert_eq!(r.response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(r.error, "tls_fail_closed");
+        let reason = r.response.headers()[L5D_PROXY_ERROR].to_str().unwrap();
+        assert_eq!(
+            reason,
+            "mTLS required (no_certificate): to 10.0.0.1:80: this workload has no certificate yet"
+        );
+        let r = rescue(&*boxed, true);
+        assert_eq!(r.response.status(), StatusCode::OK);
+        assert_eq!(r.grpc_status, Some(i32::from(GRPC_UNAVAILABLE)));
+        assert_eq!(r.response.headers()["grpc-status"], "14");
+    }
+
+    #[test]
     fn connect_timeout_is_504() {
         let e = ConnectError::Timeout {
             addr: "10.0.0.1:80".parse().unwrap(),
