@@ -992,7 +992,7 @@ type Recent = (Arc<Endpoint>, Arc<Upstream>);
 const MAX_RECENT: usize = 64;
 
 impl Balance for BalancedRoute {
-    fn pick(&self) -> BoxFuture<'_, Result<Arc<Upstream>, String>> {
+    fn pick(&self) -> BoxFuture<'_, Result<Arc<Upstream>, linnet_core::Error>> {
         Box::pin(async move {
             let endpoint = match self.balancer.pick().await {
                 Ok(e) => e,
@@ -1006,9 +1006,9 @@ impl Balance for BalancedRoute {
                     );
                     self.fwd
                         .count_fail_closed(UNKNOWN_CLIENT, UNKNOWN_CLIENT, &e);
-                    return Err(e.to_string());
+                    return Err(e.into());
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             };
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             // Still the same peer (identity, name and protocol unchanged)?

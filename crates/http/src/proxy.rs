@@ -87,7 +87,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Picks where each request to a discovered service goes.
 pub trait Balance: Send + Sync + std::fmt::Debug + 'static {
     /// The clients for the endpoint picked, or why there is none.
-    fn pick(&self) -> BoxFuture<'_, Result<Arc<Upstream>, String>>;
+    /// A [`linnet_tls::FailClosed`] among the error's causes means the
+    /// endpoints may be meshed and cannot be reached safely (502); any
+    /// other error, that no endpoint is ready (504).
+    fn pick(&self) -> BoxFuture<'_, Result<Arc<Upstream>, linnet_core::Error>>;
 }
 
 /// What explicit proxy mode needs from the stack.
@@ -201,17 +204,22 @@ impl Inner {
             Route::Target(upstream) => upstream.clone(),
             Route::Balanced(balance) => match balance.pick().await {
                 Ok(upstream) => upstream,
-                Err(message) => {
+                Err(error) => {
                     let labels = self.count_request(authority.as_ref(), UNKNOWN_TARGET);
+                    let message = linnet_core::display_chain(&*error);
                     tracing::info!(direction = %self.direction, error = %message, "no endpoint for the request");
-                    // Linkerd's answer when no endpoint is ready.
-                    let rescued = rescue::respond(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        rescue::GRPC_DEADLINE_EXCEEDED,
-                        "no_endpoints",
-                        &message,
-                        grpc,
-                    );
+                    let rescued = if linnet_core::is_caused_by::<linnet_tls::FailClosed>(&*error) {
+                        rescue::rescue(&*error, grpc)
+                    } else {
+                        // Linkerd's answer when no endpoint is ready.
+                        rescue::respond(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            rescue::GRPC_DEADLINE_EXCEEDED,
+                            "no_endpoints",
+                            &message,
+                            grpc,
+                        )
+                    };
                     return self.count_rescued(&labels, rescued, start);
                 }
             },
