@@ -18,7 +18,7 @@ use linnet_test_support::{
     http::HttpServer,
     is_root,
     metrics::{Scrape, http, try_http},
-    netns::{Netns, pod_proxy},
+    netns::{Netns, pod_init, pod_proxy},
     process::{Process, world_executable_copy},
     tcp::{ExchangeServer, exchange, random_payload},
 };
@@ -129,19 +129,6 @@ impl Recorder {
             .iter()
             .find_map(|c| c.first().copied())
     }
-}
-
-fn init(ns: &Netns, bin: &Path, ignore: &str) {
-    let out = ns
-        .command(bin.to_str().unwrap())
-        .args(["init", "--inbound-ports-to-ignore", ignore])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "linnet init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `linnet control` in `ns` on 127.0.0.1:8086, from `dir/mesh.yaml`.
@@ -285,8 +272,9 @@ fn meshed_pods_are_reached_over_mtls_or_not_at_all() {
     let bin = world_executable_copy(Path::new(env!("CARGO_BIN_EXE_linnet")));
     let ((client_pod, _), (server_pod, server_ip)) = Netns::pair("lntm", 93);
     let ignore = format!("4190,4191,{HANDSHAKE_PORT},{BAD_ID_PORT},{LATE_PORT}");
-    init(&client_pod, &bin, &ignore);
-    init(&server_pod, &bin, &ignore);
+    let init_args = ["--inbound-ports-to-ignore", ignore.as_str()];
+    pod_init(&client_pod, &bin, &init_args);
+    pod_init(&server_pod, &bin, &init_args);
 
     // One mesh file (and one CA) for a control plane in each pod, on
     // loopback; the proxy's uid reads the tokens.

@@ -6,7 +6,7 @@
 use linnet_test_support::{
     is_root,
     metrics::{Scrape, http},
-    netns::Netns,
+    netns::{Netns, pod_init},
     process::{Process, world_executable_copy},
     tcp::{ExchangeServer, exchange, random_payload, recv_message},
 };
@@ -23,19 +23,6 @@ const APP_PORT: u16 = 8080;
 /// rules exempt from redirection), once ready.
 fn start_proxy(ns: &Netns, bin: &std::path::Path, name: &str) -> Process {
     linnet_test_support::netns::pod_proxy(ns, bin, name, &[], true)
-}
-
-fn init(ns: &Netns, bin: &std::path::Path) {
-    let out = ns
-        .command(bin.to_str().unwrap())
-        .arg("init")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "linnet init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn scrape(ns: &Netns) -> Scrape {
@@ -58,8 +45,8 @@ fn intercepts_pod_traffic_both_ways_and_drains_on_sigterm() {
     }
     let bin = world_executable_copy(std::path::Path::new(env!("CARGO_BIN_EXE_linnet")));
     let ((client_pod, _client_ip), (server_pod, server_ip)) = Netns::pair("lnt", 91);
-    init(&client_pod, &bin);
-    init(&server_pod, &bin);
+    pod_init(&client_pod, &bin, &[]);
+    pod_init(&server_pod, &bin, &[]);
 
     // The application in the server pod: runs the checked exchange on every
     // connection, and records the peer address it saw.

@@ -288,27 +288,7 @@ async fn spiffe_proxy(
     orig_dst: OrigDst,
     extra: &[(&str, &str)],
 ) -> Proxy {
-    let token_file = plane.dir().join(format!("token-{token}"));
-    std::fs::write(&token_file, token).unwrap();
-    let (addr, anchors, token_file) = (
-        plane.addr.to_string(),
-        plane.trust_anchors(),
-        token_file.display().to_string(),
-    );
-    let mut env = extra.to_vec();
-    env.extend_from_slice(&[
-        ("LINNET_DESTINATION_SVC_ADDR", &addr),
-        ("LINNET_IDENTITY_SVC_ADDR", &addr),
-        ("LINNET_IDENTITY_LOCAL_NAME", id),
-        ("LINNET_IDENTITY_TOKEN_FILE", &token_file),
-        ("LINNET_IDENTITY_TRUST_ANCHORS", &anchors),
-    ]);
-    let p = Proxy::start(orig_dst, &env).await;
-    eventually("certified", Duration::from_secs(10), || async {
-        (try_http(p.admin, "GET", "/ready", "").await.ok()?.0 == 200).then_some(())
-    })
-    .await;
-    p
+    plane.meshed_proxy(id, token, orig_dst, extra).await
 }
 
 /// Label values that need escaping in the text format (a SPIFFE identity

@@ -94,6 +94,15 @@ enum Dest {
     Undecided(Duration),
 }
 
+/// What the control plane declares of a connection's protocol.
+#[derive(Clone, Copy, Debug, Default)]
+struct Declared {
+    /// Opaque: no protocol detection.
+    opaque: bool,
+    /// An inbound port whose policy says HTTP: nothing else is served.
+    http_only: bool,
+}
+
 /// A target, the identity it must present when meshed (and the SNI to
 /// send it), and whether HTTP/1 goes to it as HTTP/2.
 pub(crate) type UpstreamKey = (SocketAddr, Option<Arc<str>>, Option<Arc<str>>, bool);
@@ -162,7 +171,8 @@ impl Forward {
             }
         };
 
-        let (dest, opaque) = self.destination(target).await;
+        let (dest, declared) = self.destination(target).await;
+        let (opaque, http_only) = (declared.opaque, declared.http_only);
         let Some(detected) = self
             .detect(&mut client, client_addr, target, opaque, &mut watch)
             .await
@@ -172,7 +182,6 @@ impl Forward {
         // A port whose policy says HTTP serves nothing else: bytes that
         // are not HTTP (or that took longer than the detect timeout to
         // look like it) never reach the application unread.
-        let http_only = direction == Direction::Inbound && self.http_only(target.port());
         if let (Some(mesh), Protocol::Tls { sni: Some(sni) }) = (&self.mesh, &detected.protocol) {
             if direction == Direction::Inbound && mesh.is_local(sni) {
                 // The mesh's own TLS: terminated here.
@@ -529,7 +538,7 @@ impl Forward {
                 )
                 .await;
         }
-        if self.http_only(target.port()) {
+        if self.inbound_port(target.port()).http_only {
             let tcp = tls.get_ref().0.get_ref();
             return refuse(
                 tcp,
@@ -906,50 +915,60 @@ impl Forward {
 }
 
 impl Forward {
-    /// Where a redirected connection to `target` goes, and whether the
-    /// control plane says it is opaque (no detection).
-    async fn destination(&self, target: SocketAddr) -> (Dest, bool) {
+    /// Where a redirected connection to `target` goes, and what the
+    /// control plane declares of its protocol.
+    async fn destination(&self, target: SocketAddr) -> (Dest, Declared) {
         let plain = || Dest::Addr(linnet_discovery::plain(target));
+        let opaque = |opaque| Declared {
+            opaque,
+            http_only: false,
+        };
         let Some(discovery) = &self.discovery else {
-            return (plain(), false);
+            return (plain(), Declared::default());
         };
         match self.direction {
             Direction::Outbound if discovery.has_destination() || discovery.has_policy() => {
                 if !self.in_profile_networks(target.ip()) {
                     // Outside the mesh's networks: never meshed.
-                    return (plain(), false);
+                    return (plain(), Declared::default());
                 }
                 match discovery.outbound(target).await {
-                    Outbound::Forward { opaque, endpoint } => (
+                    Outbound::Forward {
+                        opaque: o,
+                        endpoint,
+                    } => (
                         Dest::Addr(endpoint.unwrap_or_else(|| linnet_discovery::plain(target))),
-                        opaque,
+                        opaque(o),
                     ),
                     Outbound::Service {
-                        opaque,
+                        opaque: o,
                         balancer,
                         profile,
-                    } => (Dest::Balanced(balancer, profile), opaque),
-                    Outbound::Undecided { waited } => (Dest::Undecided(waited), false),
+                    } => (Dest::Balanced(balancer, profile), opaque(o)),
+                    Outbound::Undecided { waited } => {
+                        (Dest::Undecided(waited), Declared::default())
+                    }
                 }
             }
-            Direction::Inbound => {
-                let protocol = self.port_policy(discovery, target.port());
-                (plain(), protocol == Some(PortProtocol::Opaque))
-            }
-            _ => (plain(), false),
+            Direction::Inbound => (plain(), self.inbound_port(target.port())),
+            _ => (plain(), Declared::default()),
         }
     }
 
-    /// Whether the policy of inbound `port` says HTTP (or gRPC): then
-    /// nothing but HTTP is served there.
-    fn http_only(&self, port: u16) -> bool {
+    /// What the policy of inbound `port` declares: opaque (no detection),
+    /// or HTTP (or gRPC), when nothing but HTTP is served there.
+    fn inbound_port(&self, port: u16) -> Declared {
         let Some(discovery) = &self.discovery else {
-            return false;
+            return Declared::default();
         };
-        matches!(
-            self.port_policy(discovery, port),
-            Some(PortProtocol::Http1 | PortProtocol::Http2 | PortProtocol::Grpc)
-        )
+        let protocol = self.port_policy(discovery, port);
+        Declared {
+            opaque: protocol == Some(PortProtocol::Opaque),
+            http_only: matches!(
+                protocol,
+                Some(PortProtocol::Http1 | PortProtocol::Http2 | PortProtocol::Grpc)
+            ),
+        }
     }
 
     /// Whether `ip` is where meshed workloads may be.

@@ -158,30 +158,12 @@ impl Ca {
             .to_string()
             .try_into()
             .map_err(|_| Status::invalid_argument("identity is not ASCII"))?;
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![if spiffe {
+        let san = if spiffe {
             SanType::URI(name)
         } else {
             SanType::DnsName(name)
-        }];
-        let mut dn = DistinguishedName::new();
-        if !spiffe {
-            dn.push(DnType::CommonName, identity);
-        }
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - to_time(id.clock_skew_allowance);
-        params.not_after = now + to_time(id.certificate_lifetime);
+        };
+        let params = leaf_params(vec![san], (!spiffe).then_some(identity), id);
         let valid_until = params.not_after;
         csr.params = params;
         let leaf = csr
@@ -222,8 +204,7 @@ impl Ca {
     ) -> Result<ServerCert, CaError> {
         let key =
             KeyPair::generate().map_err(|e| CaError(format!("cannot generate a key: {e}")))?;
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = names
+        let sans = names
             .iter()
             .map(|n| {
                 n.clone()
@@ -232,24 +213,7 @@ impl Ca {
                     .map_err(|_| CaError(format!("{n:?} is not a DNS name")))
             })
             .collect::<Result<_, _>>()?;
-        let mut dn = DistinguishedName::new();
-        if let Some(first) = names.first() {
-            dn.push(DnType::CommonName, first.as_str());
-        }
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - to_time(id.clock_skew_allowance);
-        params.not_after = now + to_time(id.certificate_lifetime);
+        let params = leaf_params(sans, names.first().map(String::as_str), id);
         let leaf = params
             .signed_by(&key, &self.issuer)
             .map_err(|e| CaError(format!("cannot sign the control plane's certificate: {e}")))?;
@@ -369,6 +333,37 @@ fn trim_token(t: &[u8]) -> &[u8] {
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(0, |i| i + 1);
     &t[..end]
+}
+
+/// A leaf for server and client authentication naming `sans` (and
+/// `common_name`), valid from the clock-skew allowance ago for the mesh
+/// file's certificate lifetime.
+fn leaf_params(
+    sans: Vec<SanType>,
+    common_name: Option<&str>,
+    id: &config::Identity,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = sans;
+    let mut dn = DistinguishedName::new();
+    if let Some(cn) = common_name {
+        dn.push(DnType::CommonName, cn);
+    }
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - to_time(id.clock_skew_allowance);
+    params.not_after = now + to_time(id.certificate_lifetime);
+    params
 }
 
 #[cfg(test)]

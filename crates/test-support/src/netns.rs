@@ -175,6 +175,22 @@ fn run(program: &str, args: &[&str]) -> Output {
     out
 }
 
+/// `linnet init` (the binary at `bin`) with `args` inside `ns`; panics
+/// with its message if it fails.
+pub fn pod_init(ns: &Netns, bin: &std::path::Path, args: &[&str]) {
+    let out = ns
+        .command(&bin.display().to_string())
+        .arg("init")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "linnet init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The uid `linnet init` exempts from redirection: the proxy's.
 pub const PROXY_UID: &str = "2102";
 
