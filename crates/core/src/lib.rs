@@ -7,6 +7,7 @@
 
 pub mod addr;
 pub mod drain;
+pub mod endpoint;
 
 /// The error type of the data path: any error, boxed.
 ///

@@ -19,6 +19,8 @@ mod metrics;
 mod policy;
 mod watch;
 
+pub use linnet_core::endpoint::{Endpoint, Hint, plain};
+
 pub use self::{
     dns::Dns,
     metrics::Metrics,
@@ -86,38 +88,6 @@ pub enum Resolution {
     NotFound,
     /// The endpoints (possibly none).
     Endpoints(Arc<BTreeMap<SocketAddr, Arc<Endpoint>>>),
-}
-
-/// One endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Endpoint {
-    /// Where to connect.
-    pub addr: SocketAddr,
-    /// Relative weight (at least 1).
-    pub weight: u32,
-    /// Its TLS identity, if it is meshed.
-    pub identity: Option<String>,
-    /// The server name to send it as SNI, when the control plane gives
-    /// one (needed for SPIFFE identities, which SNI cannot carry).
-    pub server_name: Option<String>,
-    /// What its proxy accepts.
-    pub hint: Hint,
-    /// Its proxy's port for opaque traffic with a transport header.
-    pub opaque_transport_port: Option<u16>,
-    /// Labels for metrics.
-    pub labels: BTreeMap<String, String>,
-}
-
-/// A protocol hint.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Hint {
-    /// None given.
-    #[default]
-    Unknown,
-    /// HTTP/2 between proxies.
-    H2,
-    /// Opaque TCP.
-    Opaque,
 }
 
 /// What `GetProfile` says of an original destination.
@@ -593,19 +563,6 @@ impl std::fmt::Display for PickError {
 }
 
 impl std::error::Error for PickError {}
-
-/// An endpoint the control plane says nothing about: no identity.
-pub fn plain(addr: SocketAddr) -> Arc<Endpoint> {
-    Arc::new(Endpoint {
-        addr,
-        weight: 1,
-        identity: None,
-        server_name: None,
-        hint: Hint::Unknown,
-        opaque_transport_port: None,
-        labels: BTreeMap::new(),
-    })
-}
 
 impl Balancer {
     fn single(discovery: Discovery, authority: String, fallback: Fallback) -> Self {
