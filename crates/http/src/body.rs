@@ -1,7 +1,7 @@
 //! A response body that records the response's metrics when it ends.
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use linnet_metrics::http::{GrpcStatus, LabeledMetrics, ResponseOutcome};
 use std::{
     pin::Pin,
@@ -34,12 +34,12 @@ impl Recorder {
 /// The target's response body, passed through frame by frame.
 #[derive(Debug)]
 pub(crate) struct MeteredBody {
-    inner: Incoming,
+    inner: crate::BoxBody,
     recorder: Option<Recorder>,
 }
 
 impl MeteredBody {
-    pub(crate) fn new(inner: Incoming, recorder: Recorder) -> Self {
+    pub(crate) fn new(inner: crate::BoxBody, recorder: Recorder) -> Self {
         Self {
             inner,
             recorder: Some(recorder),
@@ -55,12 +55,12 @@ impl MeteredBody {
 
 impl Body for MeteredBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = linnet_core::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, linnet_core::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {

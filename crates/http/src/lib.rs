@@ -15,6 +15,7 @@
 mod body;
 pub mod client;
 mod continue_gate;
+pub mod endpoint;
 pub mod headers;
 pub mod proxy;
 pub mod rescue;
@@ -22,7 +23,8 @@ pub mod server;
 
 pub use self::{
     client::{Upstream, UpstreamMetrics},
-    proxy::{Balance, BoxFuture, Explicit, InFlight, Proxy, Route},
+    endpoint::EndpointClient,
+    proxy::{BoxFuture, Explicit, HttpStack, InFlight, Proxy, Route},
     server::serve,
 };
 

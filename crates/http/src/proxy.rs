@@ -5,9 +5,10 @@ use crate::{
     BoxBody, Upstream, Version,
     body::{MeteredBody, Recorder},
     client::ConnectConfig,
-    continue_gate, headers, rescue,
+    continue_gate, endpoint, headers, rescue,
 };
-use http::{Request, Response, StatusCode, Uri, uri};
+use tower::ServiceExt;
+use http::{Request, Response, StatusCode, uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -77,21 +78,40 @@ pub enum Route {
     /// Explicit proxy mode (a connection that was not redirected): each
     /// request to the host its URI or `Host` names.
     Explicit(Arc<dyn Explicit>),
-    /// Each request to an endpoint of a discovered service.
-    Balanced(Arc<dyn Balance>),
+    /// Each request through a stack (routes, retries, balancing...) for
+    /// a logical target.
+    Stack {
+        /// The stack.
+        stack: HttpStack,
+        /// The logical target's address, for metric labels.
+        target: SocketAddr,
+    },
+}
+
+/// A request stack: what an HTTP request is handed to below the edge.
+pub type HttpStack = tower::util::BoxCloneSyncService<
+    Request<BoxBody>,
+    Response<BoxBody>,
+    linnet_core::Error,
+>;
+
+/// What a request is handed to.
+enum Call {
+    Upstream(Arc<Upstream>),
+    Stack(HttpStack),
+}
+
+/// Hands `req` to `stack` (a named function, so that the future's type is
+/// fixed outside the handler's `async` block).
+fn call_stack(
+    stack: HttpStack,
+    req: Request<BoxBody>,
+) -> BoxFuture<'static, Result<Response<BoxBody>, linnet_core::Error>> {
+    Box::pin(stack.oneshot(req))
 }
 
 /// A boxed future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Picks where each request to a discovered service goes.
-pub trait Balance: Send + Sync + std::fmt::Debug + 'static {
-    /// The clients for the endpoint picked, or why there is none.
-    /// A [`linnet_tls::FailClosed`] among the error's causes means the
-    /// endpoints may be meshed and cannot be reached safely (502); any
-    /// other error, that no endpoint is ready (504).
-    fn pick(&self) -> BoxFuture<'_, Result<Arc<Upstream>, linnet_core::Error>>;
-}
 
 /// What explicit proxy mode needs from the stack.
 pub trait Explicit: Send + Sync + std::fmt::Debug + 'static {
@@ -200,29 +220,9 @@ impl Inner {
             tracing::debug!(direction = %self.direction, "request shed: too many in flight");
             return self.count_rescued(&labels, rescued, start);
         };
-        let upstream = match &self.route {
-            Route::Target(upstream) => upstream.clone(),
-            Route::Balanced(balance) => match balance.pick().await {
-                Ok(upstream) => upstream,
-                Err(error) => {
-                    let labels = self.count_request(authority.as_ref(), UNKNOWN_TARGET);
-                    let message = linnet_core::display_chain(&*error);
-                    tracing::info!(direction = %self.direction, error = %message, "no endpoint for the request");
-                    let rescued = if linnet_core::is_caused_by::<linnet_tls::FailClosed>(&*error) {
-                        rescue::rescue(&*error, grpc)
-                    } else {
-                        // Linkerd's answer when no endpoint is ready.
-                        rescue::respond(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            rescue::GRPC_DEADLINE_EXCEEDED,
-                            "no_endpoints",
-                            &message,
-                            grpc,
-                        )
-                    };
-                    return self.count_rescued(&labels, rescued, start);
-                }
-            },
+        let (call, target) = match &self.route {
+            Route::Target(upstream) => (Call::Upstream(upstream.clone()), upstream.target()),
+            Route::Stack { stack, target } => (Call::Stack(stack.clone()), *target),
             Route::Explicit(explicit) => {
                 let https = req.uri().scheme() == Some(&uri::Scheme::HTTPS);
                 let resolved = match &authority {
@@ -273,62 +273,23 @@ impl Inner {
                     let upstream = explicit.upstream(addr, identity.as_deref());
                     return self.connect_tunnel(req, &upstream, labels, start).await;
                 }
-                explicit.upstream(addr, identity.as_deref())
+                (
+                    Call::Upstream(explicit.upstream(addr, identity.as_deref())),
+                    addr,
+                )
             }
         };
-        let target = upstream.target();
         let labels = self.count_request(authority.as_ref(), target);
-        if self.direction == Direction::Outbound {
-            // The client insists on a peer identity: only an mTLS peer
-            // proving exactly it will do.
-            if let Some(required) = req.headers_mut().remove(L5D_REQUIRE_ID) {
-                let required = required.to_str().unwrap_or_default().trim();
-                let proven = upstream.peer_identity();
-                if !proven.is_some_and(|p| p.eq_ignore_ascii_case(required)) {
-                    let message = match proven {
-                        Some(p) => format!("l5d-require-id: {target} is {p}, not {required}"),
-                        None => {
-                            format!("l5d-require-id: {target} is not meshed, so not {required}")
-                        }
-                    };
-                    tracing::info!(direction = %self.direction, %target, %message, "request refused");
-                    let rescued = rescue::respond(
-                        StatusCode::BAD_GATEWAY,
-                        rescue::GRPC_UNAVAILABLE,
-                        "require_id",
-                        &message,
-                        grpc,
-                    );
-                    return self.count_rescued(&labels, rescued, start);
-                }
-            }
+        if self.direction == Direction::Inbound {
+            // A client's demand for a peer identity means nothing here.
+            req.headers_mut().remove(L5D_REQUIRE_ID);
         }
 
         headers::strip_hop_by_hop(req.headers_mut(), upgrade);
-        // HTTP/1 between meshed proxies travels as HTTP/2: upgraded here
-        // (outbound), restored there (inbound). Upgrades and CONNECT stay
-        // HTTP/1.
-        let mut out_version = self.version;
-        let mut h1_over_h2 = false;
-        if self.direction == Direction::Outbound
-            && self.version == Version::Http1
-            && upstream.upgrades_h1()
-            && !upgrade
-            && !connect
-        {
-            let orig = if req.version() == http::Version::HTTP_10 {
-                "HTTP/1.0"
-            } else {
-                "HTTP/1.1"
-            };
-            req.headers_mut()
-                .insert(L5D_ORIG_PROTO, http::HeaderValue::from_static(orig));
-            // HTTP/2 carries the authority in `:authority`.
-            req.headers_mut().remove(http::header::HOST);
-            *req.version_mut() = http::Version::HTTP_2;
-            out_version = Version::Http2;
-            h1_over_h2 = true;
-        } else if self.direction == Direction::Inbound && self.version == Version::Http2 {
+        // HTTP/1 between meshed proxies travels as HTTP/2; the outbound
+        // side's endpoint client upgrades it, and it is restored here
+        // (inbound).
+        if self.direction == Direction::Inbound && self.version == Version::Http2 {
             if let Some(orig) = req.headers_mut().remove(L5D_ORIG_PROTO) {
                 *req.version_mut() = if orig.as_bytes() == b"HTTP/1.0" {
                     http::Version::HTTP_10
@@ -342,7 +303,6 @@ impl Inner {
                         }
                     }
                 }
-                out_version = Version::Http1;
             }
         }
         if self.direction == Direction::Inbound {
@@ -360,18 +320,8 @@ impl Inner {
         // In transparent mode an absolute-form request goes on as it came;
         // in explicit mode we are the proxy it was addressed to, and the
         // target gets the usual origin form.
-        let absolute_form = absolute_form && !matches!(self.route, Route::Explicit(_));
-        if !connect {
-            // HTTP/2 carries the authority in the URI (`:authority`), and so
-            // does an absolute-form request; otherwise the URI names the
-            // target, so that the client's pool is keyed by target and not
-            // by whatever `Host` a client sends (the header travels as is).
-            let uri_authority = if out_version == Version::Http2 || absolute_form {
-                authority
-            } else {
-                None
-            };
-            *req.uri_mut() = client_uri(req.uri(), uri_authority, target);
+        if absolute_form && !matches!(self.route, Route::Explicit(_)) {
+            req.extensions_mut().insert(endpoint::AbsoluteForm);
         }
         let server_upgrade = (upgrade || connect).then(|| hyper::upgrade::on(&mut req));
 
@@ -414,10 +364,10 @@ impl Inner {
         // stream reset drops this future), the request still gets an
         // outcome in `response_total`.
         let waiting = Unanswered::new(&labels, start);
-        let result = upstream
-            .client(out_version, absolute_form)
-            .request(req)
-            .await;
+        let result = match call {
+            Call::Upstream(upstream) => endpoint::send(upstream, req).await,
+            Call::Stack(stack) => call_stack(stack, req).await,
+        };
         waiting.answered();
         match result {
             Ok(mut rsp) => {
@@ -437,7 +387,7 @@ impl Inner {
                 // Connection management is our server's business with its
                 // client: an HTTP/1.0 answer from the target must not make it
                 // close a connection the client asked to keep alive.
-                if rsp.version() < http::Version::HTTP_11 || h1_over_h2 {
+                if self.version == Version::Http1 {
                     *rsp.version_mut() = http::Version::HTTP_11;
                 }
                 rsp.headers_mut().remove(L5D_ORIG_PROTO);
@@ -453,18 +403,16 @@ impl Inner {
                     grpc_status,
                 };
                 rsp.map(|body| {
-                    MeteredBody::new(body, recorder)
-                        .map_err(linnet_core::Error::from)
-                        .boxed_unsync()
+                    MeteredBody::new(body, recorder).boxed_unsync()
                 })
             }
             Err(error) => {
                 tracing::info!(
                     direction = %self.direction, %target,
-                    error = %linnet_core::display_chain(&error),
+                    error = %linnet_core::display_chain(&*error),
                     "request failed"
                 );
-                self.count_rescued(&labels, rescue::rescue(&error, grpc), start)
+                self.count_rescued(&labels, rescue::rescue(&*error, grpc), start)
             }
         }
     }
@@ -625,23 +573,6 @@ pub async fn resolve(
                 format!("{host} has no address"),
             )
         })
-}
-
-/// The URI the upstream client is given: absolute, so that its pool has a
-/// key and HTTP/2 gets `:scheme` and `:authority`; the authority is the
-/// request's own (the connector dials the target whatever it says), or the
-/// target's address when the request named none.
-fn client_uri(original: &Uri, authority: Option<uri::Authority>, target: SocketAddr) -> Uri {
-    let mut parts = original.clone().into_parts();
-    if parts.scheme.is_none() {
-        parts.scheme = Some(uri::Scheme::HTTP);
-    }
-    let authority = authority.or_else(|| target.to_string().parse().ok());
-    parts.authority = authority;
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(uri::PathAndQuery::from_static("/"));
-    }
-    Uri::from_parts(parts).unwrap_or_else(|_| original.clone())
 }
 
 /// Carries an upgraded connection (WebSocket, `CONNECT`) as bytes.

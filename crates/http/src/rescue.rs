@@ -71,6 +71,15 @@ pub fn rescue(error: &(dyn Error + 'static), grpc: bool) -> Rescued {
             grpc,
         );
     }
+    if let Some(e) = linnet_core::find_cause::<crate::endpoint::RequireIdMismatch>(error) {
+        return respond(
+            StatusCode::BAD_GATEWAY,
+            GRPC_UNAVAILABLE,
+            "require_id",
+            &e.to_string(),
+            grpc,
+        );
+    }
     let message = linnet_core::display_chain(error);
     match linnet_core::find_cause::<ConnectError>(error) {
         // The target did not accept in time: a gateway timeout.
