@@ -12,7 +12,9 @@
 //! [`run`] returns.
 
 mod mesh;
+mod stacks;
 mod tcp;
+mod upstreams;
 
 use bytes::Bytes;
 use linnet_admin::{Admin, Readiness};
@@ -269,6 +271,7 @@ pub async fn run(
     let tcp_metrics = TcpMetrics::register(&mut registry, &bounds);
     let http_metrics = HttpMetrics::register(&mut registry, &bounds);
     let mesh_metrics = linnet_metrics::mesh::MeshMetrics::register(&mut registry);
+    let route_metrics = linnet_metrics::route::RouteMetrics::register(&mut registry);
     // The identity first: discovery's TLS presents its certificate.
     let (control_metrics, control_tls) = control_plane(&config, &mut registry);
     let identity = identity(&config, &mut registry, control_tls.as_ref())?;
@@ -292,6 +295,34 @@ pub async fn run(
     };
     let (signal, watch) = drain::channel();
 
+    let upstreams = |direction, proxy: &linnet_config::ProxyConfig| {
+        Arc::new(upstreams::Upstreams {
+            direction,
+            config: proxy.clone(),
+            http: config.http.clone(),
+            metrics: tcp_metrics.clone(),
+            mesh_metrics: mesh_metrics.clone(),
+            mesh: mesh.clone(),
+            cache: Default::default(),
+        })
+    };
+    let outbound_upstreams = upstreams(Direction::Outbound, &config.outbound);
+    let inbound_upstreams = upstreams(Direction::Inbound, &config.inbound);
+    let new_endpoint: linnet_outbound::http::NewEndpoint = {
+        let upstreams = outbound_upstreams.clone();
+        Arc::new(move |e: &Arc<linnet_discovery::Endpoint>| {
+            linnet_http::EndpointClient::new(upstreams.get(
+                e.addr,
+                e.identity.as_deref(),
+                e.server_name.as_deref(),
+                e.hint == linnet_discovery::Hint::H2,
+            ))
+        })
+    };
+    let stacks = stacks::LogicalStacks::new(
+        linnet_outbound::http::Stacks::new(discovery.clone(), new_endpoint, route_metrics),
+        config.control.discovery_idle_timeout,
+    );
     let outbound = Arc::new(tcp::Forward {
         direction: Direction::Outbound,
         config: config.outbound.clone(),
@@ -304,7 +335,8 @@ pub async fn run(
         http_metrics: http_metrics.clone(),
         mesh_metrics: mesh_metrics.clone(),
         profile_networks: config.control.profile_networks.clone(),
-        upstreams: Default::default(),
+        upstreams: outbound_upstreams,
+        stacks: Some(stacks),
         in_flight: linnet_http::InFlight::new(config.outbound.max_in_flight),
         http: config.http.clone(),
         discovery: discovery.clone(),
@@ -319,7 +351,8 @@ pub async fn run(
         http_metrics,
         mesh_metrics,
         profile_networks: config.control.profile_networks.clone(),
-        upstreams: Default::default(),
+        upstreams: inbound_upstreams,
+        stacks: None,
         in_flight: linnet_http::InFlight::new(config.inbound.max_in_flight),
         http: config.http.clone(),
         discovery,

@@ -17,14 +17,15 @@
 //! or either side fails mid-stream, the other side is reset (RST), never
 //! closed with a FIN that would make a truncated stream look complete.
 
-use crate::mesh::{self, HasTcp, MeshTls};
+use crate::{
+    mesh::{HasTcp, MeshTls},
+    upstreams::Upstreams,
+};
 use linnet_config::{HttpConfig, ProxyConfig};
 use linnet_core::drain;
 use linnet_detect::{Detected, PrefixedIo, Protocol, Reason};
-use linnet_discovery::{Balancer, Discovery, Endpoint, Outbound, PickError, PortProtocol};
-use linnet_http::{
-    Balance, BoxFuture, Explicit, InFlight, Proxy, Route, Upstream, client::ConnectConfig,
-};
+use linnet_discovery::{Balancer, Discovery, Endpoint, Logical, Outbound, PickError, PortProtocol};
+use linnet_http::{BoxFuture, Explicit, InFlight, Proxy, Route, Upstream, client::ConnectConfig};
 use linnet_metrics::{
     Direction,
     http::HttpMetrics,
@@ -62,7 +63,9 @@ pub(crate) struct Forward {
     pub(crate) profile_networks: Vec<linnet_config::parse::Network>,
     /// HTTP clients by target (and the identity it must present, for a
     /// meshed one), shared by all connections to that target.
-    pub(crate) upstreams: Mutex<HashMap<UpstreamKey, Arc<Upstream>>>,
+    pub(crate) upstreams: Arc<Upstreams>,
+    /// The outbound HTTP stacks of logical targets (outbound only).
+    pub(crate) stacks: Option<crate::stacks::LogicalStacks>,
     /// The listener's bound on requests at once.
     pub(crate) in_flight: InFlight,
     /// HTTP settings.
@@ -84,9 +87,11 @@ const MAX_PORT_POLICIES: usize = 256;
 enum Dest {
     /// One address (with its identity, when the control plane names one).
     Addr(Arc<Endpoint>),
-    /// An endpoint of a discovered service, per request or connection.
+    /// A discovered service: its HTTP stack (routes, balancers), or for
+    /// opaque bytes one endpoint per connection.
     Balanced(
         Balancer,
+        Logical,
         Option<tokio::sync::watch::Receiver<Option<linnet_discovery::Profile>>>,
     ),
     /// Nowhere: the control plane did not say in time whether the target
@@ -102,13 +107,6 @@ struct Declared {
     /// An inbound port whose policy says HTTP: nothing else is served.
     http_only: bool,
 }
-
-/// A target, the identity it must present when meshed (and the SNI to
-/// send it), and whether HTTP/1 goes to it as HTTP/2.
-pub(crate) type UpstreamKey = (SocketAddr, Option<Arc<str>>, Option<Arc<str>>, bool);
-
-/// Upstreams kept before unused ones are dropped.
-const MAX_UPSTREAMS: usize = 1024;
 
 /// Accepts connections until draining starts, then closes the listener.
 pub(crate) async fn serve(listener: TcpListener, fwd: Arc<Forward>, watch: drain::Watch) {
@@ -221,14 +219,20 @@ impl Forward {
                     e.server_name.as_deref(),
                     e.hint == linnet_discovery::Hint::H2,
                 )),
-                Dest::Balanced(balancer, profile) => Route::Balanced(Arc::new(BalancedRoute {
-                    fwd: self.clone(),
-                    balancer,
-                    _profile: profile,
-                    recent: Default::default(),
-                })),
+                Dest::Balanced(balancer, logical, profile) => match &self.stacks {
+                    Some(stacks) => Route::Stack {
+                        stack: stacks.get(target, logical, profile),
+                        target,
+                    },
+                    // (Inbound never discovers services.)
+                    None => Route::Target(Arc::new(self.upstreams.build(
+                        target,
+                        PeerTls::Refuse(undecided(target, Duration::ZERO)),
+                        false,
+                    ))),
+                },
                 // Every request fails, saying why.
-                Dest::Undecided(waited) => Route::Target(Arc::new(self.new_upstream(
+                Dest::Undecided(waited) => Route::Target(Arc::new(self.upstreams.build(
                     target,
                     PeerTls::Refuse(undecided(target, waited)),
                     false,
@@ -240,7 +244,7 @@ impl Forward {
         }
         let (target, endpoint) = match dest {
             Dest::Addr(e) => (e.addr, Some(e)),
-            Dest::Balanced(balancer, _profile) => match balancer.pick().await {
+            Dest::Balanced(balancer, _, _profile) => match balancer.pick().await {
                 Ok(endpoint) => (endpoint.addr, Some(endpoint)),
                 Err(PickError::Timeout(authority)) => {
                     let e = FailClosed::new(
@@ -760,12 +764,11 @@ impl Forward {
 
     /// The shared clients for `target` (the application, inbound).
     fn upstream(&self, target: SocketAddr) -> Arc<Upstream> {
-        self.upstream_for(target, None, None, false)
+        self.upstreams.get(target, None, None, false)
     }
 
     /// The shared clients for `target`, which the control plane names
-    /// with `identity` (reached with `sni`) when it is meshed: over mTLS
-    /// proving it, or refused (see [`mesh::peer_tls`]).
+    /// with `identity` (reached with `sni`) when it is meshed.
     fn upstream_for(
         &self,
         target: SocketAddr,
@@ -773,43 +776,7 @@ impl Forward {
         sni: Option<&str>,
         h2: bool,
     ) -> Arc<Upstream> {
-        let h2 = h2 && identity.is_some();
-        let key: UpstreamKey = (target, identity.map(Arc::from), sni.map(Arc::from), h2);
-        let mut upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(u) = upstreams.get(&key) {
-            return u.clone();
-        }
-        let tls = mesh::peer_tls(self.mesh.as_deref(), identity, sni, false);
-        if let PeerTls::Refuse(_) = &tls {
-            // Not kept: it only fails requests, saying why.
-            return Arc::new(self.new_upstream(target, tls, false));
-        }
-        if upstreams.len() >= MAX_UPSTREAMS {
-            // Drop the ones no connection uses; their pools close.
-            upstreams.retain(|_, u| Arc::strong_count(u) > 1);
-        }
-        let u = Arc::new(self.new_upstream(target, tls, h2));
-        upstreams.insert(key, u.clone());
-        u
-    }
-
-    fn new_upstream(&self, target: SocketAddr, tls: PeerTls, h2: bool) -> Upstream {
-        let config = ConnectConfig {
-            timeout: self.config.connect_timeout,
-            keepalive: self.config.connect_keepalive,
-        };
-        Upstream::new(
-            target,
-            config,
-            &self.http,
-            linnet_http::UpstreamMetrics {
-                tcp: self.metrics.clone(),
-                mesh: self.mesh_metrics.clone(),
-            },
-            self.direction,
-            tls,
-            h2,
-        )
+        self.upstreams.get(target, identity, sni, h2)
     }
 
     /// Counts and logs a meshed target that was not reached because mTLS
@@ -942,9 +909,10 @@ impl Forward {
                     ),
                     Outbound::Service {
                         opaque: o,
+                        logical,
                         balancer,
                         profile,
-                    } => (Dest::Balanced(balancer, profile), opaque(o)),
+                    } => (Dest::Balanced(balancer, logical, profile), opaque(o)),
                     Outbound::Undecided { waited } => {
                         (Dest::Undecided(waited), Declared::default())
                     }
@@ -992,69 +960,6 @@ impl Forward {
     }
 }
 
-/// A discovered service's requests, each to an endpoint picked for it.
-#[derive(Debug)]
-struct BalancedRoute {
-    fwd: Arc<Forward>,
-    balancer: Balancer,
-    /// Keeps the profile watched while the connection lasts.
-    _profile: Option<tokio::sync::watch::Receiver<Option<linnet_discovery::Profile>>>,
-    /// The clients of the endpoints this connection has used, so that a
-    /// request costs no lookup in the listener's shared cache.
-    recent: Mutex<HashMap<SocketAddr, Recent>>,
-}
-
-/// An endpoint a connection used, as discovered, and its clients.
-type Recent = (Arc<Endpoint>, Arc<Upstream>);
-
-/// Endpoints a connection remembers the clients of.
-const MAX_RECENT: usize = 64;
-
-impl Balance for BalancedRoute {
-    fn pick(&self) -> BoxFuture<'_, Result<Arc<Upstream>, linnet_core::Error>> {
-        Box::pin(async move {
-            let endpoint = match self.balancer.pick().await {
-                Ok(e) => e,
-                Err(PickError::Timeout(authority)) => {
-                    let e = FailClosed::new(
-                        FailReason::DiscoveryTimeout,
-                        format!(
-                            "the control plane did not answer in time about {authority}, whose endpoints may be meshed"
-                        ),
-                        None,
-                    );
-                    self.fwd
-                        .count_fail_closed(UNKNOWN_CLIENT, UNKNOWN_CLIENT, &e);
-                    return Err(e.into());
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            // Still the same peer (identity, name and protocol unchanged)?
-            if let Some((seen, u)) = recent.get(&endpoint.addr) {
-                if Arc::ptr_eq(seen, &endpoint)
-                    || (seen.identity == endpoint.identity
-                        && seen.server_name == endpoint.server_name
-                        && seen.hint == endpoint.hint)
-                {
-                    return Ok(u.clone());
-                }
-            }
-            let u = self.fwd.upstream_for(
-                endpoint.addr,
-                endpoint.identity.as_deref(),
-                endpoint.server_name.as_deref(),
-                endpoint.hint == linnet_discovery::Hint::H2,
-            );
-            if recent.len() >= MAX_RECENT {
-                recent.clear();
-            }
-            recent.insert(endpoint.addr, (endpoint, u.clone()));
-            Ok(u)
-        })
-    }
-}
-
 /// Where a request's client is not at hand (logs only).
 const UNKNOWN_CLIENT: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
@@ -1086,7 +991,7 @@ impl ExplicitRoutes {
     async fn by_address(&self, addr: SocketAddr) -> Result<Arc<Endpoint>, String> {
         match self.fwd.destination(addr).await.0 {
             Dest::Addr(e) => Ok(e),
-            Dest::Balanced(balancer, _) => self.pick(&balancer).await,
+            Dest::Balanced(balancer, _, _) => self.pick(&balancer).await,
             Dest::Undecided(waited) => {
                 let e = undecided(addr, waited);
                 self.fwd.count_fail_closed(UNKNOWN_CLIENT, addr, &e);

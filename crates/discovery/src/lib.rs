@@ -376,6 +376,7 @@ impl Discovery {
                 PolicyAnswer::Found(p) => {
                     return Outbound::Service {
                         opaque: p.opaque,
+                        logical: Logical::Policy(rx.clone()),
                         balancer: Balancer::with_policy(self.clone(), orig_dst, rx),
                         profile: None,
                     };
@@ -404,6 +405,9 @@ impl Discovery {
                 let authority = format!("{name}:{}", orig_dst.port());
                 Outbound::Service {
                     opaque: p.opaque,
+                    logical: Logical::Service {
+                        authority: authority.clone(),
+                    },
                     balancer: Balancer::single(
                         self.clone(),
                         authority,
@@ -478,11 +482,26 @@ pub enum Outbound {
     Service {
         /// Skip protocol detection.
         opaque: bool,
+        /// What its HTTP stack follows.
+        logical: Logical,
         /// Picks an endpoint per request or connection.
         balancer: Balancer,
         /// The profile's watch: hold it while the connection lasts, so it
         /// is not closed as idle.
         profile: Option<tw::Receiver<Option<Profile>>>,
+    },
+}
+
+/// What a logical target's HTTP stack follows.
+#[derive(Clone, Debug)]
+pub enum Logical {
+    /// Its outbound policy (routes, backends, timeouts, retries...).
+    Policy(tw::Receiver<PolicyAnswer>),
+    /// A service with no outbound policy (its profile, if any, is in
+    /// [`Outbound::Service`]'s `profile`), balanced over its endpoints.
+    Service {
+        /// `name:port`, as `Destination.Get` knows it.
+        authority: String,
     },
 }
 

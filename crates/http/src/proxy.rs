@@ -101,9 +101,10 @@ enum Call {
     Stack(HttpStack),
 }
 
-/// Hands `req` to `stack` (a named function, so that the future's type is
-/// fixed outside the handler's `async` block).
-fn call_stack(
+/// Hands `req` to `stack`. (A named function: inside an `async` block,
+/// `stack.oneshot(req)` trips the compiler's higher-ranked lifetime
+/// inference over the body's boxed error type.)
+pub fn call_stack(
     stack: HttpStack,
     req: Request<BoxBody>,
 ) -> BoxFuture<'static, Result<Response<BoxBody>, linnet_core::Error>> {

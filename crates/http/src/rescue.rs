@@ -23,6 +23,8 @@ pub const GRPC_DEADLINE_EXCEEDED: u16 = 4;
 pub const GRPC_RESOURCE_EXHAUSTED: u16 = 8;
 /// gRPC's INVALID_ARGUMENT.
 pub const GRPC_INVALID_ARGUMENT: u16 = 3;
+/// gRPC's UNIMPLEMENTED.
+pub const GRPC_UNIMPLEMENTED: u16 = 12;
 
 /// Reading the client's request body failed (broken framing, a reset):
 /// the client's fault, answered with 400.
@@ -71,6 +73,9 @@ pub fn rescue(error: &(dyn Error + 'static), grpc: bool) -> Rescued {
             grpc,
         );
     }
+    if let Some(answer) = policy_answer(error, grpc) {
+        return answer;
+    }
     if let Some(e) = linnet_core::find_cause::<crate::endpoint::RequireIdMismatch>(error) {
         return respond(
             StatusCode::BAD_GATEWAY,
@@ -106,6 +111,66 @@ pub fn rescue(error: &(dyn Error + 'static), grpc: bool) -> Rescued {
             grpc,
         ),
     }
+}
+
+/// The answer for what the outbound stack's policy decided: no route,
+/// an injected failure, a timeout, a queue that failed fast or shed.
+fn policy_answer(error: &(dyn Error + 'static), grpc: bool) -> Option<Rescued> {
+    use linnet_policy::{balance::queue, errors};
+    let message = || linnet_core::display_chain(error);
+    if linnet_policy::timeout::is_timeout(error) {
+        return Some(respond(
+            StatusCode::GATEWAY_TIMEOUT,
+            GRPC_DEADLINE_EXCEEDED,
+            "timeout",
+            &message(),
+            grpc,
+        ));
+    }
+    if linnet_core::is_caused_by::<queue::FailFast>(error) {
+        return Some(respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            GRPC_UNAVAILABLE,
+            "failfast",
+            &message(),
+            grpc,
+        ));
+    }
+    if linnet_core::is_caused_by::<queue::QueueFull>(error) {
+        return Some(respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            GRPC_UNAVAILABLE,
+            "load_shed",
+            &message(),
+            grpc,
+        ));
+    }
+    if linnet_core::is_caused_by::<errors::NoRoute>(error) {
+        return Some(respond(
+            StatusCode::NOT_FOUND,
+            GRPC_UNIMPLEMENTED,
+            "no_route",
+            &message(),
+            grpc,
+        ));
+    }
+    if linnet_core::is_caused_by::<errors::NoBackends>(error) {
+        return Some(respond(
+            StatusCode::GATEWAY_TIMEOUT,
+            GRPC_DEADLINE_EXCEEDED,
+            "no_endpoints",
+            &message(),
+            grpc,
+        ));
+    }
+    if let Some(f) = linnet_core::find_cause::<errors::InjectedFailure>(error) {
+        let code = f
+            .grpc_code
+            .and_then(|c| u16::try_from(c).ok())
+            .unwrap_or(GRPC_UNAVAILABLE);
+        return Some(respond(f.status, code, "injected", &f.message, grpc));
+    }
+    None
 }
 
 /// A response made up by the proxy: `status` (or, for gRPC, HTTP 200 with

@@ -12,6 +12,7 @@ pub mod bounded;
 pub mod http;
 pub mod mesh;
 pub mod process;
+pub mod route;
 pub mod tcp;
 
 pub use prometheus_client;

@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod addr;
+pub mod backend;
 pub mod control;
 pub mod grpc;
 pub mod http;

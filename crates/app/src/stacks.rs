@@ -1,0 +1,74 @@
+//! The outbound HTTP stacks of logical targets, kept while they are used.
+//!
+//! Building a target's stack (its routes, balancers and their endpoint
+//! watches) costs far more than a request, so each is built once and
+//! shared by every connection to that target. A stack unused for the
+//! discovery idle timeout is dropped (connections holding it keep their
+//! clone until they end), so that its watches can close; at most
+//! [`MAX_STACKS`] are kept.
+
+use linnet_discovery::{Logical, Profile};
+use linnet_http::HttpStack;
+use linnet_outbound::http::Stacks;
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+use tokio::sync::watch;
+
+/// Logical targets whose stacks are kept; the least recently used goes
+/// when a new one needs room.
+const MAX_STACKS: usize = 1024;
+
+/// One listener's stacks.
+pub(crate) struct LogicalStacks {
+    stacks: Stacks,
+    idle: Duration,
+    cache: Mutex<HashMap<SocketAddr, (HttpStack, Instant)>>,
+}
+
+impl std::fmt::Debug for LogicalStacks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogicalStacks").finish_non_exhaustive()
+    }
+}
+
+impl LogicalStacks {
+    pub(crate) fn new(stacks: Stacks, idle: Duration) -> Self {
+        Self {
+            stacks,
+            idle,
+            cache: Mutex::default(),
+        }
+    }
+
+    /// The stack of the logical target `addr`.
+    pub(crate) fn get(
+        &self,
+        addr: SocketAddr,
+        logical: Logical,
+        profile: Option<watch::Receiver<Option<Profile>>>,
+    ) -> HttpStack {
+        let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((stack, used)) = cache.get_mut(&addr) {
+            *used = now;
+            return stack.clone();
+        }
+        let idle = self.idle;
+        cache.retain(|_, (_, used)| now.duration_since(*used) < idle);
+        if cache.len() >= MAX_STACKS {
+            if let Some(oldest) = cache.iter().min_by_key(|(_, (_, u))| *u).map(|(a, _)| *a) {
+                cache.remove(&oldest);
+            }
+        }
+        let stack = match logical {
+            Logical::Policy(rx) => self.stacks.policy(addr, rx),
+            Logical::Service { authority } => self.stacks.profile(addr, authority, profile),
+        };
+        cache.insert(addr, (stack.clone(), now));
+        stack
+    }
+}

@@ -1,0 +1,443 @@
+//! Route match: the top of the outbound HTTP stack.
+//!
+//! Each request to a logical target (a service, or an address the
+//! control plane has a policy for) is matched against the target's
+//! current routes (HTTPRoute or GRPCRoute precedence; a profile's routes
+//! in order), the rule's filters are applied (header modifiers, redirect,
+//! failure injection), and the request goes down the rule's own stack:
+//! timeout → retry → backend split. Rule stacks are built on first use
+//! and kept until the policy changes; backends (queue and balancer) are
+//! kept across policy changes for as long as some rule names them, so a
+//! weight change moves traffic without dropping a balancer's state.
+//! Response filters apply on the way back.
+
+use crate::http::{Ctx, RuleParams};
+use http::{Request, Response};
+use linnet_http::{BoxBody, BoxFuture, HttpStack};
+use linnet_metrics::route::{ParentLabels, RouteHandles};
+use linnet_policy::errors::{InjectedFailure, NoRoute};
+use linnet_policy::outbound::{
+    Backend, Distribution, GrpcFilter, HttpFilter, OutboundPolicy, Protocol, RouteBackend,
+    filters, select,
+};
+use linnet_discovery::{PolicyAnswer, Profile};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+use tokio::sync::watch;
+use tower::Service;
+
+/// The current policy of a logical target, and whether its HTTP routes
+/// are a profile's (first match wins) rather than the Gateway API's
+/// (most specific wins).
+#[derive(Clone, Debug)]
+pub struct Routes {
+    /// The policy.
+    pub policy: Arc<OutboundPolicy>,
+    /// Profile semantics.
+    pub first_match: bool,
+    /// The retry budget of every route (a profile's), when given.
+    pub budget: Option<linnet_policy::params::Budget>,
+}
+
+/// Where a logical target's routes come from.
+pub(crate) enum Source {
+    /// Its outbound policy, watched.
+    Policy(watch::Receiver<PolicyAnswer>),
+    /// A service with no outbound policy: its profile (when it has one),
+    /// in front of one balancer over its endpoints.
+    Profile {
+        authority: String,
+        profile: Option<watch::Receiver<Option<Profile>>>,
+    },
+}
+
+/// The route layer for one logical target.
+#[derive(Clone)]
+pub struct Router {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    ctx: Ctx,
+    parent: ParentLabels,
+    /// The logical target's address: where a backend the control plane
+    /// does not know goes.
+    addr: SocketAddr,
+    source: Source,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The routes last derived from the source, and the version of the
+    /// source's answer they were derived from (its address).
+    derived: Option<(usize, Routes)>,
+    /// The policy the rule stacks were built for.
+    version: Option<Arc<OutboundPolicy>>,
+    /// Rule stacks by the rule's address in `version` (stable while it is
+    /// held).
+    rules: HashMap<usize, RuleStack>,
+    /// Backend stacks by backend, shared by the rules naming them.
+    backends: HashMap<Backend, HttpStack>,
+}
+
+/// What a request on one rule goes through.
+#[derive(Clone)]
+struct RuleStack {
+    stack: HttpStack,
+    metrics: RouteHandles,
+}
+
+// === impl Router ===
+
+impl Router {
+    /// A router following `routes`.
+    pub(crate) fn new(ctx: Ctx, parent: ParentLabels, addr: SocketAddr, source: Source) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                ctx,
+                parent,
+                addr,
+                source,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+}
+
+impl Service<Request<BoxBody>> for Router {
+    type Response = Response<BoxBody>;
+    type Error = linnet_core::Error;
+    type Future = BoxFuture<'static, Result<Response<BoxBody>, linnet_core::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
+        let routes = self.shared.routes();
+        match self.shared.route(&routes, &mut req) {
+            Ok(Routed::Stack(rule, response_filters)) => {
+                let start = tokio::time::Instant::now();
+                let fut = linnet_http::call_stack(rule.stack, req);
+                Box::pin(async move {
+                    let result = fut.await;
+                    let metrics = &rule.metrics;
+                    metrics.duration.observe(start.elapsed().as_secs_f64());
+                    match result {
+                        Ok(rsp) => {
+                            metrics.status(Some(rsp.status().as_u16()), "");
+                            let (mut parts, body) = rsp.into_parts();
+                            filters::apply_response(&response_filters, &mut parts);
+                            Ok(Response::from_parts(parts, body))
+                        }
+                        Err(e) => {
+                            metrics.status(None, error_class(&*e));
+                            Err(e)
+                        }
+                    }
+                })
+            }
+            Ok(Routed::Respond(rsp)) => Box::pin(std::future::ready(Ok(rsp))),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+}
+
+/// Where the router sends a request.
+enum Routed {
+    Stack(RuleStack, Arc<[HttpFilter]>),
+    Respond(Response<BoxBody>),
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// The current routes: derived from the source's answer once per
+    /// answer, not per request.
+    fn routes(&self) -> Routes {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match &self.source {
+            Source::Policy(rx) => {
+                if let PolicyAnswer::Found(p) = &*rx.borrow() {
+                    let version = Arc::as_ptr(p) as usize;
+                    if !state.derived.as_ref().is_some_and(|(v, _)| *v == version) {
+                        state.derived = Some((
+                            version,
+                            Routes {
+                                policy: p.clone(),
+                                first_match: false,
+                                budget: None,
+                            },
+                        ));
+                    }
+                }
+                // A policy that went away (or never came): the last one
+                // known, else none (every request: no route).
+                if state.derived.is_none() {
+                    state.derived = Some((
+                        0,
+                        Routes {
+                            policy: Arc::new(OutboundPolicy::empty(self.addr.to_string())),
+                            first_match: false,
+                            budget: None,
+                        },
+                    ));
+                }
+            }
+            Source::Profile { authority, profile } => {
+                let current = profile.as_ref().and_then(|rx| rx.borrow().clone());
+                let routes = current.as_ref().and_then(|p| p.routes.clone());
+                let version = routes.as_ref().map_or(1, |r| Arc::as_ptr(r) as usize);
+                if !state.derived.as_ref().is_some_and(|(v, _)| *v == version) {
+                    state.derived = Some((
+                        version,
+                        crate::http::profile_policy(authority, routes.as_deref()),
+                    ));
+                }
+            }
+        }
+        match &state.derived {
+            Some((_, r)) => r.clone(),
+            None => unreachable_routes(self.addr),
+        }
+    }
+    fn route(
+        &self,
+        routes: &Routes,
+        req: &mut Request<BoxBody>,
+    ) -> Result<Routed, linnet_core::Error> {
+        let policy = &routes.policy;
+        let no_route = || {
+            self.ctx.metrics().no_route(&self.parent);
+            linnet_core::Error::from(NoRoute {
+                parent: policy.name.clone(),
+            })
+        };
+        let http = |r: &'_ linnet_policy::outbound::HttpRoutes| r.clone();
+        let http_routes = match &policy.protocol {
+            Protocol::Http1(r) | Protocol::Http2(r) => Some(http(r)),
+            Protocol::Detect { http1, http2, .. } => Some(if req.version() == http::Version::HTTP_2 {
+                http(http2)
+            } else {
+                http(http1)
+            }),
+            Protocol::Grpc(_) => None,
+            Protocol::Opaque(_) | Protocol::Tls(_) => return Err(no_route()),
+        };
+        if let Some(http_routes) = http_routes {
+            let selection = if routes.first_match {
+                select::http_first(&http_routes, req)
+            } else {
+                select::http_selection(&http_routes, req)
+            };
+            let Some(sel) = selection else {
+                return Err(no_route());
+            };
+            match filters::apply_request(&sel.rule.filters, sel.prefix(), req) {
+                filters::Outcome::Continue => {}
+                filters::Outcome::Respond(head) => {
+                    return Ok(Routed::Respond(head.map(|()| BoxBody::default())));
+                }
+                filters::Outcome::Fail {
+                    status,
+                    grpc_code,
+                    message,
+                } => {
+                    return Err(InjectedFailure {
+                        status,
+                        grpc_code,
+                        message,
+                    }
+                    .into());
+                }
+            }
+            let key = sel.rule as *const _ as usize;
+            let rule = self.rule_stack(routes, key, || RuleParams {
+                meta: sel.route.meta.clone(),
+                backends: weighted(&sel.rule.backends)
+                    .map(|(b, w, f)| (b.clone(), w, http_request_filters(f)))
+                    .collect(),
+                timeouts: sel.rule.timeouts.clone(),
+                retry: sel.rule.retry.clone(),
+                allow_l5d_request_headers: sel.rule.allow_l5d_request_headers,
+            });
+            let response_filters: Arc<[HttpFilter]> = sel
+                .rule
+                .filters
+                .iter()
+                .filter(|f| matches!(f, HttpFilter::ResponseHeaders(_)))
+                .cloned()
+                .collect();
+            return Ok(Routed::Stack(rule, response_filters));
+        }
+        let Protocol::Grpc(grpc_routes) = &policy.protocol else {
+            return Err(no_route());
+        };
+        let Some((route, rule)) = select::grpc(grpc_routes, req) else {
+            return Err(no_route());
+        };
+        match filters::apply_grpc_request(&rule.filters, req) {
+            filters::Outcome::Continue => {}
+            filters::Outcome::Respond(head) => {
+                return Ok(Routed::Respond(head.map(|()| BoxBody::default())));
+            }
+            filters::Outcome::Fail {
+                status,
+                grpc_code,
+                message,
+            } => {
+                return Err(InjectedFailure {
+                    status,
+                    grpc_code,
+                    message,
+                }
+                .into());
+            }
+        }
+        let key = rule as *const _ as usize;
+        let stack = self.rule_stack(routes, key, || RuleParams {
+            meta: route.meta.clone(),
+            backends: weighted(&rule.backends)
+                .map(|(b, w, f)| (b.clone(), w, grpc_request_filters(f)))
+                .collect(),
+            timeouts: rule.timeouts.clone(),
+            retry: rule.retry.clone(),
+            allow_l5d_request_headers: rule.allow_l5d_request_headers,
+        });
+        Ok(Routed::Stack(stack, Arc::new([])))
+    }
+
+    /// The stack of the rule at `key` in `routes`' policy, built on first
+    /// use. A new policy drops every rule stack (their keys are addresses
+    /// in the old one) and the backends no rule of it names.
+    fn rule_stack(&self, routes: &Routes, key: usize, params: impl FnOnce() -> RuleParams) -> RuleStack {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !state
+            .version
+            .as_ref()
+            .is_some_and(|v| Arc::ptr_eq(v, &routes.policy))
+        {
+            state.rules.clear();
+            let named = named_backends(&routes.policy);
+            state.backends.retain(|b, _| named.contains(&b));
+            state.version = Some(routes.policy.clone());
+        }
+        if let Some(r) = state.rules.get(&key) {
+            return r.clone();
+        }
+        let params = params();
+        let State { backends, .. } = &mut *state;
+        let (stack, metrics) = self.ctx.rule_stack(
+            &self.parent,
+            params,
+            routes.budget.as_ref(),
+            &mut |b: &Backend| {
+                backends
+                    .entry(b.clone())
+                    .or_insert_with(|| {
+                        self.ctx.backend_stack(
+                            &self.parent,
+                            b,
+                            &routes.policy.accrual,
+                            self.addr,
+                        )
+                    })
+                    .clone()
+            },
+        );
+        let rule = RuleStack { stack, metrics };
+        state.rules.insert(key, rule.clone());
+        rule
+    }
+}
+
+/// A rule's backends with their weights and filters: every backend of a
+/// random distribution; the first of a first-available one.
+fn weighted<F>(d: &Distribution<F>) -> impl Iterator<Item = (&Backend, u32, &[F])> {
+    let (first, random): (&[RouteBackend<F>], &[(RouteBackend<F>, u32)]) = match d {
+        Distribution::Empty => (&[], &[]),
+        Distribution::FirstAvailable(b) => (b.get(..1).unwrap_or_default(), &[]),
+        Distribution::RandomAvailable(b) => (&[], b),
+    };
+    first
+        .iter()
+        .map(|rb| (&rb.backend, 1, &rb.filters[..]))
+        .chain(random.iter().map(|(rb, w)| (&rb.backend, *w, &rb.filters[..])))
+}
+
+/// The request-side filters of a route backend (HTTP).
+fn http_request_filters(f: &[HttpFilter]) -> Arc<[HttpFilter]> {
+    f.iter()
+        .filter(|f| matches!(f, HttpFilter::RequestHeaders(_)))
+        .cloned()
+        .collect()
+}
+
+/// The request-side filters of a route backend (gRPC), as HTTP ones.
+fn grpc_request_filters(f: &[GrpcFilter]) -> Arc<[HttpFilter]> {
+    f.iter()
+        .filter_map(|f| match f {
+            GrpcFilter::RequestHeaders(m) => Some(HttpFilter::RequestHeaders(m.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every backend `policy`'s HTTP and gRPC rules name.
+fn named_backends(policy: &OutboundPolicy) -> Vec<&Backend> {
+    let mut out = Vec::new();
+    let mut http = |routes: &[linnet_policy::outbound::HttpRoute]| {
+        for r in routes {
+            for rule in &r.rules {
+                out.extend(rule.backends.backends());
+            }
+        }
+    };
+    match &policy.protocol {
+        Protocol::Http1(r) | Protocol::Http2(r) => http(r),
+        Protocol::Detect { http1, http2, .. } => {
+            http(http1);
+            http(http2);
+        }
+        Protocol::Grpc(routes) => {
+            for r in routes.iter() {
+                for rule in &r.rules {
+                    out.extend(rule.backends.backends());
+                }
+            }
+        }
+        Protocol::Opaque(_) | Protocol::Tls(_) => {}
+    }
+    out
+}
+
+/// Routes that match nothing (never used: `routes` always derives some).
+fn unreachable_routes(addr: SocketAddr) -> Routes {
+    Routes {
+        policy: Arc::new(OutboundPolicy::empty(addr.to_string())),
+        first_match: false,
+        budget: None,
+    }
+}
+
+/// The `error` label of a request that got no response.
+fn error_class(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    if linnet_policy::timeout::is_timeout(e) {
+        "timeout"
+    } else if linnet_core::is_caused_by::<linnet_policy::balance::queue::FailFast>(e) {
+        "failfast"
+    } else if linnet_core::is_caused_by::<linnet_policy::balance::queue::QueueFull>(e) {
+        "load_shed"
+    } else if linnet_core::is_caused_by::<linnet_tls::FailClosed>(e) {
+        "tls_fail_closed"
+    } else if linnet_core::is_caused_by::<InjectedFailure>(e) {
+        "injected"
+    } else {
+        "error"
+    }
+}

@@ -1,0 +1,36 @@
+//! Why the outbound stack answers a request itself, rather than an
+//! endpoint: the errors the edge's rescue maps to a status (and gRPC
+//! status) with `l5d-proxy-error`. (The timeout, queue and balancer
+//! errors are beside their middleware.)
+
+use http::StatusCode;
+use std::sync::Arc;
+
+/// No route of the target's policy matches the request: 404, or gRPC
+/// UNIMPLEMENTED.
+#[derive(Debug, thiserror::Error)]
+#[error("no route of {parent} matches the request")]
+pub struct NoRoute {
+    /// The policy's name.
+    pub parent: Arc<str>,
+}
+
+/// A route's failure-injection filter failed the request (or a redirect
+/// could not be built): answered with the filter's status.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct InjectedFailure {
+    /// The HTTP status to answer with.
+    pub status: StatusCode,
+    /// The gRPC status, for a gRPC route.
+    pub grpc_code: Option<u32>,
+    /// Why.
+    pub message: String,
+}
+
+/// A route whose backends were all unusable (or none given): there is
+/// nowhere to send its requests, and the target is not reached in
+/// plaintext instead (it may be meshed). Answered like "no endpoints".
+#[derive(Debug, thiserror::Error)]
+#[error("the route has no backend")]
+pub struct NoBackends;
