@@ -8,5 +8,7 @@
 //! middleware that carries it out, one per module. The stacks in
 //! `linnet-outbound` put them in order; nothing here knows the order.
 
+pub mod accrual;
+pub mod balance;
 pub mod errors;
 pub mod params;
