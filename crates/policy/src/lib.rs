@@ -9,3 +9,5 @@
 //! `linnet-outbound` put them in order; nothing here knows the order.
 
 pub mod params;
+pub mod retry;
+pub mod timeout;
