@@ -70,7 +70,8 @@ pub struct Retryable(#[source] pub Error);
 pub struct RetryMetrics {
     /// Retries sent (attempts after the first).
     pub requests: Counter,
-    /// Requests that succeeded after at least one retry.
+    /// Requests that succeeded after at least one retry: their last
+    /// attempt got a response the route does not retry.
     pub successes: Counter,
     /// Requests still failing after their last allowed retry.
     pub limit_exceeded: Counter,
@@ -80,10 +81,13 @@ pub struct RetryMetrics {
     pub body_too_large: Counter,
 }
 
-/// The retry budget for one route, from the policy's [`params::Budget`].
+/// The retry budget for one route, from the policy's [`params::Budget`]:
+/// the stack builder makes one per route and hands it to every
+/// [`RetryLayer`] of that route.
 ///
-/// Values outside what [`TpsBudget`] accepts are clamped: `ttl` to 1–60 s,
-/// `ratio` to 0–1000.
+/// [`TpsBudget`] keeps `min_per_second × ttl` tokens in reserve, so the
+/// minimum is a rate averaged over the TTL, not a per-second cap. Values
+/// outside what it accepts are clamped: `ttl` to 1–60 s, `ratio` to 0–1000.
 pub fn budget(params: &params::Budget) -> Arc<TpsBudget> {
     let ttl = params
         .ttl

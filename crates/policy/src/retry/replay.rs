@@ -290,3 +290,89 @@ impl Drop for ReplayBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use tokio::sync::mpsc;
+    use tokio_test::{assert_pending, assert_ready, task};
+
+    use super::*;
+
+    fn channel() -> (mpsc::UnboundedSender<&'static str>, BoxBody) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            let s: &'static str = rx.recv().await?;
+            Some((
+                Ok::<_, Error>(Frame::data(Bytes::from_static(s.as_bytes()))),
+                rx,
+            ))
+        });
+        (tx, BoxBody::new(StreamBody::new(stream)))
+    }
+
+    async fn next_data(body: &mut BoxBody) -> Bytes {
+        let frame = body.frame().await.expect("a frame").expect("no error");
+        frame.into_data().expect("data")
+    }
+
+    #[tokio::test]
+    async fn a_later_attempt_waits_for_an_earlier_one_to_let_go() {
+        let (tx, original) = channel();
+        let replay = Replay::new(original, 1024);
+        let mut first = replay.attempt();
+        tx.send("a").unwrap();
+        assert_eq!(next_data(&mut first).await, "a");
+
+        // The first attempt still holds the client's body (unread "b").
+        tx.send("b").unwrap();
+        let mut second = replay.attempt();
+        assert_eq!(next_data(&mut second).await, "a", "replayed");
+        let mut next = task::spawn(second.frame());
+        assert_pending!(next.poll());
+
+        drop(first);
+        assert!(next.is_woken(), "woken when the first attempt lets go");
+        let frame = assert_ready!(next.poll())
+            .expect("a frame")
+            .expect("no error");
+        assert_eq!(frame.into_data().unwrap(), "b");
+        drop(next);
+        drop(tx);
+        assert!(second.frame().await.is_none());
+        assert!(replay.is_replayable());
+    }
+
+    #[tokio::test]
+    async fn size_and_end_are_known_on_replay() {
+        let original =
+            BoxBody::new(Full::new(Bytes::from_static(b"hello")).map_err(|e| match e {}));
+        let replay = Replay::new(original, 1024);
+        let first = replay.attempt();
+        assert_eq!(first.size_hint().exact(), Some(5), "the client's own hint");
+        assert_eq!(first.collect().await.unwrap().to_bytes(), "hello");
+
+        let mut second = replay.attempt();
+        assert_eq!(second.size_hint().exact(), Some(5));
+        assert!(!second.is_end_stream());
+        assert_eq!(next_data(&mut second).await, "hello");
+        assert!(second.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn past_the_limit_it_cannot_replay() {
+        let (tx, original) = channel();
+        let replay = Replay::new(original, 4);
+        let mut first = replay.attempt();
+        tx.send("abc").unwrap();
+        assert_eq!(next_data(&mut first).await, "abc");
+        assert!(replay.is_replayable());
+        tx.send("def").unwrap();
+        assert_eq!(next_data(&mut first).await, "def", "still streams");
+        assert!(!replay.is_replayable());
+        drop(first);
+
+        let mut second = replay.attempt();
+        assert!(second.frame().await.expect("a frame").is_err());
+    }
+}

@@ -602,3 +602,31 @@ async fn upgrades_and_routes_without_retries_are_sent_once() {
     assert_eq!(send(&mut svc, get()).await.unwrap().status(), 503);
     assert_eq!(up.calls(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn under_the_route_timeout_in_a_boxed_stack() {
+    let up = Upstream::new((0..10).map(|_| hang()).collect());
+    let params = params::Retry {
+        timeout: Some(Duration::from_millis(300)),
+        ..on_5xx(5)
+    };
+    let stack = tower::ServiceBuilder::new()
+        .layer(crate::timeout::TimeoutLayer::new(params::Timeouts {
+            request: Some(Duration::from_secs(1)),
+            ..Default::default()
+        }))
+        .layer(layer(Some(params)).0)
+        .service(up.clone());
+    // What the stack builder does at its boundaries.
+    let svc = tower::util::BoxCloneSyncService::new(stack);
+
+    let start = Instant::now();
+    let err = svc.oneshot(get()).await.unwrap_err();
+    assert!(
+        linnet_core::is_caused_by::<crate::timeout::RequestTimeout>(&*err),
+        "{err}"
+    );
+    assert_eq!(Instant::now() - start, Duration::from_secs(1));
+    // Attempts at 0, 300, 600 and 900 ms; the route's deadline ends the fourth.
+    assert_eq!(up.calls(), 4);
+}
