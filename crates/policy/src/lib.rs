@@ -12,3 +12,5 @@ pub mod accrual;
 pub mod balance;
 pub mod errors;
 pub mod params;
+pub mod retry;
+pub mod timeout;
