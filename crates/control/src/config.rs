@@ -7,6 +7,16 @@
 
 use linnet_config::parse::duration;
 use serde::Deserialize;
+
+mod outbound;
+
+pub use self::outbound::{
+    AccrualKind, Backend, BackendTarget, Backoff, DEFAULT_MAX_REQUEST_BYTES, Fail, FailureAccrual,
+    Filters, GrpcMatch, HeaderEdits, HttpMatch, Load, OpaqueRoute, PathMatch, Penalty, Policy,
+    Queue, Ratio, Redirect, RedirectPath, Retry, Route, Sni, SuccessRate, Timeouts, TlsRoute,
+    Value, ValueMatch,
+};
+use self::outbound::{file::FilePolicy, parse::policy};
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
@@ -170,17 +180,6 @@ pub struct RetryBudget {
     pub ttl: Duration,
 }
 
-/// The outbound policy for connections to a service.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Policy {
-    /// The protocol of the port.
-    pub protocol: Protocol,
-    /// HTTP or gRPC routes, first match wins.
-    pub routes: Vec<Route>,
-    /// When to stop sending to a failing endpoint.
-    pub failure_accrual: Option<FailureAccrual>,
-}
-
 /// The protocol a port speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -196,67 +195,8 @@ pub enum Protocol {
     Grpc,
     /// Opaque TCP: no detection.
     Opaque,
-}
-
-/// An outbound HTTP or gRPC route.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Route {
-    /// The name, for metrics and logs.
-    pub name: String,
-    /// The request matches (any of them); none matches every request.
-    pub matches: Vec<RouteMatch>,
-    /// Where matching requests go; empty means the service itself.
-    pub backends: Vec<Backend>,
-    /// How long a request may take in all.
-    pub timeout: Option<Duration>,
-    /// Retries of failed requests.
-    pub retry: Option<Retry>,
-}
-
-/// What a request must have to match a route (all of it).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct RouteMatch {
-    /// The path starts with this.
-    pub path_prefix: Option<String>,
-    /// The path is this.
-    pub path_exact: Option<String>,
-    /// The method is this (upper case).
-    pub method: Option<String>,
-    /// Headers with these exact values.
-    pub headers: BTreeMap<String, String>,
-}
-
-/// A weighted backend of a route: another service.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Backend {
-    /// Its authority (`name:port`).
-    pub service: String,
-    /// Relative weight, at least 1.
-    pub weight: u32,
-}
-
-/// Retries of a route.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Retry {
-    /// Retries per request.
-    pub limit: u32,
-    /// Response statuses to retry (inclusive ranges).
-    pub statuses: Vec<(u16, u16)>,
-    /// How long a request may take in all.
-    pub timeout: Option<Duration>,
-}
-
-/// When to stop sending to a failing endpoint.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FailureAccrual {
-    /// Failures in a row that trip it.
-    pub consecutive_failures: u32,
-    /// First wait before probing again.
-    pub min_backoff: Duration,
-    /// Longest wait.
-    pub max_backoff: Duration,
-    /// Randomness added to waits.
-    pub jitter_ratio: f32,
+    /// TLS, routed by SNI (outbound) without being terminated.
+    Tls,
 }
 
 /// A workload's port: its protocol and who may connect.
@@ -425,63 +365,6 @@ struct FileRetryBudget {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct FilePolicy {
-    #[serde(default)]
-    protocol: Protocol,
-    #[serde(default)]
-    routes: Vec<FileRoute>,
-    failure_accrual: Option<FileFailureAccrual>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileRoute {
-    name: String,
-    #[serde(default)]
-    matches: Vec<FileMatch>,
-    #[serde(default)]
-    backends: Vec<FileBackend>,
-    timeout: Option<String>,
-    retry: Option<FileRetry>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileMatch {
-    path_prefix: Option<String>,
-    path: Option<String>,
-    method: Option<String>,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileBackend {
-    service: String,
-    weight: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileRetry {
-    limit: Option<u32>,
-    #[serde(default)]
-    statuses: Vec<String>,
-    timeout: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileFailureAccrual {
-    consecutive_failures: u32,
-    min_backoff: Option<String>,
-    max_backoff: Option<String>,
-    jitter_ratio: Option<f32>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct FileWorkload {
     #[serde(default)]
     ports: BTreeMap<u16, FileServer>,
@@ -547,12 +430,12 @@ impl Mesh {
         }
         // Backends must name services that exist.
         for (authority, svc) in &mesh.services {
-            for route in &svc.policy.routes {
-                for b in &route.backends {
-                    if !mesh.services.contains_key(&b.service) {
+            for (route, b) in svc.policy.backends() {
+                if let BackendTarget::Service(s) = &b.target {
+                    if !mesh.services.contains_key(s) {
                         return Err(invalid(
-                            format!("services.{authority}.policy.routes.{}", route.name),
-                            format!("backend {} is not a service in this file", b.service),
+                            format!("services.{authority}.policy.{route}"),
+                            format!("backend {s} is not a service in this file"),
                         ));
                     }
                 }
@@ -749,39 +632,11 @@ fn service(name: String, port: u16, svc: FileService, at: &str) -> Result<Servic
     let mut endpoints = Vec::new();
     for (i, e) in svc.endpoints.into_iter().enumerate() {
         let at = format!("{at}.endpoints[{i}]");
-        let addr: SocketAddr = e
-            .addr
-            .parse()
-            .map_err(|_| invalid(&at, format!("addr {:?} is not IP:port", e.addr)))?;
-        if addr.port() == 0 || addr.ip().is_unspecified() {
-            return Err(invalid(&at, format!("addr {addr} cannot be connected to")));
+        let e = endpoint(e, &at)?;
+        if !seen.insert(e.addr) {
+            return Err(invalid(&at, format!("{} is listed twice", e.addr)));
         }
-        if !seen.insert(addr) {
-            return Err(invalid(&at, format!("{addr} is listed twice")));
-        }
-        let weight = e.weight.unwrap_or(1);
-        if weight == 0 {
-            return Err(invalid(&at, "weight 0: remove the endpoint instead"));
-        }
-        if let Some(id) = &e.identity {
-            check_identity_name(id).map_err(|r| invalid(&at, r))?;
-        }
-        if e.opaque_transport_port == Some(0) {
-            return Err(invalid(&at, "opaque_transport_port 0"));
-        }
-        if let Some(n) = &e.server_name {
-            parse_authority(&format!("{n}:1"))
-                .map_err(|r| invalid(&at, format!("server_name: {r}")))?;
-        }
-        endpoints.push(Endpoint {
-            addr,
-            weight,
-            server_name: e.server_name,
-            identity: e.identity,
-            protocol: e.protocol,
-            opaque_transport_port: e.opaque_transport_port,
-            labels: e.labels,
-        });
+        endpoints.push(e);
     }
     let profile = match svc.profile {
         None => Profile::default(),
@@ -799,6 +654,39 @@ fn service(name: String, port: u16, svc: FileService, at: &str) -> Result<Servic
         endpoints,
         profile,
         policy,
+    })
+}
+
+/// Validates one endpoint: a service's, or an address backend's.
+fn endpoint(e: FileEndpoint, at: &str) -> Result<Endpoint, Error> {
+    let addr: SocketAddr = e
+        .addr
+        .parse()
+        .map_err(|_| invalid(at, format!("addr {:?} is not IP:port", e.addr)))?;
+    if addr.port() == 0 || addr.ip().is_unspecified() {
+        return Err(invalid(at, format!("addr {addr} cannot be connected to")));
+    }
+    let weight = e.weight.unwrap_or(1);
+    if weight == 0 {
+        return Err(invalid(at, "weight 0: remove the endpoint instead"));
+    }
+    if let Some(id) = &e.identity {
+        check_identity_name(id).map_err(|r| invalid(at, r))?;
+    }
+    if e.opaque_transport_port == Some(0) {
+        return Err(invalid(at, "opaque_transport_port 0"));
+    }
+    if let Some(n) = &e.server_name {
+        parse_authority(&format!("{n}:1")).map_err(|r| invalid(at, format!("server_name: {r}")))?;
+    }
+    Ok(Endpoint {
+        addr,
+        weight,
+        server_name: e.server_name,
+        identity: e.identity,
+        protocol: e.protocol,
+        opaque_transport_port: e.opaque_transport_port,
+        labels: e.labels,
     })
 }
 
@@ -887,93 +775,6 @@ fn profile(p: FileProfile, at: &str) -> Result<Profile, Error> {
         opaque: p.opaque,
         routes,
         retry_budget,
-    })
-}
-
-fn policy(p: FilePolicy, at: &str) -> Result<Policy, Error> {
-    let mut routes = Vec::new();
-    for r in p.routes {
-        let at = format!("{at}.routes.{}", r.name);
-        let matches = r
-            .matches
-            .into_iter()
-            .map(|m| {
-                for path in [&m.path_prefix, &m.path].into_iter().flatten() {
-                    if !path.starts_with('/') {
-                        return Err(invalid(&at, format!("path {path:?} does not start with /")));
-                    }
-                }
-                for name in m.headers.keys() {
-                    http::HeaderName::from_bytes(name.as_bytes())
-                        .map_err(|_| invalid(&at, format!("{name:?} is not a header name")))?;
-                }
-                Ok(RouteMatch {
-                    method: method(&m.method, &at)?,
-                    path_prefix: m.path_prefix,
-                    path_exact: m.path,
-                    headers: m.headers,
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        let backends = r
-            .backends
-            .into_iter()
-            .map(|b| {
-                let (name, port) = parse_authority(&b.service).map_err(|e| invalid(&at, e))?;
-                let weight = b.weight.unwrap_or(1);
-                if weight == 0 {
-                    return Err(invalid(&at, "backend weight 0: remove the backend instead"));
-                }
-                Ok(Backend {
-                    service: format!("{name}:{port}"),
-                    weight,
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        let retry = match r.retry {
-            None => None,
-            Some(x) => Some(Retry {
-                limit: x.limit.unwrap_or(1),
-                statuses: statuses(&x.statuses, &format!("{at}.retry.statuses"))?,
-                timeout: opt_dur(&x.timeout, &format!("{at}.retry.timeout"))?,
-            }),
-        };
-        routes.push(Route {
-            timeout: opt_dur(&r.timeout, &format!("{at}.timeout"))?,
-            name: r.name,
-            matches,
-            backends,
-            retry,
-        });
-    }
-    let failure_accrual = match p.failure_accrual {
-        None => None,
-        Some(f) => {
-            let at = format!("{at}.failure_accrual");
-            if f.consecutive_failures == 0 {
-                return Err(invalid(&at, "consecutive_failures must be at least 1"));
-            }
-            let jitter_ratio = f.jitter_ratio.unwrap_or(0.5);
-            if !(0.0..=100.0).contains(&jitter_ratio) {
-                return Err(invalid(&at, "jitter_ratio must be from 0 to 100"));
-            }
-            let min_backoff = dur(&f.min_backoff, &at, Duration::from_secs(1))?;
-            let max_backoff = dur(&f.max_backoff, &at, Duration::from_secs(60))?;
-            if min_backoff > max_backoff {
-                return Err(invalid(&at, "min_backoff is above max_backoff"));
-            }
-            Some(FailureAccrual {
-                consecutive_failures: f.consecutive_failures,
-                min_backoff,
-                max_backoff,
-                jitter_ratio,
-            })
-        }
-    };
-    Ok(Policy {
-        protocol: p.protocol,
-        routes,
-        failure_accrual,
     })
 }
 

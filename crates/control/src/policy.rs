@@ -1,27 +1,30 @@
 //! Policies: `InboundServerPolicies` (a workload port's protocol and who
-//! may connect) and `OutboundPolicies` (a target's protocol, routes to
-//! weighted backends, timeouts, retries and failure accrual).
+//! may connect) and `OutboundPolicies` (a target's protocol, routes with
+//! their matches, filters, timeouts and retries, backends with their load
+//! and queue, and failure accrual; built in [`target`] and [`routes`]).
 
 use crate::{
     Metrics, Store,
-    config::{self, Authorization, Mesh, Protocol, Service},
-    destination::weighted_addr,
+    config::{self, Authorization, Mesh, Protocol},
     store::{Messages, changes, follow},
 };
 use linkerd2_proxy_api::{
-    destination::WeightedAddr,
     grpc_route::GrpcRouteMatch,
-    http_route::{self, HttpRouteMatch, Timeouts, header_match, path_match},
     inbound::{self, PortSpec, authn, proxy_protocol as in_proto},
-    meta::{Metadata, Resource, metadata},
+    meta::{Metadata, metadata},
     net::IpNetwork,
-    outbound::{
-        self, Backend, FailureAccrual, OutboundPolicy, TrafficSpec, backend,
-        proxy_protocol as out_proto, traffic_spec,
-    },
+    outbound::{self, OutboundPolicy, TrafficSpec, traffic_spec},
 };
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 use tonic::{Request, Response, Status};
+
+mod routes;
+mod target;
+
+use self::{
+    routes::prefix_match,
+    target::{forward_policy, service_policy},
+};
 
 /// How long proxies may wait to detect a protocol.
 const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,6 +116,7 @@ fn inbound_protocol(p: Protocol) -> inbound::ProxyProtocol {
             }],
         }),
         Protocol::Opaque => in_proto::Kind::Opaque(in_proto::Opaque {}),
+        Protocol::Tls => in_proto::Kind::Tls(in_proto::Tls {}),
     };
     inbound::ProxyProtocol { kind: Some(kind) }
 }
@@ -261,375 +265,6 @@ fn policy(mesh: &Mesh, t: &Target) -> Option<OutboundPolicy> {
         (Some(svc), _) => Some(service_policy(mesh, svc)),
         (None, Target::Addr(addr)) => Some(forward_policy(mesh, *addr)),
         (None, Target::Authority(_)) => None,
-    }
-}
-
-fn service_meta(svc: &Service) -> Option<Metadata> {
-    let mut labels = svc.name.split('.');
-    let name = labels.next().unwrap_or_default().to_string();
-    let namespace = labels.next().unwrap_or_default().to_string();
-    Some(Metadata {
-        kind: Some(metadata::Kind::Resource(Resource {
-            group: "core".into(),
-            kind: "Service".into(),
-            name,
-            namespace,
-            section: String::new(),
-            port: u32::from(svc.port),
-        })),
-    })
-}
-
-/// A backend that balances over the service's discovered endpoints.
-fn balancer(svc: &Service) -> Backend {
-    Backend {
-        metadata: service_meta(svc),
-        queue: Some(outbound::Queue {
-            capacity: 100,
-            failfast_timeout: pd(Duration::from_secs(3)),
-        }),
-        kind: Some(backend::Kind::Balancer(backend::BalanceP2c {
-            discovery: Some(backend::EndpointDiscovery {
-                kind: Some(backend::endpoint_discovery::Kind::Dst(
-                    backend::endpoint_discovery::DestinationGet {
-                        path: format!("{}:{}", svc.name, svc.port),
-                    },
-                )),
-            }),
-            load: Some(backend::balance_p2c::Load::PeakEwma(
-                backend::balance_p2c::PeakEwma {
-                    default_rtt: pd(Duration::from_millis(30)),
-                    decay: pd(Duration::from_secs(10)),
-                },
-            )),
-        })),
-    }
-}
-
-fn forward(addr: WeightedAddr) -> Backend {
-    Backend {
-        metadata: named("forward"),
-        queue: Some(outbound::Queue {
-            capacity: 100,
-            failfast_timeout: pd(Duration::from_secs(3)),
-        }),
-        kind: Some(backend::Kind::Forward(addr)),
-    }
-}
-
-fn prefix_match(p: &str) -> HttpRouteMatch {
-    HttpRouteMatch {
-        path: Some(http_route::PathMatch {
-            kind: Some(path_match::Kind::Prefix(p.to_string())),
-        }),
-        ..Default::default()
-    }
-}
-
-fn route_matches(r: &config::Route) -> Vec<HttpRouteMatch> {
-    if r.matches.is_empty() {
-        return vec![prefix_match("/")];
-    }
-    r.matches
-        .iter()
-        .map(|m| HttpRouteMatch {
-            path: m
-                .path_exact
-                .as_ref()
-                .map(|p| path_match::Kind::Exact(p.clone()))
-                .or_else(|| {
-                    m.path_prefix
-                        .as_ref()
-                        .map(|p| path_match::Kind::Prefix(p.clone()))
-                })
-                .map(|kind| http_route::PathMatch { kind: Some(kind) }),
-            headers: m
-                .headers
-                .iter()
-                .map(|(k, v)| http_route::HeaderMatch {
-                    name: k.clone(),
-                    value: Some(header_match::Value::Exact(v.clone().into_bytes())),
-                })
-                .collect(),
-            query_params: Vec::new(),
-            method: m
-                .method
-                .as_ref()
-                .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
-                .map(Into::into),
-        })
-        .collect()
-}
-
-/// The weighted backends of a route: the services it names, or the
-/// service itself.
-fn route_backends(mesh: &Mesh, svc: &Service, r: Option<&config::Route>) -> Vec<(Backend, u32)> {
-    match r {
-        Some(r) if !r.backends.is_empty() => r
-            .backends
-            .iter()
-            .filter_map(|b| {
-                mesh.services
-                    .get(&b.service)
-                    .map(|s| (balancer(s), b.weight))
-            })
-            .collect(),
-        _ => vec![(balancer(svc), 1)],
-    }
-}
-
-fn http_routes(mesh: &Mesh, svc: &Service) -> Vec<outbound::HttpRoute> {
-    use outbound::http_route as hr;
-    let one = |name: &str, r: Option<&config::Route>| {
-        let backends = route_backends(mesh, svc, r)
-            .into_iter()
-            .map(|(b, weight)| hr::WeightedRouteBackend {
-                backend: Some(hr::RouteBackend {
-                    backend: Some(b),
-                    ..Default::default()
-                }),
-                weight,
-            })
-            .collect();
-        #[allow(deprecated)]
-        let rule = hr::Rule {
-            matches: r.map_or_else(|| vec![prefix_match("/")], route_matches),
-            filters: Vec::new(),
-            backends: Some(hr::Distribution {
-                kind: Some(hr::distribution::Kind::RandomAvailable(
-                    hr::distribution::RandomAvailable { backends },
-                )),
-            }),
-            request_timeout: None,
-            timeouts: r.and_then(|r| r.timeout).map(|t| Timeouts {
-                request: pd(t),
-                ..Default::default()
-            }),
-            retry: r.and_then(|r| r.retry.as_ref()).map(|x| hr::Retry {
-                max_retries: x.limit,
-                max_request_bytes: 64 * 1024,
-                conditions: Some(hr::retry::Conditions {
-                    status_ranges: x
-                        .statuses
-                        .iter()
-                        .map(|(a, b)| hr::retry::conditions::StatusRange {
-                            start: u32::from(*a),
-                            end: u32::from(*b),
-                        })
-                        .collect(),
-                }),
-                timeout: x.timeout.and_then(pd),
-                backoff: None,
-            }),
-            allow_l5d_request_headers: false,
-        };
-        outbound::HttpRoute {
-            metadata: named(name),
-            hosts: Vec::new(),
-            rules: vec![rule],
-        }
-    };
-    if svc.policy.routes.is_empty() {
-        return vec![one("default", None)];
-    }
-    svc.policy
-        .routes
-        .iter()
-        .map(|r| one(&r.name, Some(r)))
-        .collect()
-}
-
-fn grpc_routes(mesh: &Mesh, svc: &Service) -> Vec<outbound::GrpcRoute> {
-    use outbound::grpc_route as gr;
-    let one = |name: &str, r: Option<&config::Route>| {
-        let backends = route_backends(mesh, svc, r)
-            .into_iter()
-            .map(|(b, weight)| gr::WeightedRouteBackend {
-                backend: Some(gr::RouteBackend {
-                    backend: Some(b),
-                    ..Default::default()
-                }),
-                weight,
-            })
-            .collect();
-        #[allow(deprecated)]
-        let rule = gr::Rule {
-            matches: vec![GrpcRouteMatch::default()],
-            filters: Vec::new(),
-            backends: Some(gr::Distribution {
-                kind: Some(gr::distribution::Kind::RandomAvailable(
-                    gr::distribution::RandomAvailable { backends },
-                )),
-            }),
-            request_timeout: None,
-            timeouts: r.and_then(|r| r.timeout).map(|t| Timeouts {
-                request: pd(t),
-                ..Default::default()
-            }),
-            retry: r.and_then(|r| r.retry.as_ref()).map(|x| gr::Retry {
-                max_retries: x.limit,
-                max_request_bytes: 64 * 1024,
-                conditions: Some(gr::retry::Conditions {
-                    unavailable: true,
-                    ..Default::default()
-                }),
-                timeout: x.timeout.and_then(pd),
-                backoff: None,
-            }),
-            allow_l5d_request_headers: false,
-        };
-        outbound::GrpcRoute {
-            metadata: named(name),
-            hosts: Vec::new(),
-            rules: vec![rule],
-        }
-    };
-    if svc.policy.routes.is_empty() {
-        return vec![one("default", None)];
-    }
-    svc.policy
-        .routes
-        .iter()
-        .map(|r| one(&r.name, Some(r)))
-        .collect()
-}
-
-fn opaque_route(b: Backend) -> outbound::OpaqueRoute {
-    use outbound::opaque_route as or;
-    outbound::OpaqueRoute {
-        metadata: named("default"),
-        rules: vec![or::Rule {
-            backends: Some(or::Distribution {
-                kind: Some(or::distribution::Kind::RandomAvailable(
-                    or::distribution::RandomAvailable {
-                        backends: vec![or::WeightedRouteBackend {
-                            backend: Some(or::RouteBackend {
-                                backend: Some(b),
-                                filters: Vec::new(),
-                            }),
-                            weight: 1,
-                        }],
-                    },
-                )),
-            }),
-            filters: Vec::new(),
-        }],
-    }
-}
-
-fn failure_accrual(f: Option<config::FailureAccrual>) -> Option<FailureAccrual> {
-    f.map(|f| FailureAccrual {
-        ejection: None,
-        kind: Some(outbound::failure_accrual::Kind::ConsecutiveFailures(
-            outbound::failure_accrual::ConsecutiveFailures {
-                max_failures: f.consecutive_failures,
-                backoff: Some(outbound::ExponentialBackoff {
-                    min_backoff: pd(f.min_backoff),
-                    max_backoff: pd(f.max_backoff),
-                    jitter_ratio: f.jitter_ratio,
-                    respect_retry_after_hint: false,
-                }),
-            },
-        )),
-    })
-}
-
-fn service_policy(mesh: &Mesh, svc: &Service) -> OutboundPolicy {
-    let accrual = failure_accrual(svc.policy.failure_accrual);
-    let kind = match svc.policy.protocol {
-        Protocol::Opaque => out_proto::Kind::Opaque(out_proto::Opaque {
-            routes: vec![opaque_route(balancer(svc))],
-        }),
-        Protocol::Http1 => out_proto::Kind::Http1(out_proto::Http1 {
-            routes: http_routes(mesh, svc),
-            failure_accrual: accrual,
-        }),
-        Protocol::Http2 => out_proto::Kind::Http2(out_proto::Http2 {
-            routes: http_routes(mesh, svc),
-            failure_accrual: accrual,
-        }),
-        Protocol::Grpc => out_proto::Kind::Grpc(out_proto::Grpc {
-            routes: grpc_routes(mesh, svc),
-            failure_accrual: accrual,
-        }),
-        Protocol::Detect => out_proto::Kind::Detect(out_proto::Detect {
-            timeout: pd(DETECT_TIMEOUT),
-            opaque: Some(out_proto::Opaque {
-                routes: vec![opaque_route(balancer(svc))],
-            }),
-            http1: Some(out_proto::Http1 {
-                routes: http_routes(mesh, svc),
-                failure_accrual: accrual,
-            }),
-            http2: Some(out_proto::Http2 {
-                routes: http_routes(mesh, svc),
-                failure_accrual: accrual,
-            }),
-        }),
-    };
-    OutboundPolicy {
-        protocol: Some(outbound::ProxyProtocol { kind: Some(kind) }),
-        metadata: service_meta(svc),
-    }
-}
-
-/// Forward to the address itself (an endpoint, or outside the mesh).
-fn forward_policy(mesh: &Mesh, addr: SocketAddr) -> OutboundPolicy {
-    let wa = match mesh.endpoint(addr) {
-        Some((_, ep)) => weighted_addr(ep),
-        None => WeightedAddr {
-            addr: Some(addr.into()),
-            weight: 1,
-            metric_labels: HashMap::new(),
-            ..Default::default()
-        },
-    };
-    let opaque = || out_proto::Opaque {
-        routes: vec![opaque_route(forward(wa.clone()))],
-    };
-    let http_route = || {
-        use outbound::http_route as hr;
-        #[allow(deprecated)]
-        let rule = hr::Rule {
-            matches: vec![prefix_match("/")],
-            filters: Vec::new(),
-            backends: Some(hr::Distribution {
-                kind: Some(hr::distribution::Kind::FirstAvailable(
-                    hr::distribution::FirstAvailable {
-                        backends: vec![hr::RouteBackend {
-                            backend: Some(forward(wa.clone())),
-                            ..Default::default()
-                        }],
-                    },
-                )),
-            }),
-            request_timeout: None,
-            timeouts: None,
-            retry: None,
-            allow_l5d_request_headers: false,
-        };
-        vec![outbound::HttpRoute {
-            metadata: named("default"),
-            hosts: Vec::new(),
-            rules: vec![rule],
-        }]
-    };
-    OutboundPolicy {
-        protocol: Some(outbound::ProxyProtocol {
-            kind: Some(out_proto::Kind::Detect(out_proto::Detect {
-                timeout: pd(DETECT_TIMEOUT),
-                opaque: Some(opaque()),
-                http1: Some(out_proto::Http1 {
-                    routes: http_route(),
-                    failure_accrual: None,
-                }),
-                http2: Some(out_proto::Http2 {
-                    routes: http_route(),
-                    failure_accrual: None,
-                }),
-            })),
-        }),
-        metadata: named("forward"),
     }
 }
 

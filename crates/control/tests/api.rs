@@ -645,3 +645,256 @@ async fn outbound_policies() {
         .unwrap();
     assert!(matches!(p.protocol.unwrap().kind, Some(Kind::Opaque(_))));
 }
+
+/// Everything the mesh file can say of a service's outbound policy reaches
+/// a client of `OutboundPolicies.Get`.
+#[tokio::test]
+async fn outbound_policy_fields() {
+    use linkerd2_proxy_api::{
+        http_route::{header_match, path_match, path_modifier},
+        meta::metadata,
+        opaque_route::Forbidden,
+        outbound::{
+            OutboundPolicy, TrafficSpec, backend, failure_accrual,
+            grpc_route::filter::Kind as GrpcFilter, http_route::filter::Kind as HttpFilter,
+            outbound_policies_client::OutboundPoliciesClient, proxy_protocol::Kind,
+            traffic_spec::Target,
+        },
+        tls_route::sni_match,
+    };
+    let yaml = format!(
+        r#"services:
+  {WEB}:
+    labels: {{namespace: shop}}
+    policy:
+      protocol: http2
+      failure_accrual:
+        success_rate: {{threshold: 0.9, decay: 20s, min_requests: 7, max_consecutive_failures: 4}}
+        min_ready_endpoints: 2
+      routes:
+        - name: api
+          matches: [{{path_regex: "^/api/", method: GET, header_regex: {{x-user: "^a"}}, query_params: {{v: "2"}}}}]
+          timeouts: {{request: 5s, response: 2s, idle: 30s}}
+          allow_l5d_request_headers: true
+          retry: {{limit: 2, statuses: ["5xx"], timeout: 1s, max_request_bytes: 2048, backoff: {{min: 10ms, max: 1s, jitter_ratio: 0.2, respect_retry_after: true}}}}
+          filters:
+            request_headers: {{set: {{x-mesh: linnet}}, remove: [x-debug]}}
+            fail: {{status: 503, message: chaos, ratio: "1/10"}}
+          backends:
+            - {{service: "canary.test.svc.cluster.local:80", weight: 3, load: {{default_rtt: 50ms, penalty: {{penalty: 2s, max_retry_after: 20s, decay: 15s}}}}, queue: {{capacity: 10, failfast_timeout: 1s}}}}
+            - {{address: "192.0.2.10:8443", identity: {WEB_ID}, protocol: h2}}
+        - name: moved
+          matches: [{{path_prefix: /old}}]
+          filters: {{redirect: {{path_prefix: /new, status: 308}}}}
+  canary.test.svc.cluster.local:80: {{}}
+  rpc.test.svc.cluster.local:9000:
+    policy:
+      protocol: grpc
+      routes:
+        - name: items
+          matches: [{{service: shop.Items, method: Get}}]
+          retry: {{limit: 1, grpc: [unavailable, deadline_exceeded], backoff: {{min: 5ms}}}}
+          filters: {{fail: {{grpc_code: unavailable, ratio: 0.5}}}}
+  tls.test.svc.cluster.local:443:
+    policy:
+      protocol: tls
+      tls_routes:
+        - {{name: internal, snis: ["*.internal.example.com"]}}
+        - {{name: rest, forbidden: true}}
+  db.test.svc.cluster.local:5432:
+    policy:
+      protocol: opaque
+      opaque_routes: [{{name: closed, forbidden: true}}]
+"#
+    );
+    let plane = Plane::start(&yaml).await;
+    let mut client = OutboundPoliciesClient::connect(plane.url()).await.unwrap();
+    let mut get = async |authority: &str| -> OutboundPolicy {
+        let spec = TrafficSpec {
+            source_workload: "client".into(),
+            target: Some(Target::Authority(authority.into())),
+        };
+        client.get(spec).await.unwrap().into_inner()
+    };
+    let resource = |m: Option<linkerd2_proxy_api::meta::Metadata>| match m.unwrap().kind {
+        Some(metadata::Kind::Resource(r)) => (r.group, r.kind, r.name, r.namespace),
+        other => panic!("{other:?}"),
+    };
+    let secs = |d: Option<prost_types::Duration>| d.unwrap().seconds;
+    let millis = |d: Option<prost_types::Duration>| {
+        let d = d.unwrap();
+        d.seconds * 1000 + i64::from(d.nanos) / 1_000_000
+    };
+
+    // HTTP: matches, filters, timeouts, retries, backends, accrual.
+    let Some(Kind::Http2(h2)) = get(WEB).await.protocol.unwrap().kind else {
+        panic!()
+    };
+    let api = &h2.routes[0];
+    assert_eq!(
+        resource(api.metadata.clone()),
+        (
+            "gateway.networking.k8s.io".into(),
+            "HTTPRoute".into(),
+            "api".into(),
+            "shop".into()
+        )
+    );
+    let rule = &api.rules[0];
+    let m = &rule.matches[0];
+    assert_eq!(
+        m.path.clone().unwrap().kind,
+        Some(path_match::Kind::Regex("^/api/".into()))
+    );
+    assert!(m.method.is_some());
+    assert_eq!(
+        m.headers[0].value,
+        Some(header_match::Value::Regex("^a".into()))
+    );
+    assert_eq!(m.query_params[0].name, "v");
+    let kinds: Vec<_> = rule
+        .filters
+        .iter()
+        .map(|f| f.kind.clone().unwrap())
+        .collect();
+    let [
+        HttpFilter::RequestHeaderModifier(rh),
+        HttpFilter::FailureInjector(fail),
+    ] = &kinds[..]
+    else {
+        panic!("{kinds:?}")
+    };
+    assert_eq!(rh.set.clone().unwrap().headers[0].name, "x-mesh");
+    assert_eq!(rh.remove, ["x-debug"]);
+    assert_eq!((fail.status, fail.message.as_str()), (503, "chaos"));
+    let ratio = fail.ratio.unwrap();
+    assert_eq!((ratio.numerator, ratio.denominator), (1, 10));
+    let t = rule.timeouts.unwrap();
+    assert_eq!(
+        (secs(t.request), secs(t.response), secs(t.idle)),
+        (5, 2, 30)
+    );
+    assert!(rule.allow_l5d_request_headers);
+    let retry = rule.retry.clone().unwrap();
+    assert_eq!((retry.max_retries, retry.max_request_bytes), (2, 2048));
+    assert_eq!(secs(retry.timeout), 1);
+    let b = retry.backoff.unwrap();
+    assert_eq!((millis(b.min_backoff), millis(b.max_backoff)), (10, 1000));
+    assert!(b.respect_retry_after_hint && (b.jitter_ratio - 0.2).abs() < 1e-6);
+    let Some(linkerd2_proxy_api::outbound::http_route::distribution::Kind::RandomAvailable(ra)) =
+        rule.backends.clone().unwrap().kind
+    else {
+        panic!()
+    };
+    let canary = ra.backends[0].backend.clone().unwrap().backend.unwrap();
+    assert_eq!(ra.backends[0].weight, 3);
+    let q = canary.queue.unwrap();
+    assert_eq!((q.capacity, secs(q.failfast_timeout)), (10, 1));
+    let Some(backend::Kind::Balancer(p2c)) = canary.kind else {
+        panic!()
+    };
+    let Some(backend::balance_p2c::Load::PenaltyPeakEwma(load)) = p2c.load else {
+        panic!("{:?}", p2c.load)
+    };
+    assert_eq!(millis(load.default_rtt), 50);
+    assert_eq!(
+        (
+            secs(load.penalty),
+            secs(load.max_retry_after),
+            secs(load.penalty_decay)
+        ),
+        (2, 20, 15)
+    );
+    let fwd = ra.backends[1].backend.clone().unwrap().backend.unwrap();
+    // Linkerd's queue where the file gives none.
+    assert_eq!(fwd.queue.unwrap().capacity, 100);
+    let Some(backend::Kind::Forward(addr)) = fwd.kind else {
+        panic!()
+    };
+    assert_eq!(
+        SocketAddr::try_from(addr.addr.unwrap()).unwrap(),
+        "192.0.2.10:8443".parse::<SocketAddr>().unwrap()
+    );
+    assert!(addr.tls_identity.is_some() && addr.protocol_hint.is_some());
+    let redirect = &h2.routes[1].rules[0].filters[0];
+    let Some(HttpFilter::Redirect(r)) = &redirect.kind else {
+        panic!("{redirect:?}")
+    };
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.path.clone().unwrap().replace,
+        Some(path_modifier::Replace::Prefix("/new".into()))
+    );
+    let fa = h2.failure_accrual.unwrap();
+    let Some(failure_accrual::Kind::Unified(u)) = fa.kind else {
+        panic!("{fa:?}")
+    };
+    assert_eq!((u.success_rate_threshold, secs(u.decay)), (0.9, 20));
+    assert_eq!((u.min_requests, u.max_consecutive_failures), (7, 4));
+    assert_eq!(fa.ejection.unwrap().min_ready_endpoints, 2);
+
+    // gRPC: RPC matches, retry conditions, an injected gRPC failure.
+    let Some(Kind::Grpc(grpc)) = get("rpc.test.svc.cluster.local:9000")
+        .await
+        .protocol
+        .unwrap()
+        .kind
+    else {
+        panic!()
+    };
+    let route = &grpc.routes[0];
+    let (_, kind, name, namespace) = resource(route.metadata.clone());
+    assert_eq!((kind.as_str(), name.as_str()), ("GRPCRoute", "items"));
+    assert_eq!(namespace, "default");
+    let rule = &route.rules[0];
+    let rpc = rule.matches[0].rpc.clone().unwrap();
+    assert_eq!(
+        (rpc.service.as_str(), rpc.method.as_str()),
+        ("shop.Items", "Get")
+    );
+    let retry = rule.retry.unwrap();
+    let c = retry.conditions.unwrap();
+    assert!(c.unavailable && c.deadine_exceeded && !c.cancelled && !c.internal);
+    assert_eq!(millis(retry.backoff.unwrap().min_backoff), 5);
+    let Some(GrpcFilter::FailureInjector(fail)) = rule.filters[0].kind.clone() else {
+        panic!("{:?}", rule.filters)
+    };
+    assert_eq!(fail.code, 14);
+    assert_eq!(fail.ratio.unwrap().denominator, 2);
+
+    // TLS: an SNI suffix by reversed labels; a forbidden route.
+    let Some(Kind::Tls(tls)) = get("tls.test.svc.cluster.local:443")
+        .await
+        .protocol
+        .unwrap()
+        .kind
+    else {
+        panic!()
+    };
+    assert_eq!(resource(tls.routes[0].metadata.clone()).1, "TLSRoute");
+    let Some(sni_match::Match::Suffix(s)) = tls.routes[0].snis[0].r#match.clone() else {
+        panic!("{:?}", tls.routes[0].snis)
+    };
+    assert_eq!(s.reverse_labels, ["com", "example", "internal"]);
+    assert!(tls.routes[0].rules[0].filters.is_empty());
+    assert_eq!(
+        tls.routes[1].rules[0].filters[0].kind,
+        Some(linkerd2_proxy_api::outbound::tls_route::filter::Kind::Forbidden(Forbidden {}))
+    );
+
+    // Opaque: a forbidden route.
+    let Some(Kind::Opaque(opaque)) = get("db.test.svc.cluster.local:5432")
+        .await
+        .protocol
+        .unwrap()
+        .kind
+    else {
+        panic!()
+    };
+    let route = &opaque.routes[0];
+    assert_eq!(resource(route.metadata.clone()).1, "TCPRoute");
+    assert_eq!(
+        route.rules[0].filters[0].kind,
+        Some(linkerd2_proxy_api::outbound::opaque_route::filter::Kind::Forbidden(Forbidden {}))
+    );
+}

@@ -1,5 +1,7 @@
 use super::*;
 
+mod outbound;
+
 fn parse(yaml: &str) -> Result<Mesh, Error> {
     Mesh::parse(yaml, Path::new("/etc/linnet"))
 }
@@ -20,6 +22,24 @@ fn the_example_file_is_valid() {
     assert!(!mesh.services.is_empty());
     assert!(!mesh.workloads.is_empty());
     assert!(!mesh.identity.tokens.is_empty());
+    // Every kind of route is shown.
+    let policy = |s: &str| &mesh.service(s).unwrap().policy;
+    assert!(!policy("web.default.svc.cluster.local:80").routes.is_empty());
+    assert!(
+        !policy("api.default.svc.cluster.local:9090").routes[0]
+            .grpc_matches
+            .is_empty()
+    );
+    assert!(
+        !policy("tls.default.svc.cluster.local:443")
+            .tls_routes
+            .is_empty()
+    );
+    assert!(
+        !policy("db.default.svc.cluster.local:5432")
+            .opaque_routes
+            .is_empty()
+    );
 }
 
 #[test]
@@ -101,7 +121,10 @@ workloads:
         s.policy.routes[0].retry.as_ref().unwrap().statuses,
         [(500, 599)]
     );
-    assert_eq!(s.policy.failure_accrual.unwrap().consecutive_failures, 7);
+    assert_eq!(
+        s.policy.failure_accrual.unwrap().kind,
+        AccrualKind::Consecutive(7)
+    );
     let port = &m.workloads["web-1"][&8080];
     assert_eq!(port.authorizations.len(), 2);
     assert!(
