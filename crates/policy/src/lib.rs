@@ -8,4 +8,5 @@
 //! middleware that carries it out, one per module. The stacks in
 //! `linnet-outbound` put them in order; nothing here knows the order.
 
+pub mod outbound;
 pub mod params;
