@@ -11,6 +11,7 @@
 pub mod accrual;
 pub mod balance;
 pub mod errors;
+pub mod outbound;
 pub mod params;
 pub mod retry;
 pub mod timeout;
