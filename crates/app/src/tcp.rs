@@ -18,7 +18,7 @@
 //! closed with a FIN that would make a truncated stream look complete.
 
 use crate::{
-    mesh::{HasTcp, MeshTls},
+    mesh::{self, HasTcp, MeshTls},
     upstreams::Upstreams,
 };
 use linnet_config::{HttpConfig, ProxyConfig};
@@ -219,7 +219,7 @@ impl Forward {
                     e.server_name.as_deref(),
                     e.hint == linnet_discovery::Hint::H2,
                 )),
-                Dest::Balanced(balancer, logical, profile) => match &self.stacks {
+                Dest::Balanced(_, logical, profile) => match &self.stacks {
                     Some(stacks) => Route::Stack {
                         stack: stacks.get(target, logical, profile),
                         target,

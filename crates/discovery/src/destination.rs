@@ -155,12 +155,31 @@ impl Apply<DestinationProfile, Option<Profile>> for Profiles {
                 .trim_end_matches('.')
                 .to_ascii_lowercase()
         });
-        let endpoint = p.endpoint.and_then(|e| endpoint(e, &self.metrics));
-        tx.send_replace(Some(Profile {
+        let endpoint = p.endpoint.clone().and_then(|e| endpoint(e, &self.metrics));
+        let opaque = p.opaque_protocol;
+        let routes = (!p.routes.is_empty() || p.retry_budget.is_some()).then(|| {
+            let metrics = self.metrics.clone();
+            Arc::new(linnet_policy::outbound::profile::from_profile(
+                p,
+                &mut |reason| metrics.skipped(reason),
+            ))
+        });
+        let next = Profile {
             name,
-            opaque: p.opaque_protocol,
+            opaque,
             endpoint,
-        }));
+            routes,
+        };
+        // An unchanged profile keeps its routes (and the stacks built for
+        // them).
+        tx.send_if_modified(|current| {
+            if current.as_ref() == Some(&next) {
+                false
+            } else {
+                *current = Some(next);
+                true
+            }
+        });
     }
 
     fn error(&mut self, tx: &watch::Sender<Option<Profile>>, status: &tonic::Status) {

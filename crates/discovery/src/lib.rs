@@ -99,6 +99,8 @@ pub struct Profile {
     pub opaque: bool,
     /// The endpoint it is, if it is one.
     pub endpoint: Option<Endpoint>,
+    /// Its routes (timeouts, retries) and retry budget, when it has any.
+    pub routes: Option<Arc<linnet_policy::outbound::profile::ProfileRoutes>>,
 }
 
 /// The protocol an inbound port's policy sets.

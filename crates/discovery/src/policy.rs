@@ -20,13 +20,16 @@ pub enum PolicyAnswer {
     Found(OutboundPolicy),
 }
 
-/// An outbound policy, reduced.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// An outbound policy: whole (the HTTP stack's routes), and reduced to
+/// what the opaque path acts on.
+#[derive(Clone, Debug, PartialEq)]
 pub struct OutboundPolicy {
     /// Skip protocol detection.
     pub opaque: bool,
-    /// Where traffic goes, by weight.
+    /// Where opaque traffic goes, by weight.
     pub backends: Arc<Vec<(BackendSpec, u32)>>,
+    /// The whole policy.
+    pub model: Arc<linnet_policy::outbound::OutboundPolicy>,
 }
 
 /// One backend of a route.
@@ -111,8 +114,24 @@ fn opaque_backends(routes: Vec<outbound::OpaqueRoute>) -> RouteBackends {
         .unwrap_or_default()
 }
 
-/// Reduces a policy; malformed backends are skipped and counted.
-pub(crate) fn reduce(p: outbound::OutboundPolicy, metrics: &Metrics) -> OutboundPolicy {
+/// Reads a policy whole, and reduced; malformed parts are skipped and
+/// counted.
+pub(crate) fn read(p: outbound::OutboundPolicy, metrics: &Metrics) -> OutboundPolicy {
+    let model = linnet_policy::outbound::proto::from_proto(
+        p.clone(),
+        &mut |w| crate::destination::endpoint(w, metrics),
+        &mut |reason| metrics.skipped(reason),
+    );
+    let (opaque, backends) = reduce(p, metrics);
+    OutboundPolicy {
+        opaque,
+        backends,
+        model: Arc::new(model),
+    }
+}
+
+/// Reduces a policy (whether it is opaque, and its opaque backends).
+fn reduce(p: outbound::OutboundPolicy, metrics: &Metrics) -> (bool, Arc<Vec<(BackendSpec, u32)>>) {
     let (opaque, raw) = match p.protocol.and_then(|p| p.kind) {
         Some(Kind::Opaque(o)) => (true, opaque_backends(o.routes)),
         Some(Kind::Detect(d)) => {
@@ -190,10 +209,7 @@ pub(crate) fn reduce(p: outbound::OutboundPolicy, metrics: &Metrics) -> Outbound
             Some((spec, weight))
         })
         .collect();
-    OutboundPolicy {
-        opaque,
-        backends: Arc::new(backends),
-    }
+    (opaque, Arc::new(backends))
 }
 
 /// Applies `OutboundPolicies.Watch` answers.
@@ -208,7 +224,16 @@ impl Apply<outbound::OutboundPolicy, PolicyAnswer> for Policies {
         p: outbound::OutboundPolicy,
         _first: bool,
     ) {
-        tx.send_replace(PolicyAnswer::Found(reduce(p, &self.metrics)));
+        let next = read(p, &self.metrics);
+        // An unchanged policy keeps the stacks built for it.
+        tx.send_if_modified(|current| {
+            if matches!(current, PolicyAnswer::Found(c) if *c == next) {
+                false
+            } else {
+                *current = PolicyAnswer::Found(next);
+                true
+            }
+        });
     }
 
     fn error(&mut self, tx: &watch::Sender<PolicyAnswer>, status: &tonic::Status) {

@@ -15,4 +15,6 @@
 //! the route layers never wait.
 
 pub mod backend;
+pub mod http;
+pub mod route;
 pub mod split;

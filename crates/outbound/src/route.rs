@@ -163,7 +163,8 @@ impl Shared {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match &self.source {
             Source::Policy(rx) => {
-                if let PolicyAnswer::Found(p) = &*rx.borrow() {
+                if let PolicyAnswer::Found(found) = &*rx.borrow() {
+                    let p = &found.model;
                     let version = Arc::as_ptr(p) as usize;
                     if !state.derived.as_ref().is_some_and(|(v, _)| *v == version) {
                         state.derived = Some((
@@ -390,30 +391,20 @@ fn grpc_request_filters(f: &[GrpcFilter]) -> Arc<[HttpFilter]> {
 
 /// Every backend `policy`'s HTTP and gRPC rules name.
 fn named_backends(policy: &OutboundPolicy) -> Vec<&Backend> {
-    let mut out = Vec::new();
-    let mut http = |routes: &[linnet_policy::outbound::HttpRoute]| {
-        for r in routes {
-            for rule in &r.rules {
-                out.extend(rule.backends.backends());
-            }
-        }
-    };
-    match &policy.protocol {
-        Protocol::Http1(r) | Protocol::Http2(r) => http(r),
-        Protocol::Detect { http1, http2, .. } => {
-            http(http1);
-            http(http2);
-        }
-        Protocol::Grpc(routes) => {
-            for r in routes.iter() {
-                for rule in &r.rules {
-                    out.extend(rule.backends.backends());
-                }
-            }
-        }
-        Protocol::Opaque(_) | Protocol::Tls(_) => {}
+    fn http(routes: &[linnet_policy::outbound::HttpRoute]) -> impl Iterator<Item = &Backend> {
+        routes
+            .iter()
+            .flat_map(|r| r.rules.iter().flat_map(|rule| rule.backends.backends()))
     }
-    out
+    match &policy.protocol {
+        Protocol::Http1(r) | Protocol::Http2(r) => http(r).collect(),
+        Protocol::Detect { http1, http2, .. } => http(http1).chain(http(http2)).collect(),
+        Protocol::Grpc(routes) => routes
+            .iter()
+            .flat_map(|r| r.rules.iter().flat_map(|rule| rule.backends.backends()))
+            .collect(),
+        Protocol::Opaque(_) | Protocol::Tls(_) => Vec::new(),
+    }
 }
 
 /// Routes that match nothing (never used: `routes` always derives some).
