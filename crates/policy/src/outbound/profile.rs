@@ -47,7 +47,11 @@ pub struct ProfileRoutes {
 /// Converts a profile. A route whose condition cannot be expressed (a
 /// `not`, an `all` of two different paths, a bad regex or method, no
 /// condition) is dropped and reported to `skipped`, as are failure
-/// classes other than status ranges and their `any`.
+/// classes other than status ranges and their `any`. The reasons:
+/// `no_condition`, `unsupported_condition`, `bad_regex`, `bad_method`,
+/// `unsupported_class`, `bad_budget` (a budget ratio that is not a
+/// non-negative number: the default's), and the duration reasons of
+/// [`from_proto`](super::proto::from_proto).
 ///
 /// A retryable route retries up to [`PROFILE_MAX_RETRIES`] times on the
 /// statuses its failure classes name, or on 5xx when it names none (the

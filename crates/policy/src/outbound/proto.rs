@@ -36,21 +36,18 @@
 //! A `Forward` backend's address goes through the caller's `forward`,
 //! which counts its own reasons when it refuses one.
 
-use super::{
-    Backend, BackendKind, DEFAULT_DETECT_TIMEOUT, Distribution, HostMatch, Meta, OpaqueFilter,
-    OpaqueRoute, OpaqueRoutes, OpaqueRule, OutboundPolicy, Protocol, RouteBackend, TlsRoute,
-    TlsRoutes,
-};
-use crate::params::{self, Backoff, FailureAccrual, Load, Penalty, Queue};
+use super::{DEFAULT_DETECT_TIMEOUT, HostMatch, Meta, OutboundPolicy, Protocol};
+use crate::params::{self, Backoff, FailureAccrual};
 use linkerd2_proxy_api::{
     destination::WeightedAddr,
     meta,
-    outbound::{self, backend, failure_accrual, proxy_protocol::Kind},
-    tls_route::sni_match,
+    outbound::{self, failure_accrual, proxy_protocol::Kind},
 };
 use linnet_core::endpoint::Endpoint;
 use std::{sync::Arc, time::Duration};
 
+mod backends;
+mod opaque;
 mod routes;
 
 /// The longest duration taken as given; longer ones are clamped to it.
@@ -87,7 +84,7 @@ pub fn from_proto(
                 timeout: timeout(d.timeout, cx).unwrap_or(DEFAULT_DETECT_TIMEOUT),
                 http1: routes::http_routes(d.http1.map(|h| h.routes).unwrap_or_default(), cx),
                 http2: routes::http_routes(d.http2.map(|h| h.routes).unwrap_or_default(), cx),
-                opaque: opaque_routes(d.opaque.map(|o| o.routes).unwrap_or_default(), cx),
+                opaque: opaque::opaque_routes(d.opaque.map(|o| o.routes).unwrap_or_default(), cx),
             };
             (protocol, accrual(fa, cx))
         }
@@ -104,11 +101,11 @@ pub fn from_proto(
             accrual(g.failure_accrual, cx),
         ),
         Some(Kind::Opaque(o)) => (
-            Protocol::Opaque(opaque_routes(o.routes, cx)),
+            Protocol::Opaque(opaque::opaque_routes(o.routes, cx)),
             params::Accrual::default(),
         ),
         Some(Kind::Tls(t)) => (
-            Protocol::Tls(tls_routes(t.routes, cx)),
+            Protocol::Tls(opaque::tls_routes(t.routes, cx)),
             params::Accrual::default(),
         ),
         None => {
@@ -254,267 +251,6 @@ fn accrual(fa: Option<outbound::FailureAccrual>, cx: &mut Cx<'_>) -> params::Acc
     params::Accrual {
         kind,
         min_ready_endpoints,
-    }
-}
-
-// === backends ===
-
-fn backend(b: Option<outbound::Backend>, cx: &mut Cx<'_>) -> Option<Backend> {
-    let Some(b) = b else {
-        cx.skip("no_backend");
-        return None;
-    };
-    let kind = match b.kind {
-        None => {
-            cx.skip("no_backend");
-            return None;
-        }
-        Some(backend::Kind::Forward(mut addr)) => {
-            addr.weight = addr.weight.max(1);
-            BackendKind::Forward(Arc::new((cx.forward)(addr)?))
-        }
-        Some(backend::Kind::Balancer(p2c)) => {
-            let path = match p2c.discovery.and_then(|d| d.kind) {
-                Some(backend::endpoint_discovery::Kind::Dst(d)) if !d.path.is_empty() => {
-                    d.path.to_ascii_lowercase()
-                }
-                _ => {
-                    cx.skip("no_discovery");
-                    return None;
-                }
-            };
-            BackendKind::Balancer {
-                path,
-                load: load(p2c.load, cx),
-            }
-        }
-    };
-    Some(Backend {
-        meta: meta(b.metadata),
-        queue: queue(b.queue, cx),
-        kind,
-    })
-}
-
-fn load(l: Option<backend::balance_p2c::Load>, cx: &mut Cx<'_>) -> Load {
-    use backend::balance_p2c::Load as L;
-    let d = Load::default();
-    match l {
-        None => d,
-        Some(L::PeakEwma(p)) => Load {
-            default_rtt: duration(p.default_rtt, cx).unwrap_or(d.default_rtt),
-            decay: timeout(p.decay, cx).unwrap_or(d.decay),
-            penalty: None,
-        },
-        Some(L::PenaltyPeakEwma(p)) => {
-            let decay = timeout(p.decay, cx).unwrap_or(d.decay);
-            Load {
-                default_rtt: duration(p.default_rtt, cx).unwrap_or(d.default_rtt),
-                decay,
-                penalty: Some(Penalty {
-                    penalty: duration(p.penalty, cx).unwrap_or(DEFAULT_PENALTY),
-                    max_retry_after: duration(p.max_retry_after, cx)
-                        .unwrap_or(DEFAULT_MAX_RETRY_AFTER),
-                    decay: timeout(p.penalty_decay, cx).unwrap_or(decay),
-                }),
-            }
-        }
-    }
-}
-
-fn queue(q: Option<outbound::Queue>, cx: &mut Cx<'_>) -> Queue {
-    let d = Queue::default();
-    let Some(q) = q else {
-        return d;
-    };
-    Queue {
-        capacity: match usize::try_from(q.capacity) {
-            Ok(0) | Err(_) => d.capacity,
-            Ok(c) => c,
-        },
-        failfast_timeout: timeout(q.failfast_timeout, cx).unwrap_or(d.failfast_timeout),
-    }
-}
-
-/// Defines the conversion of one route kind's `Distribution` (the four
-/// kinds have the same shape in different generated modules).
-macro_rules! distribution {
-    ($name:ident, $module:ident, $filter:ty, $convert_filter:path) => {
-        fn $name(
-            d: Option<outbound::$module::Distribution>,
-            cx: &mut Cx<'_>,
-        ) -> Distribution<$filter> {
-            use outbound::$module::distribution::Kind as D;
-            fn route_backend(
-                rb: outbound::$module::RouteBackend,
-                cx: &mut Cx<'_>,
-            ) -> Option<RouteBackend<$filter>> {
-                let backend = backend(rb.backend, cx)?;
-                let filters = rb
-                    .filters
-                    .into_iter()
-                    .filter_map(|f| $convert_filter(f, cx))
-                    .collect();
-                Some(RouteBackend { backend, filters })
-            }
-            let dist = match d.and_then(|d| d.kind) {
-                None => {
-                    cx.skip("no_distribution");
-                    Distribution::Empty
-                }
-                Some(D::Empty(_)) => Distribution::Empty,
-                Some(D::FirstAvailable(f)) => Distribution::FirstAvailable(
-                    f.backends
-                        .into_iter()
-                        .filter_map(|rb| route_backend(rb, cx))
-                        .collect(),
-                ),
-                Some(D::RandomAvailable(r)) => Distribution::RandomAvailable(
-                    r.backends
-                        .into_iter()
-                        .filter_map(|wb| {
-                            if wb.weight == 0 {
-                                cx.skip("zero_weight");
-                                return None;
-                            }
-                            let Some(rb) = wb.backend else {
-                                cx.skip("no_backend");
-                                return None;
-                            };
-                            Some((route_backend(rb, cx)?, wb.weight))
-                        })
-                        .collect(),
-                ),
-            };
-            if dist.is_empty() {
-                Distribution::Empty
-            } else {
-                dist
-            }
-        }
-    };
-}
-
-distribution!(
-    http_distribution,
-    http_route,
-    super::HttpFilter,
-    routes::http_filter
-);
-distribution!(
-    grpc_distribution,
-    grpc_route,
-    super::GrpcFilter,
-    routes::grpc_filter
-);
-distribution!(
-    opaque_distribution,
-    opaque_route,
-    OpaqueFilter,
-    opaque_filter
-);
-distribution!(tls_distribution, tls_route, OpaqueFilter, tls_filter);
-
-// === opaque and TLS routes ===
-
-fn opaque_routes(routes: Vec<outbound::OpaqueRoute>, cx: &mut Cx<'_>) -> OpaqueRoutes {
-    routes
-        .into_iter()
-        .filter_map(|r| {
-            let rules: Vec<OpaqueRule> = r
-                .rules
-                .into_iter()
-                .map(|rule| OpaqueRule {
-                    backends: opaque_distribution(rule.backends, cx),
-                    filters: rule
-                        .filters
-                        .into_iter()
-                        .filter_map(|f| opaque_filter(f, cx))
-                        .collect(),
-                })
-                .collect();
-            if rules.is_empty() {
-                cx.skip("no_rules");
-                return None;
-            }
-            Some(OpaqueRoute {
-                meta: meta(r.metadata),
-                rules,
-            })
-        })
-        .collect()
-}
-
-fn tls_routes(routes: Vec<outbound::TlsRoute>, cx: &mut Cx<'_>) -> TlsRoutes {
-    routes
-        .into_iter()
-        .filter_map(|r| {
-            let had_snis = !r.snis.is_empty();
-            let snis: Vec<HostMatch> = r
-                .snis
-                .into_iter()
-                .filter_map(|s| {
-                    let m = match s.r#match {
-                        Some(sni_match::Match::Exact(e)) => exact_host(&e),
-                        Some(sni_match::Match::Suffix(s)) => suffix_host(&s.reverse_labels),
-                        None => None,
-                    };
-                    if m.is_none() {
-                        cx.skip("bad_host");
-                    }
-                    m
-                })
-                .collect();
-            if had_snis && snis.is_empty() {
-                // Every SNI was bad: the route must not widen to any SNI.
-                return None;
-            }
-            let rules: Vec<OpaqueRule> = r
-                .rules
-                .into_iter()
-                .map(|rule| OpaqueRule {
-                    backends: tls_distribution(rule.backends, cx),
-                    filters: rule
-                        .filters
-                        .into_iter()
-                        .filter_map(|f| tls_filter(f, cx))
-                        .collect(),
-                })
-                .collect();
-            if rules.is_empty() {
-                cx.skip("no_rules");
-                return None;
-            }
-            Some(TlsRoute {
-                meta: meta(r.metadata),
-                snis,
-                rules,
-            })
-        })
-        .collect()
-}
-
-fn opaque_filter(f: outbound::opaque_route::Filter, cx: &mut Cx<'_>) -> Option<OpaqueFilter> {
-    use outbound::opaque_route::filter::Kind as F;
-    match f.kind {
-        Some(F::Invalid(i)) => Some(OpaqueFilter::Invalid(i.message.into())),
-        Some(F::Forbidden(_)) => Some(OpaqueFilter::Forbidden),
-        None => {
-            cx.skip("no_filter");
-            None
-        }
-    }
-}
-
-fn tls_filter(f: outbound::tls_route::Filter, cx: &mut Cx<'_>) -> Option<OpaqueFilter> {
-    use outbound::tls_route::filter::Kind as F;
-    match f.kind {
-        Some(F::Invalid(i)) => Some(OpaqueFilter::Invalid(i.message.into())),
-        Some(F::Forbidden(_)) => Some(OpaqueFilter::Forbidden),
-        None => {
-            cx.skip("no_filter");
-            None
-        }
     }
 }
 

@@ -89,7 +89,7 @@ pub fn http<'r, B>(
     http_selection(routes, req).map(|s| (s.route, s.rule))
 }
 
-/// [`http`], with the match that fitted (a redirect that replaces the
+/// [`http()`], with the match that fitted (a redirect that replaces the
 /// matched prefix needs it: [`HttpSelection::prefix`]).
 pub fn http_selection<'r, B>(
     routes: &'r [HttpRoute],

@@ -2,7 +2,9 @@
 //! matches, filters, timeouts and retries.
 
 use super::{
-    Cx, backoff, exact_host, grpc_distribution, http_distribution, meta, suffix_host, timeout,
+    Cx,
+    backends::{grpc_distribution, http_distribution},
+    backoff, exact_host, meta, suffix_host, timeout,
 };
 use crate::{
     outbound::{
