@@ -256,13 +256,22 @@ impl RouteMetrics {
 
     /// The handles of a route.
     pub fn route(&self, labels: RouteLabels) -> RouteHandles {
+        // One statement per lookup: a family's read guard lives until the
+        // end of its statement, and the next new series needs its write
+        // lock.
+        let duration = self.duration.get_or_create(&labels).clone();
+        let retry_requests = get(&self.retry_requests, &labels);
+        let retry_successes = get(&self.retry_successes, &labels);
+        let retry_limit_exceeded = get(&self.retry_limit_exceeded, &labels);
+        let retry_overflow = get(&self.retry_overflow, &labels);
+        let retry_body_too_large = get(&self.retry_body_too_large, &labels);
         RouteHandles {
-            duration: self.duration.get_or_create(&labels).clone(),
-            retry_requests: self.retry_requests.get_or_create(&labels).clone(),
-            retry_successes: self.retry_successes.get_or_create(&labels).clone(),
-            retry_limit_exceeded: self.retry_limit_exceeded.get_or_create(&labels).clone(),
-            retry_overflow: self.retry_overflow.get_or_create(&labels).clone(),
-            retry_body_too_large: self.retry_body_too_large.get_or_create(&labels).clone(),
+            duration,
+            retry_requests,
+            retry_successes,
+            retry_limit_exceeded,
+            retry_overflow,
+            retry_body_too_large,
             labels,
             metrics: self.clone(),
         }
@@ -279,13 +288,19 @@ impl RouteMetrics {
             balancer: labels.clone(),
             endpoint_state,
         };
+        let ready = self.endpoints.get_or_create(&state("ready")).clone();
+        let pending = self.endpoints.get_or_create(&state("pending")).clone();
+        let failfast = get(&self.failfast, &labels);
+        let shed = get(&self.shed, &labels);
+        let ejections = get(&self.ejections, &labels);
+        let restorations = get(&self.restorations, &labels);
         BalancerHandles {
-            ready: self.endpoints.get_or_create(&state("ready")).clone(),
-            pending: self.endpoints.get_or_create(&state("pending")).clone(),
-            failfast: self.failfast.get_or_create(&labels).clone(),
-            shed: self.shed.get_or_create(&labels).clone(),
-            ejections: self.ejections.get_or_create(&labels).clone(),
-            restorations: self.restorations.get_or_create(&labels).clone(),
+            ready,
+            pending,
+            failfast,
+            shed,
+            ejections,
+            restorations,
         }
     }
 
@@ -293,6 +308,12 @@ impl RouteMetrics {
     pub fn no_route(&self, parent: &ParentLabels) {
         self.no_route.get_or_create(parent).inc();
     }
+}
+
+/// A counter of `family`, the guard released before it returns.
+fn get<L: Clone + std::hash::Hash + Eq>(family: &Family<L, Counter>, labels: &L) -> Counter {
+    let c = family.get_or_create(labels).clone();
+    c
 }
 
 // === impl RouteHandles ===
