@@ -73,13 +73,15 @@ async fn follows_endpoints_as_the_file_changes() {
     }
     assert_eq!((hits(&a), hits(&b)), (10, 0));
 
-    // A second backend is added: it gets traffic.
+    // A second backend is added: it gets traffic. (The balancer weighs
+    // endpoints by latency, and assumes a new one takes 30 ms until it
+    // has answered: requests slower than that make it the better pick.)
     plane.write(&mesh(&[a.addr, b.addr]));
     eventually(
         "the new backend gets requests",
         Duration::from_secs(10),
         || async {
-            get(&client, &proxy, "/status/200").await;
+            get(&client, &proxy, "/delay/50").await;
             (hits(&b) > 0).then_some(())
         },
     )
@@ -131,14 +133,17 @@ async fn follows_endpoints_as_the_file_changes() {
     let (status, _, _, _) = in_flight.await.unwrap();
     assert_eq!(status.as_u16(), 200);
 
-    // No endpoints at all: 504 at once, with the reason.
+    // No endpoints at all: once the balancer has had none ready for its
+    // fail-fast timeout (3 s), requests fail at once: 503, with the
+    // reason.
     plane.write(&mesh(&[]));
     eventually(
         "requests fail fast with no endpoints",
-        Duration::from_secs(10),
-        || async { (get(&client, &proxy, "/status/200").await == 504).then_some(()) },
+        Duration::from_secs(15),
+        || async { (get(&client, &proxy, "/status/200").await == 503).then_some(()) },
     )
     .await;
+    let start = std::time::Instant::now();
     let rsp = client
         .get(
             format!("http://{}/status/200", proxy.outbound)
@@ -148,10 +153,11 @@ async fn follows_endpoints_as_the_file_changes() {
         .await
         .unwrap();
     let (status, headers, _, _) = collect(rsp).await;
-    assert_eq!(status.as_u16(), 504);
+    assert_eq!(status.as_u16(), 503);
+    assert!(start.elapsed() < Duration::from_secs(1), "in fail-fast, at once");
     let why = headers["l5d-proxy-error"].to_str().unwrap();
     assert!(
-        why.contains("web.test.svc.cluster.local:80 has no endpoints"),
+        why.contains("web.test.svc.cluster.local:80") && why.contains("no ready endpoint"),
         "{why}"
     );
     let m = proxy.metrics().await;
