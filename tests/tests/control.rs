@@ -154,7 +154,10 @@ async fn follows_endpoints_as_the_file_changes() {
         .unwrap();
     let (status, headers, _, _) = collect(rsp).await;
     assert_eq!(status.as_u16(), 503);
-    assert!(start.elapsed() < Duration::from_secs(1), "in fail-fast, at once");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "in fail-fast, at once"
+    );
     let why = headers["l5d-proxy-error"].to_str().unwrap();
     assert!(
         why.contains("web.test.svc.cluster.local:80") && why.contains("no ready endpoint"),

@@ -205,11 +205,15 @@ async fn a_failing_endpoint_is_ejected_probed_and_restored() {
     );
     // It recovers: within seconds it gets traffic again.
     bad.set(Behavior::default());
-    eventually("the recovered endpoint gets traffic", Duration::from_secs(10), || async {
-        let before = bad.served();
-        load(&client, &proxy, 40, 2).await;
-        (bad.served() >= before + 5).then_some(())
-    })
+    eventually(
+        "the recovered endpoint gets traffic",
+        Duration::from_secs(10),
+        || async {
+            let before = bad.served();
+            load(&client, &proxy, 40, 2).await;
+            (bad.served() >= before + 5).then_some(())
+        },
+    )
     .await;
 }
 
@@ -274,7 +278,10 @@ async fn without_retries_the_failures_reach_the_client() {
     let client = h1_client();
     let answers = load(&client, &proxy, 500, 4).await;
     let ok = answers.iter().filter(|a| a.status == 200).count();
-    assert!((330..=370).contains(&ok), "without retries about 70%: {ok} of 500");
+    assert!(
+        (330..=370).contains(&ok),
+        "without retries about 70%: {ok} of 500"
+    );
     assert_eq!(flaky.served(), 500);
 }
 
@@ -313,13 +320,23 @@ async fn post_bodies_are_replayed_intact_up_to_the_limit() {
     let plane = ControlPlane::start(&mesh(&[&flaky], RETRY_POLICY, "")).await;
     let proxy = proxy_for(&plane).await;
     let client = h1_client();
-    let small: Bytes = (0..32 * 1024).map(|i| (i % 251) as u8).collect::<Vec<_>>().into();
+    let small: Bytes = (0..32 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
     for _ in 0..4 {
         let a = post(&client, &proxy, "/", small.clone()).await;
         assert_eq!(a.status, 200, "{a:?}");
     }
-    assert!(flaky.bodies().iter().all(|b| *b == small), "every attempt got the whole body");
-    assert!(flaky.bodies().len() >= 6, "retried: {}", flaky.bodies().len());
+    assert!(
+        flaky.bodies().iter().all(|b| *b == small),
+        "every attempt got the whole body"
+    );
+    assert!(
+        flaky.bodies().len() >= 6,
+        "retried: {}",
+        flaky.bodies().len()
+    );
 
     // Over the 64 KiB limit: sent once, never retried.
     let large: Bytes = vec![7u8; 100 * 1024].into();
@@ -330,7 +347,10 @@ async fn post_bodies_are_replayed_intact_up_to_the_limit() {
         statuses.push(a.status);
     }
     assert_eq!(flaky.served() - before, 4, "one attempt each");
-    assert!(statuses.contains(&500), "a failure is returned as is: {statuses:?}");
+    assert!(
+        statuses.contains(&500),
+        "a failure is returned as is: {statuses:?}"
+    );
     let m = proxy.metrics().await;
     assert!(m.sum("outbound_http_route_retry_body_too_large_total", &[]) >= 2.0);
 }
@@ -376,7 +396,11 @@ async fn traffic_splits_by_weight_and_moves_without_failures() {
     let answers = load(&client, &proxy, 2000, 4).await;
     assert!(answers.iter().all(|x| x.status == 200));
     let sa = share(&answers, "a");
-    assert!((0.75..=0.85).contains(&sa), "80/20 split: a got {:.1}%", sa * 100.0);
+    assert!(
+        (0.75..=0.85).contains(&sa),
+        "80/20 split: a got {:.1}%",
+        sa * 100.0
+    );
 
     // The weights change under load: no request fails, traffic moves.
     let running = {
@@ -399,7 +423,10 @@ async fn traffic_splits_by_weight_and_moves_without_failures() {
     assert!(
         during.iter().all(|x| x.status == 200),
         "no failure while the split moved: {:?}",
-        during.iter().filter(|x| x.status != 200).collect::<Vec<_>>()
+        during
+            .iter()
+            .filter(|x| x.status != 200)
+            .collect::<Vec<_>>()
     );
     eventually("traffic moves to b", Duration::from_secs(10), || async {
         let answers = load(&client, &proxy, 400, 4).await;
@@ -450,7 +477,12 @@ async fn endpoint_churn_under_load_fails_no_request() {
     let answers = running.await.unwrap();
     let failed: Vec<_> = answers.iter().filter(|a| a.status != 200).collect();
     assert!(answers.len() > 100, "load ran: {}", answers.len());
-    assert!(failed.is_empty(), "{} of {} failed: {failed:?}", failed.len(), answers.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        answers.len()
+    );
 }
 
 #[tokio::test]
@@ -467,7 +499,11 @@ async fn routes_pick_backends_and_no_match_is_404() {
     let client = h1_client();
 
     let a = get(&client, &proxy, "/api/items").await;
-    assert_eq!((a.status, a.backend.as_deref()), (200, Some("api")), "{a:?}");
+    assert_eq!(
+        (a.status, a.backend.as_deref()),
+        (200, Some("api")),
+        "{a:?}"
+    );
     let req = http::Request::get(format!("http://{}/api/items", proxy.outbound))
         .header("x-canary", "1")
         .body(Full::new(Bytes::new()))

@@ -7,7 +7,6 @@ use crate::{
     client::ConnectConfig,
     continue_gate, endpoint, headers, rescue,
 };
-use tower::ServiceExt;
 use http::{Request, Response, StatusCode, uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -21,6 +20,7 @@ use linnet_transport::duplex::{Side, duplex};
 use std::{
     convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant,
 };
+use tower::ServiceExt;
 
 /// Forwards one connection's requests to its target.
 #[derive(Clone, Debug)]
@@ -89,11 +89,8 @@ pub enum Route {
 }
 
 /// A request stack: what an HTTP request is handed to below the edge.
-pub type HttpStack = tower::util::BoxCloneSyncService<
-    Request<BoxBody>,
-    Response<BoxBody>,
-    linnet_core::Error,
->;
+pub type HttpStack =
+    tower::util::BoxCloneSyncService<Request<BoxBody>, Response<BoxBody>, linnet_core::Error>;
 
 /// What a request is handed to.
 enum Call {
@@ -403,9 +400,7 @@ impl Inner {
                     status: status.as_u16(),
                     grpc_status,
                 };
-                rsp.map(|body| {
-                    MeteredBody::new(body, recorder).boxed_unsync()
-                })
+                rsp.map(|body| MeteredBody::new(body, recorder).boxed_unsync())
             }
             Err(error) => {
                 tracing::info!(

@@ -18,7 +18,7 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 /// What a route belongs to: the service (or address) its policy is for.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,6 +121,9 @@ pub struct RouteMetrics {
 pub struct RouteHandles {
     labels: RouteLabels,
     metrics: RouteMetrics,
+    /// The route's status counters seen so far, so that a request costs
+    /// a read lock, not a label set built and hashed.
+    statuses: Arc<std::sync::RwLock<HashMap<(u16, &'static str), Counter>>>,
     /// Request duration, from the route's start to the response's end.
     pub duration: Histogram,
     /// Retries sent.
@@ -274,6 +277,7 @@ impl RouteMetrics {
             retry_body_too_large,
             labels,
             metrics: self.clone(),
+            statuses: Arc::default(),
         }
     }
 
@@ -311,6 +315,7 @@ impl RouteMetrics {
 }
 
 /// A counter of `family`, the guard released before it returns.
+#[allow(clippy::let_and_return)] // The binding ends the guard's life.
 fn get<L: Clone + std::hash::Hash + Eq>(family: &Family<L, Counter>, labels: &L) -> Counter {
     let c = family.get_or_create(labels).clone();
     c
@@ -322,14 +327,26 @@ impl RouteHandles {
     /// Counts a request's end: its status, or the error class that ended
     /// it.
     pub fn status(&self, status: Option<u16>, error: &'static str) {
-        self.metrics
-            .statuses
-            .get_or_create(&StatusLabels {
+        let key = (status.unwrap_or(0), error);
+        {
+            let seen = self.statuses.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = seen.get(&key) {
+                c.inc();
+                return;
+            }
+        }
+        let counter = get(
+            &self.metrics.statuses,
+            &StatusLabels {
                 route: self.labels.clone(),
                 http_status: status.map(|s| s.to_string()).unwrap_or_default(),
                 error,
-            })
-            .inc();
+            },
+        );
+        counter.inc();
+        let mut seen = self.statuses.write().unwrap_or_else(|e| e.into_inner());
+        // Statuses are at most 600 and errors a fixed set per route.
+        seen.insert(key, counter);
     }
 
     /// The route's labels.

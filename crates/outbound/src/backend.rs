@@ -124,8 +124,7 @@ impl Service<Request<BoxBody>> for Decided {
         let (mut rx, deadline, name) = (self.rx.clone(), self.deadline, self.name.clone());
         Box::pin(async move {
             let answered = matches!(
-                tokio::time::timeout_at(deadline, rx.wait_for(|r| *r != Resolution::Pending))
-                    .await,
+                tokio::time::timeout_at(deadline, rx.wait_for(|r| *r != Resolution::Pending)).await,
                 Ok(Ok(_))
             );
             if !answered {
@@ -179,7 +178,9 @@ mod tests {
     async fn an_undecided_backend_fails_closed_after_the_wait() {
         let (tx, rx) = watch::channel(Resolution::Pending);
         let ok = HttpStack::new(tower::service_fn(|_req: Request<BoxBody>| {
-            std::future::ready(Ok::<_, linnet_core::Error>(Response::new(BoxBody::default())))
+            std::future::ready(Ok::<_, linnet_core::Error>(Response::new(
+                BoxBody::default(),
+            )))
         }));
         let svc = Decided::new("web:80".into(), rx, std::time::Duration::from_secs(3), ok);
         let start = Instant::now();

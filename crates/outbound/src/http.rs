@@ -1,15 +1,15 @@
 //! The outbound HTTP stack, top to bottom. This module is the one place
 //! that knows the order of the layers:
 //!
-//! 1. [`route::Router`]: route match and the rule's filters (per logical
+//! 1. [`crate::route::Router`]: route match and the rule's filters (per logical
 //!    target; the rest is per rule, built on first use);
 //! 2. `TimeoutLayer`: the rule's request and idle timeouts, and a
 //!    request's `grpc-timeout`;
 //! 3. `RetryLayer`: the rule's retries, within a budget, replaying
 //!    bodies up to a limit; each attempt bounded by the rule's response
 //!    timeout;
-//! 4. [`split::Split`]: one of the rule's backends, by weight;
-//! 5. per backend: [`backend::Decided`] (no answer from the control plane
+//! 4. [`crate::split::Split`]: one of the rule's backends, by weight;
+//! 5. per backend: [`crate::backend::Decided`] (no answer from the control plane
 //!    in time: refused), then `balancer`: a bounded queue with fail-fast
 //!    and load shedding, P2C over PeakEWMA over the endpoints discovery
 //!    streams, and each endpoint's failure-accrual gate;
@@ -26,9 +26,7 @@ use linnet_metrics::route::{
 };
 use linnet_policy::{
     balance::{BalancerMetrics, balancer},
-    outbound::{
-        Backend, BackendKind, HttpFilter, Meta, OutboundPolicy, RouteMeta, filters,
-    },
+    outbound::{Backend, BackendKind, HttpFilter, Meta, OutboundPolicy, RouteMeta, filters},
     params,
     retry::{RetryLayer, RetryMetrics},
     timeout::TimeoutLayer,
@@ -63,6 +61,8 @@ struct CtxInner {
 /// What a rule's stack is built from.
 pub(crate) struct RuleParams {
     pub(crate) meta: RouteMeta,
+    /// The rule's response filters (applied by the router).
+    pub(crate) response_filters: Arc<[HttpFilter]>,
     /// Backends, weights, and the request filters of each.
     pub(crate) backends: Vec<(Backend, u32, Arc<[HttpFilter]>)>,
     pub(crate) timeouts: params::Timeouts,
@@ -167,10 +167,7 @@ impl Ctx {
                         backend_namespace: b.meta.namespace().into(),
                         backend_port: backend_port(b),
                     });
-                    (
-                        route_backend(backend(b), filters.clone(), counted),
-                        *weight,
-                    )
+                    (route_backend(backend(b), filters.clone(), counted), *weight)
                 })
                 .collect(),
         );
@@ -245,7 +242,11 @@ impl Ctx {
                 metrics,
             ),
             BackendKind::Balancer { path, load } => {
-                let Some(rx) = self.inner.discovery.as_ref().and_then(|d| d.endpoints(path))
+                let Some(rx) = self
+                    .inner
+                    .discovery
+                    .as_ref()
+                    .and_then(|d| d.endpoints(path))
                 else {
                     // No Destination service: the logical target itself.
                     return balancer(

@@ -2,7 +2,8 @@
 //! application to a service, between the proxy's HTTP server and the
 //! endpoint client.
 //!
-//! [`http::stack`] builds it, top to bottom, in one function: route match
+//! [`http`] builds it, top to bottom (a rule's stack and a backend's,
+//! below the [`route::Router`]): route match
 //! and filters → per-route timeout → retry → weighted backend split →
 //! (per backend) the wait for discovery's first answer → queue and P2C
 //! balancer over PeakEWMA → failure-accrual gate → endpoint client.

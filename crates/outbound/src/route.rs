@@ -13,14 +13,14 @@
 
 use crate::http::{Ctx, RuleParams};
 use http::{Request, Response};
+use linnet_discovery::{PolicyAnswer, Profile};
 use linnet_http::{BoxBody, BoxFuture, HttpStack};
 use linnet_metrics::route::{ParentLabels, RouteHandles};
 use linnet_policy::errors::{InjectedFailure, NoRoute};
 use linnet_policy::outbound::{
-    Backend, Distribution, GrpcFilter, HttpFilter, OutboundPolicy, Protocol, RouteBackend,
-    filters, select,
+    Backend, Distribution, GrpcFilter, HttpFilter, OutboundPolicy, Protocol, RouteBackend, filters,
+    select,
 };
-use linnet_discovery::{PolicyAnswer, Profile};
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -80,16 +80,17 @@ struct State {
     version: Option<Arc<OutboundPolicy>>,
     /// Rule stacks by the rule's address in `version` (stable while it is
     /// held).
-    rules: HashMap<usize, RuleStack>,
+    rules: HashMap<usize, Arc<RuleStack>>,
     /// Backend stacks by backend, shared by the rules naming them.
     backends: HashMap<Backend, HttpStack>,
 }
 
 /// What a request on one rule goes through.
-#[derive(Clone)]
 struct RuleStack {
     stack: HttpStack,
     metrics: RouteHandles,
+    /// The rule's response filters.
+    response_filters: Arc<[HttpFilter]>,
 }
 
 // === impl Router ===
@@ -121,9 +122,9 @@ impl Service<Request<BoxBody>> for Router {
     fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
         let routes = self.shared.routes();
         match self.shared.route(&routes, &mut req) {
-            Ok(Routed::Stack(rule, response_filters)) => {
+            Ok(Routed::Stack(rule)) => {
                 let start = tokio::time::Instant::now();
-                let fut = linnet_http::call_stack(rule.stack, req);
+                let fut = linnet_http::call_stack(rule.stack.clone(), req);
                 Box::pin(async move {
                     let result = fut.await;
                     let metrics = &rule.metrics;
@@ -131,8 +132,11 @@ impl Service<Request<BoxBody>> for Router {
                     match result {
                         Ok(rsp) => {
                             metrics.status(Some(rsp.status().as_u16()), "");
+                            if rule.response_filters.is_empty() {
+                                return Ok(rsp);
+                            }
                             let (mut parts, body) = rsp.into_parts();
-                            filters::apply_response(&response_filters, &mut parts);
+                            filters::apply_response(&rule.response_filters, &mut parts);
                             Ok(Response::from_parts(parts, body))
                         }
                         Err(e) => {
@@ -150,7 +154,7 @@ impl Service<Request<BoxBody>> for Router {
 
 /// Where the router sends a request.
 enum Routed {
-    Stack(RuleStack, Arc<[HttpFilter]>),
+    Stack(Arc<RuleStack>),
     Respond(Response<BoxBody>),
 }
 
@@ -158,55 +162,57 @@ enum Routed {
 
 impl Shared {
     /// The current routes: derived from the source's answer once per
-    /// answer, not per request.
+    /// answer (its address is the version), not per request.
     fn routes(&self) -> Routes {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let current = |state: &State, version: usize| {
+            state
+                .derived
+                .as_ref()
+                .filter(|(v, _)| *v == version)
+                .map(|(_, r)| r.clone())
+        };
         match &self.source {
-            Source::Policy(rx) => {
-                if let PolicyAnswer::Found(found) = &*rx.borrow() {
-                    let p = &found.model;
-                    let version = Arc::as_ptr(p) as usize;
-                    if !state.derived.as_ref().is_some_and(|(v, _)| *v == version) {
-                        state.derived = Some((
-                            version,
-                            Routes {
-                                policy: p.clone(),
-                                first_match: false,
-                                budget: None,
-                            },
-                        ));
-                    }
-                }
-                // A policy that went away (or never came): the last one
-                // known, else none (every request: no route).
-                if state.derived.is_none() {
-                    state.derived = Some((
-                        0,
-                        Routes {
-                            policy: Arc::new(OutboundPolicy::empty(self.addr.to_string())),
+            Source::Policy(rx) => match &*rx.borrow() {
+                PolicyAnswer::Found(found) => {
+                    let version = Arc::as_ptr(&found.model) as usize;
+                    current(&state, version).unwrap_or_else(|| {
+                        let r = Routes {
+                            policy: found.model.clone(),
                             first_match: false,
                             budget: None,
-                        },
-                    ));
+                        };
+                        state.derived = Some((version, r.clone()));
+                        r
+                    })
                 }
-            }
+                // A policy that went away: the last one known. (A stack is
+                // only built once one was found.)
+                _ => match &state.derived {
+                    Some((_, r)) => r.clone(),
+                    None => Routes {
+                        policy: Arc::new(OutboundPolicy::empty(self.addr.to_string())),
+                        first_match: false,
+                        budget: None,
+                    },
+                },
+            },
             Source::Profile { authority, profile } => {
-                let current = profile.as_ref().and_then(|rx| rx.borrow().clone());
-                let routes = current.as_ref().and_then(|p| p.routes.clone());
-                let version = routes.as_ref().map_or(1, |r| Arc::as_ptr(r) as usize);
-                if !state.derived.as_ref().is_some_and(|(v, _)| *v == version) {
-                    state.derived = Some((
-                        version,
-                        crate::http::profile_policy(authority, routes.as_deref()),
-                    ));
-                }
+                let borrowed = profile.as_ref().map(|rx| rx.borrow());
+                let routes = borrowed
+                    .as_ref()
+                    .and_then(|p| p.as_ref())
+                    .and_then(|p| p.routes.as_ref());
+                let version = routes.map_or(1, |r| Arc::as_ptr(r) as usize);
+                current(&state, version).unwrap_or_else(|| {
+                    let r = crate::http::profile_policy(authority, routes.map(|r| &**r));
+                    state.derived = Some((version, r.clone()));
+                    r
+                })
             }
-        }
-        match &state.derived {
-            Some((_, r)) => r.clone(),
-            None => unreachable_routes(self.addr),
         }
     }
+
     fn route(
         &self,
         routes: &Routes,
@@ -222,11 +228,13 @@ impl Shared {
         let http = |r: &'_ linnet_policy::outbound::HttpRoutes| r.clone();
         let http_routes = match &policy.protocol {
             Protocol::Http1(r) | Protocol::Http2(r) => Some(http(r)),
-            Protocol::Detect { http1, http2, .. } => Some(if req.version() == http::Version::HTTP_2 {
-                http(http2)
-            } else {
-                http(http1)
-            }),
+            Protocol::Detect { http1, http2, .. } => {
+                Some(if req.version() == http::Version::HTTP_2 {
+                    http(http2)
+                } else {
+                    http(http1)
+                })
+            }
             Protocol::Grpc(_) => None,
             Protocol::Opaque(_) | Protocol::Tls(_) => return Err(no_route()),
         };
@@ -259,6 +267,13 @@ impl Shared {
             }
             let key = sel.rule as *const _ as usize;
             let rule = self.rule_stack(routes, key, || RuleParams {
+                response_filters: sel
+                    .rule
+                    .filters
+                    .iter()
+                    .filter(|f| matches!(f, HttpFilter::ResponseHeaders(_)))
+                    .cloned()
+                    .collect(),
                 meta: sel.route.meta.clone(),
                 backends: weighted(&sel.rule.backends)
                     .map(|(b, w, f)| (b.clone(), w, http_request_filters(f)))
@@ -267,14 +282,7 @@ impl Shared {
                 retry: sel.rule.retry.clone(),
                 allow_l5d_request_headers: sel.rule.allow_l5d_request_headers,
             });
-            let response_filters: Arc<[HttpFilter]> = sel
-                .rule
-                .filters
-                .iter()
-                .filter(|f| matches!(f, HttpFilter::ResponseHeaders(_)))
-                .cloned()
-                .collect();
-            return Ok(Routed::Stack(rule, response_filters));
+            return Ok(Routed::Stack(rule));
         }
         let Protocol::Grpc(grpc_routes) = &policy.protocol else {
             return Err(no_route());
@@ -302,6 +310,7 @@ impl Shared {
         }
         let key = rule as *const _ as usize;
         let stack = self.rule_stack(routes, key, || RuleParams {
+            response_filters: Arc::new([]),
             meta: route.meta.clone(),
             backends: weighted(&rule.backends)
                 .map(|(b, w, f)| (b.clone(), w, grpc_request_filters(f)))
@@ -310,13 +319,18 @@ impl Shared {
             retry: rule.retry.clone(),
             allow_l5d_request_headers: rule.allow_l5d_request_headers,
         });
-        Ok(Routed::Stack(stack, Arc::new([])))
+        Ok(Routed::Stack(stack))
     }
 
     /// The stack of the rule at `key` in `routes`' policy, built on first
     /// use. A new policy drops every rule stack (their keys are addresses
     /// in the old one) and the backends no rule of it names.
-    fn rule_stack(&self, routes: &Routes, key: usize, params: impl FnOnce() -> RuleParams) -> RuleStack {
+    fn rule_stack(
+        &self,
+        routes: &Routes,
+        key: usize,
+        params: impl FnOnce() -> RuleParams,
+    ) -> Arc<RuleStack> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if !state
             .version
@@ -332,6 +346,7 @@ impl Shared {
             return r.clone();
         }
         let params = params();
+        let response_filters = params.response_filters.clone();
         let State { backends, .. } = &mut *state;
         let (stack, metrics) = self.ctx.rule_stack(
             &self.parent,
@@ -341,17 +356,17 @@ impl Shared {
                 backends
                     .entry(b.clone())
                     .or_insert_with(|| {
-                        self.ctx.backend_stack(
-                            &self.parent,
-                            b,
-                            &routes.policy.accrual,
-                            self.addr,
-                        )
+                        self.ctx
+                            .backend_stack(&self.parent, b, &routes.policy.accrual, self.addr)
                     })
                     .clone()
             },
         );
-        let rule = RuleStack { stack, metrics };
+        let rule = Arc::new(RuleStack {
+            stack,
+            metrics,
+            response_filters,
+        });
         state.rules.insert(key, rule.clone());
         rule
     }
@@ -360,7 +375,8 @@ impl Shared {
 /// A rule's backends with their weights and filters: every backend of a
 /// random distribution; the first of a first-available one.
 fn weighted<F>(d: &Distribution<F>) -> impl Iterator<Item = (&Backend, u32, &[F])> {
-    let (first, random): (&[RouteBackend<F>], &[(RouteBackend<F>, u32)]) = match d {
+    type Lists<'a, F> = (&'a [RouteBackend<F>], &'a [(RouteBackend<F>, u32)]);
+    let (first, random): Lists<'_, F> = match d {
         Distribution::Empty => (&[], &[]),
         Distribution::FirstAvailable(b) => (b.get(..1).unwrap_or_default(), &[]),
         Distribution::RandomAvailable(b) => (&[], b),
@@ -368,7 +384,11 @@ fn weighted<F>(d: &Distribution<F>) -> impl Iterator<Item = (&Backend, u32, &[F]
     first
         .iter()
         .map(|rb| (&rb.backend, 1, &rb.filters[..]))
-        .chain(random.iter().map(|(rb, w)| (&rb.backend, *w, &rb.filters[..])))
+        .chain(
+            random
+                .iter()
+                .map(|(rb, w)| (&rb.backend, *w, &rb.filters[..])),
+        )
 }
 
 /// The request-side filters of a route backend (HTTP).
@@ -404,15 +424,6 @@ fn named_backends(policy: &OutboundPolicy) -> Vec<&Backend> {
             .flat_map(|r| r.rules.iter().flat_map(|rule| rule.backends.backends()))
             .collect(),
         Protocol::Opaque(_) | Protocol::Tls(_) => Vec::new(),
-    }
-}
-
-/// Routes that match nothing (never used: `routes` always derives some).
-fn unreachable_routes(addr: SocketAddr) -> Routes {
-    Routes {
-        policy: Arc::new(OutboundPolicy::empty(addr.to_string())),
-        first_match: false,
-        budget: None,
     }
 }
 

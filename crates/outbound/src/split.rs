@@ -6,9 +6,9 @@
 //! afresh. A weight change in the policy builds a new split; requests in
 //! flight finish where they went.
 
+use http::{Request, Response};
 use linnet_http::{BoxBody, HttpStack};
 use linnet_policy::errors::NoBackends;
-use http::{Request, Response};
 use std::{
     sync::Arc,
     task::{Context, Poll},
@@ -118,7 +118,10 @@ mod tests {
             split.clone().oneshot(req()).await.unwrap();
         }
         let a = a.load(Ordering::Relaxed);
-        assert!((3040..=3360).contains(&a), "80% of 4000 within 4 points: {a}");
+        assert!(
+            (3040..=3360).contains(&a),
+            "80% of 4000 within 4 points: {a}"
+        );
         assert_eq!(a + b.load(Ordering::Relaxed), 4000);
         assert_eq!(c.load(Ordering::Relaxed), 0, "weight 0 gets nothing");
     }

@@ -63,8 +63,12 @@ impl Backend {
         let failed = Arc::new(AtomicU64::new(0));
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn({
-            let (behavior, served, failed, bodies) =
-                (behavior.clone(), served.clone(), failed.clone(), bodies.clone());
+            let (behavior, served, failed, bodies) = (
+                behavior.clone(),
+                served.clone(),
+                failed.clone(),
+                bodies.clone(),
+            );
             let name = name.to_string();
             async move {
                 while let Ok((stream, _)) = listener.accept().await {
@@ -157,12 +161,15 @@ async fn answer(
     let fail = b.fail_percent > 0
         && (n * u64::from(b.fail_percent)) / 100 != ((n - 1) * u64::from(b.fail_percent)) / 100;
     let mut rsp = Response::new(Full::new(Bytes::from(name.to_string())));
-    rsp.headers_mut()
-        .insert("x-backend", name.parse().unwrap());
+    rsp.headers_mut().insert("x-backend", name.parse().unwrap());
     if fail {
         failed.fetch_add(1, Ordering::Relaxed);
-        *rsp.status_mut() =
-            StatusCode::from_u16(if b.fail_status == 0 { 500 } else { b.fail_status }).unwrap();
+        *rsp.status_mut() = StatusCode::from_u16(if b.fail_status == 0 {
+            500
+        } else {
+            b.fail_status
+        })
+        .unwrap();
         if let Some(s) = b.retry_after {
             rsp.headers_mut().insert("retry-after", s.into());
         }
