@@ -106,6 +106,9 @@ struct Declared {
     opaque: bool,
     /// An inbound port whose policy says HTTP: nothing else is served.
     http_only: bool,
+    /// The outbound policy declares HTTP/1 or HTTP/2 (gRPC): served as
+    /// that without detection.
+    http: Option<linnet_http::Version>,
 }
 
 /// Accepts connections until draining starts, then closes the listener.
@@ -171,8 +174,13 @@ impl Forward {
 
         let (dest, declared) = self.destination(target).await;
         let (opaque, http_only) = (declared.opaque, declared.http_only);
+        let skip = match declared.http {
+            Some(linnet_http::Version::Http1) => Some(Protocol::Http1),
+            Some(linnet_http::Version::Http2) => Some(Protocol::Http2),
+            None => opaque.then_some(Protocol::Opaque),
+        };
         let Some(detected) = self
-            .detect(&mut client, client_addr, target, opaque, &mut watch)
+            .detect(&mut client, client_addr, target, skip, &mut watch)
             .await
         else {
             return;
@@ -196,6 +204,10 @@ impl Forward {
             );
             return self.refuse(&client, client_addr, CloseReason::error("not_http", None));
         }
+        let detected_sni = match &detected.protocol {
+            Protocol::Tls { sni } => Some(sni.clone()),
+            _ => None,
+        };
         let tls = match &detected.protocol {
             Protocol::Tls { sni } => Tls {
                 status: "opaque",
@@ -244,26 +256,46 @@ impl Forward {
         }
         let (target, endpoint) = match dest {
             Dest::Addr(e) => (e.addr, Some(e)),
-            Dest::Balanced(balancer, _, _profile) => match balancer.pick().await {
-                Ok(endpoint) => (endpoint.addr, Some(endpoint)),
-                Err(PickError::Timeout(authority)) => {
-                    let e = FailClosed::new(
-                        FailReason::DiscoveryTimeout,
-                        format!(
-                            "the control plane did not answer in time about {authority}, whose endpoints may be meshed"
-                        ),
-                        None,
-                    );
-                    return self.refuse_meshed(client.get_ref(), client_addr, target, &tls, &e);
+            Dest::Balanced(balancer, logical, _profile) => {
+                match opaque_route(&logical, &detected_sni) {
+                    OpaqueRoute::Refuse(why) => {
+                        tracing::info!(%direction, client = %client_addr, %target, reason = %why, "refusing connection: its route forbids it");
+                        let src = self.metrics.open(direction, Peer::Src, &tls, target);
+                        src.close(CloseReason::error("forbidden", None));
+                        reset_on_close(client.get_ref());
+                        return;
+                    }
+                    route => match match route {
+                        OpaqueRoute::Backends(b) => balancer.pick_among(&b).await,
+                        _ => balancer.pick().await,
+                    } {
+                        Ok(endpoint) => (endpoint.addr, Some(endpoint)),
+                        Err(PickError::Timeout(authority)) => {
+                            let e = FailClosed::new(
+                                FailReason::DiscoveryTimeout,
+                                format!(
+                                    "the control plane did not answer in time about {authority}, whose endpoints may be meshed"
+                                ),
+                                None,
+                            );
+                            return self.refuse_meshed(
+                                client.get_ref(),
+                                client_addr,
+                                target,
+                                &tls,
+                                &e,
+                            );
+                        }
+                        Err(error) => {
+                            tracing::info!(%direction, client = %client_addr, %target, %error, "no endpoint for the connection");
+                            let src = self.metrics.open(direction, Peer::Src, &tls, target);
+                            src.close(CloseReason::error("no_endpoints", None));
+                            reset_on_close(client.get_ref());
+                            return;
+                        }
+                    },
                 }
-                Err(error) => {
-                    tracing::info!(%direction, client = %client_addr, %target, %error, "no endpoint for the connection");
-                    let src = self.metrics.open(direction, Peer::Src, &tls, target);
-                    src.close(CloseReason::error("no_endpoints", None));
-                    reset_on_close(client.get_ref());
-                    return;
-                }
-            },
+            }
             Dest::Undecided(waited) => {
                 let e = undecided(target, waited);
                 return self.refuse_meshed(client.get_ref(), client_addr, target, &tls, &e);
@@ -461,7 +493,7 @@ impl Forward {
             return self.refuse(&client, client_addr, CloseReason::error("loop", None));
         };
         let Some(detected) = self
-            .detect(&mut client, client_addr, local, false, &mut watch)
+            .detect(&mut client, client_addr, local, None, &mut watch)
             .await
         else {
             return;
@@ -737,7 +769,7 @@ impl Forward {
     ) {
         let local = client.local_addr().unwrap_or(client_addr);
         let Some(detected) = self
-            .detect(&mut client, client_addr, local, false, &mut watch)
+            .detect(&mut client, client_addr, local, None, &mut watch)
             .await
         else {
             return;
@@ -829,20 +861,21 @@ impl Forward {
         client: &mut TcpStream,
         client_addr: SocketAddr,
         target: SocketAddr,
-        opaque: bool,
+        skip: Option<Protocol>,
         watch: &mut drain::Watch,
     ) -> Option<Detected> {
         let direction = self.direction;
-        if opaque
-            || self
-                .config
+        let skip = skip.or_else(|| {
+            self.config
                 .ports_disable_protocol_detection
                 .contains(target.port())
-        {
+                .then_some(Protocol::Opaque)
+        });
+        if let Some(protocol) = skip {
             self.metrics
-                .detected(direction, Protocol::Opaque.as_str(), "skipped");
+                .detected(direction, protocol.as_str(), "skipped");
             return Some(Detected {
-                protocol: Protocol::Opaque,
+                protocol,
                 reason: Reason::Matched,
                 buffered: Default::default(),
             });
@@ -889,6 +922,7 @@ impl Forward {
         let opaque = |opaque| Declared {
             opaque,
             http_only: false,
+            http: None,
         };
         let Some(discovery) = &self.discovery else {
             return (plain(), Declared::default());
@@ -912,7 +946,16 @@ impl Forward {
                         logical,
                         balancer,
                         profile,
-                    } => (Dest::Balanced(balancer, logical, profile), opaque(o)),
+                    } => {
+                        let http = declared_http(&logical);
+                        // TLS routes need the ClientHello's SNI: detected.
+                        let tls = declared_tls(&logical);
+                        let declared = Declared {
+                            http,
+                            ..opaque(o && http.is_none() && !tls)
+                        };
+                        (Dest::Balanced(balancer, logical, profile), declared)
+                    }
                     Outbound::Undecided { waited } => {
                         (Dest::Undecided(waited), Declared::default())
                     }
@@ -931,6 +974,7 @@ impl Forward {
         };
         let protocol = self.port_policy(discovery, port);
         Declared {
+            http: None,
             opaque: protocol == Some(PortProtocol::Opaque),
             http_only: matches!(
                 protocol,
@@ -957,6 +1001,94 @@ impl Forward {
             ports.insert(port, rx);
         }
         now
+    }
+}
+
+/// What an outbound policy's opaque or TLS routes say of a connection.
+enum OpaqueRoute {
+    /// No routes apply: the policy's default backends.
+    Default,
+    /// A route forbids it (or it matched no TLS route): reset.
+    Refuse(String),
+    /// The matched rule's backends.
+    Backends(Arc<Vec<(linnet_discovery::BackendSpec, u32)>>),
+}
+
+/// The route of a non-HTTP connection: by its SNI (`sni` is `Some` for
+/// TLS, with the name if it sent one) for a TLS policy, else the policy's
+/// opaque route.
+fn opaque_route(logical: &Logical, sni: &Option<Option<String>>) -> OpaqueRoute {
+    use linnet_policy::outbound::{
+        BackendKind, Distribution, OpaqueRule, Protocol as P, filters, select,
+    };
+    let Logical::Policy(rx) = logical else {
+        return OpaqueRoute::Default;
+    };
+    let answer = rx.borrow();
+    let linnet_discovery::PolicyAnswer::Found(p) = &*answer else {
+        return OpaqueRoute::Default;
+    };
+    let rule: &OpaqueRule = match &p.model.protocol {
+        P::Tls(routes) => {
+            let name = sni.as_ref().and_then(|s| s.as_deref());
+            match select::tls(routes, name) {
+                Some((_, rule)) => rule,
+                None => {
+                    return OpaqueRoute::Refuse(format!(
+                        "no TLS route of the policy matches SNI {}",
+                        name.unwrap_or("(none)")
+                    ));
+                }
+            }
+        }
+        P::Opaque(routes) | P::Detect { opaque: routes, .. } => match select::opaque(routes) {
+            Some((_, rule)) => rule,
+            None => return OpaqueRoute::Default,
+        },
+        _ => return OpaqueRoute::Default,
+    };
+    if let Some(why) = filters::opaque_refusal(&rule.filters) {
+        return OpaqueRoute::Refuse(why);
+    }
+    let spec = |b: &linnet_policy::outbound::Backend| match &b.kind {
+        BackendKind::Forward(e) => linnet_discovery::BackendSpec::Forward(e.clone()),
+        BackendKind::Balancer { path, .. } => linnet_discovery::BackendSpec::Service(path.clone()),
+    };
+    let backends = match &rule.backends {
+        Distribution::Empty => Vec::new(),
+        Distribution::FirstAvailable(b) => {
+            b.iter().take(1).map(|rb| (spec(&rb.backend), 1)).collect()
+        }
+        Distribution::RandomAvailable(b) => {
+            b.iter().map(|(rb, w)| (spec(&rb.backend), *w)).collect()
+        }
+    };
+    OpaqueRoute::Backends(Arc::new(backends))
+}
+
+/// Whether an outbound policy declares TLS (routed by SNI).
+fn declared_tls(logical: &Logical) -> bool {
+    let Logical::Policy(rx) = logical else {
+        return false;
+    };
+    matches!(&*rx.borrow(), linnet_discovery::PolicyAnswer::Found(p)
+        if p.model.protocol.declared() == Some(linnet_policy::outbound::Declared::Tls))
+}
+
+/// The HTTP version an outbound policy declares, when it declares one.
+fn declared_http(logical: &Logical) -> Option<linnet_http::Version> {
+    use linnet_policy::outbound::Declared;
+    let Logical::Policy(rx) = logical else {
+        return None;
+    };
+    let answer = rx.borrow();
+    let linnet_discovery::PolicyAnswer::Found(p) = &*answer else {
+        return None;
+    };
+    match p.model.protocol.declared() {
+        Some(Declared::Http1) => Some(linnet_http::Version::Http1),
+        Some(Declared::Http2 | Declared::Grpc) => Some(linnet_http::Version::Http2),
+        _ => None,
     }
 }
 

@@ -625,6 +625,24 @@ impl Balancer {
     /// by weight, among those known now. Waits for a first answer (up to
     /// the initial wait) before falling back.
     pub async fn pick(&self) -> Result<Arc<Endpoint>, PickError> {
+        match &self.backends {
+            Backends::Single(t) => t.clone().pick(&self.discovery).await,
+            Backends::Policy { rx, orig_dst, .. } => {
+                let answer = rx.borrow().clone();
+                let PolicyAnswer::Found(p) = answer else {
+                    return Ok(plain(*orig_dst));
+                };
+                self.pick_among(&p.backends).await
+            }
+        }
+    }
+
+    /// An endpoint of one of `backends` (a route's), chosen by weight.
+    /// Their watches are kept across picks while the policy names them.
+    pub async fn pick_among(
+        &self,
+        backends: &Arc<Vec<(BackendSpec, u32)>>,
+    ) -> Result<Arc<Endpoint>, PickError> {
         let target = match &self.backends {
             Backends::Single(t) => t.clone(),
             Backends::Policy {
@@ -632,20 +650,16 @@ impl Balancer {
                 orig_dst,
                 targets,
             } => {
-                let answer = rx.borrow().clone();
-                let PolicyAnswer::Found(p) = answer else {
-                    return Ok(plain(*orig_dst));
-                };
-                if p.backends.is_empty() {
+                if backends.is_empty() {
                     // A policy naming no usable backend (all malformed, or
                     // none given) is not a licence to dial the address in
                     // plaintext: it may be meshed.
                     return Err(PickError::NoEndpoints(orig_dst.to_string()));
                 }
-                let total: u64 = p.backends.iter().map(|(_, w)| u64::from(*w)).sum();
+                let total: u64 = backends.iter().map(|(_, w)| u64::from(*w)).sum();
                 let mut n = rand::random_range(0..total.max(1));
-                let mut chosen = &p.backends[0].0;
-                for (spec, w) in p.backends.iter() {
+                let mut chosen = &backends[0].0;
+                for (spec, w) in backends.iter() {
                     if n < u64::from(*w) {
                         chosen = spec;
                         break;
@@ -653,11 +667,14 @@ impl Balancer {
                     n -= u64::from(*w);
                 }
                 let mut t = targets.lock().unwrap_or_else(|e| e.into_inner());
-                if !t.seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, &p.backends)) {
+                let named = |spec: &BackendSpec| {
+                    backends.iter().any(|(s, _)| s == spec)
+                        || matches!(&*rx.borrow(), PolicyAnswer::Found(p) if p.backends.iter().any(|(s, _)| s == spec))
+                };
+                if !t.seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, backends)) {
                     // The policy changed: forget backends it no longer names.
-                    t.targets
-                        .retain(|spec, _| p.backends.iter().any(|(s, _)| s == spec));
-                    t.seen = Some(p.backends.clone());
+                    t.targets.retain(|spec, _| named(spec));
+                    t.seen = Some(backends.clone());
                 }
                 match t.targets.get(chosen) {
                     Some(target) => target.clone(),
@@ -670,6 +687,9 @@ impl Balancer {
                                 fallback: Fallback::Forward(*orig_dst),
                             },
                         });
+                        if t.targets.len() >= MAX_POLICY_TARGETS {
+                            t.targets.clear();
+                        }
                         t.targets.insert(chosen.clone(), target.clone());
                         target
                     }
@@ -679,6 +699,9 @@ impl Balancer {
         target.pick(&self.discovery).await
     }
 }
+
+/// Backends of one policy whose watches a balancer keeps at once.
+const MAX_POLICY_TARGETS: usize = 1024;
 
 impl Target {
     async fn pick(&self, discovery: &Discovery) -> Result<Arc<Endpoint>, PickError> {
