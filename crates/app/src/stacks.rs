@@ -26,7 +26,15 @@ const MAX_STACKS: usize = 1024;
 pub(crate) struct LogicalStacks {
     stacks: Stacks,
     idle: Duration,
-    cache: Mutex<HashMap<SocketAddr, (HttpStack, Instant)>>,
+    cache: Mutex<HashMap<Key, (HttpStack, Instant)>>,
+}
+
+/// A logical target: an address (redirected, or an IP in explicit mode),
+/// or a service's name (explicit mode).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Addr(SocketAddr),
+    Name(String),
 }
 
 impl std::fmt::Debug for LogicalStacks {
@@ -51,24 +59,41 @@ impl LogicalStacks {
         logical: Logical,
         profile: Option<watch::Receiver<Option<Profile>>>,
     ) -> HttpStack {
+        self.get_or_build(Key::Addr(addr), || match logical {
+            Logical::Policy(rx) => self.stacks.policy(addr, rx),
+            Logical::Service { authority } => self.stacks.profile(addr, authority, profile),
+        })
+    }
+
+    /// The stack of the service `name` (`host:port`), named in explicit
+    /// mode: one balancer over its endpoints.
+    pub(crate) fn get_named(&self, name: &str, port: u16) -> HttpStack {
+        self.get_or_build(Key::Name(name.to_string()), || {
+            let addr = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
+            self.stacks.profile(addr, name.to_string(), None)
+        })
+    }
+
+    fn get_or_build(&self, key: Key, build: impl FnOnce() -> HttpStack) -> HttpStack {
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((stack, used)) = cache.get_mut(&addr) {
+        if let Some((stack, used)) = cache.get_mut(&key) {
             *used = now;
             return stack.clone();
         }
         let idle = self.idle;
         cache.retain(|_, (_, used)| now.duration_since(*used) < idle);
         if cache.len() >= MAX_STACKS {
-            if let Some(oldest) = cache.iter().min_by_key(|(_, (_, u))| *u).map(|(a, _)| *a) {
+            if let Some(oldest) = cache
+                .iter()
+                .min_by_key(|(_, (_, u))| *u)
+                .map(|(k, _)| k.clone())
+            {
                 cache.remove(&oldest);
             }
         }
-        let stack = match logical {
-            Logical::Policy(rx) => self.stacks.policy(addr, rx),
-            Logical::Service { authority } => self.stacks.profile(addr, authority, profile),
-        };
-        cache.insert(addr, (stack.clone(), now));
+        let stack = build();
+        cache.insert(key, (stack.clone(), now));
         stack
     }
 }

@@ -25,7 +25,9 @@ use linnet_config::{HttpConfig, ProxyConfig};
 use linnet_core::drain;
 use linnet_detect::{Detected, PrefixedIo, Protocol, Reason};
 use linnet_discovery::{Balancer, Discovery, Endpoint, Logical, Outbound, PickError, PortProtocol};
-use linnet_http::{BoxFuture, Explicit, InFlight, Proxy, Route, Upstream, client::ConnectConfig};
+use linnet_http::{
+    BoxFuture, Explicit, InFlight, Proxy, Resolved, Route, Upstream, client::ConnectConfig,
+};
 use linnet_metrics::{
     Direction,
     http::HttpMetrics,
@@ -1175,12 +1177,20 @@ impl Explicit for ExplicitRoutes {
         &'a self,
         authority: &'a http::uri::Authority,
         default_port: u16,
-    ) -> BoxFuture<'a, Result<(SocketAddr, Option<String>), String>> {
+        connect: bool,
+    ) -> BoxFuture<'a, Result<Resolved, String>> {
+        let endpoint = |e: Arc<Endpoint>| Resolved::Endpoint {
+            addr: e.addr,
+            identity: e.identity.clone(),
+        };
         let Some(discovery) = self.fwd.discovery.as_ref().filter(|d| d.has_destination()) else {
             return Box::pin(async move {
                 linnet_http::proxy::resolve(authority, default_port, self.connect_config().timeout)
                     .await
-                    .map(|addr| (addr, None))
+                    .map(|addr| Resolved::Endpoint {
+                        addr,
+                        identity: None,
+                    })
                     .map_err(|e| e.to_string())
             });
         };
@@ -1192,20 +1202,53 @@ impl Explicit for ExplicitRoutes {
         if let Ok(ip) = host.parse::<std::net::IpAddr>() {
             let addr = SocketAddr::new(ip, port);
             return Box::pin(async move {
-                let e = self.by_address(addr).await?;
-                Ok((e.addr, e.identity.clone()))
+                // As if a connection had been redirected to it: a service's
+                // address goes through its stack.
+                if !connect {
+                    if let (Dest::Balanced(_, logical, profile), _) =
+                        self.fwd.destination(addr).await
+                    {
+                        if let Some(stacks) = &self.fwd.stacks {
+                            return Ok(Resolved::Stack {
+                                stack: stacks.get(addr, logical, profile),
+                                target: addr,
+                            });
+                        }
+                    }
+                }
+                self.by_address(addr).await.map(endpoint)
             });
         }
+        let name = format!("{}:{port}", host.trim_end_matches('.').to_ascii_lowercase());
         let balancer = discovery.authority(host, port);
         Box::pin(async move {
+            // A service the control plane knows: through its stack.
+            if let (false, Some(stacks), Some(mut rx)) =
+                (connect, &self.fwd.stacks, discovery.endpoints(&name))
+            {
+                let known = matches!(
+                    tokio::time::timeout(
+                        discovery.initial_wait(),
+                        rx.wait_for(|r| *r != linnet_discovery::Resolution::Pending)
+                    )
+                    .await
+                    .map(|r| r.map(|r| matches!(*r, linnet_discovery::Resolution::Endpoints(_)))),
+                    Ok(Ok(true))
+                );
+                if known {
+                    return Ok(Resolved::Stack {
+                        stack: stacks.get_named(&name, port),
+                        target: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port),
+                    });
+                }
+            }
             let e = self.pick(&balancer).await?;
             if e.identity.is_some() {
-                return Ok((e.addr, e.identity.clone()));
+                return Ok(endpoint(e));
             }
             // An address from DNS (or an endpoint named without an
             // identity): the control plane may still name the pod it is.
-            let e = self.by_address(e.addr).await?;
-            Ok((e.addr, e.identity.clone()))
+            self.by_address(e.addr).await.map(endpoint)
         })
     }
 }

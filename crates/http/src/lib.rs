@@ -24,7 +24,7 @@ pub mod server;
 pub use self::{
     client::{Upstream, UpstreamMetrics},
     endpoint::EndpointClient,
-    proxy::{BoxFuture, Explicit, HttpStack, InFlight, Proxy, Route, call_stack},
+    proxy::{BoxFuture, Explicit, HttpStack, InFlight, Proxy, Resolved, Route, call_stack},
     server::serve,
 };
 

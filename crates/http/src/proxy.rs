@@ -119,21 +119,47 @@ pub trait Explicit: Send + Sync + std::fmt::Debug + 'static {
     fn is_self(&self, addr: SocketAddr) -> bool;
     /// How targets are connected to (its timeout bounds resolving, too).
     fn connect_config(&self) -> ConnectConfig;
-    /// Where `authority` is, and the mesh identity it must prove if it is
-    /// meshed: by default its IP, or its host name resolved by the system.
+    /// Where `authority`'s requests go: the outbound stack of the service
+    /// it names (not for `CONNECT`, which needs one address), or one
+    /// address and the mesh identity it must prove if it is meshed. By
+    /// default its IP, or its host name resolved by the system.
     fn resolve<'a>(
         &'a self,
         authority: &'a uri::Authority,
         default_port: u16,
-    ) -> BoxFuture<'a, Result<(SocketAddr, Option<String>), String>> {
+        connect: bool,
+    ) -> BoxFuture<'a, Result<Resolved, String>> {
+        let _ = connect;
         let timeout = self.connect_config().timeout;
         Box::pin(async move {
             resolve(authority, default_port, timeout)
                 .await
-                .map(|addr| (addr, None))
+                .map(|addr| Resolved::Endpoint {
+                    addr,
+                    identity: None,
+                })
                 .map_err(|e| e.to_string())
         })
     }
+}
+
+/// Where an explicit-mode request goes.
+#[derive(Debug)]
+pub enum Resolved {
+    /// Through a service's stack (routes, retries, balancer).
+    Stack {
+        /// The stack.
+        stack: HttpStack,
+        /// The address its metrics name.
+        target: SocketAddr,
+    },
+    /// To one address.
+    Endpoint {
+        /// Where.
+        addr: SocketAddr,
+        /// The identity it must prove, when meshed.
+        identity: Option<String>,
+    },
 }
 
 impl Proxy {
@@ -232,7 +258,7 @@ impl Inner {
                         "https:// requests go through the proxy with CONNECT".to_string(),
                     )),
                     Some(a) => explicit
-                        .resolve(a, 80)
+                        .resolve(a, 80, connect)
                         .await
                         .map_err(|e| (StatusCode::BAD_GATEWAY, "resolve", e)),
                     None => Err((
@@ -242,19 +268,27 @@ impl Inner {
                             .to_string(),
                     )),
                 };
-                let addr = resolved.and_then(|(addr, identity)| {
-                    if explicit.is_self(addr) {
-                        Err((
-                            StatusCode::LOOP_DETECTED,
-                            "loop",
-                            format!("{addr} is this proxy"),
-                        ))
-                    } else {
-                        Ok((addr, identity))
-                    }
+                let resolved = resolved.and_then(|r| match r {
+                    Resolved::Endpoint { addr, .. } if explicit.is_self(addr) => Err((
+                        StatusCode::LOOP_DETECTED,
+                        "loop",
+                        format!("{addr} is this proxy"),
+                    )),
+                    r => Ok(r),
                 });
-                let (addr, identity) = match addr {
-                    Ok(resolved) => resolved,
+                match resolved {
+                    Ok(Resolved::Stack { stack, target }) => (Call::Stack(stack), target),
+                    Ok(Resolved::Endpoint { addr, identity }) => {
+                        if connect {
+                            let labels = self.count_request(authority.as_ref(), addr);
+                            let upstream = explicit.upstream(addr, identity.as_deref());
+                            return self.connect_tunnel(req, &upstream, labels, start).await;
+                        }
+                        (
+                            Call::Upstream(explicit.upstream(addr, identity.as_deref())),
+                            addr,
+                        )
+                    }
                     Err((status, label, message)) => {
                         let labels = self.count_request(authority.as_ref(), UNKNOWN_TARGET);
                         let grpc_code = if status == StatusCode::BAD_REQUEST {
@@ -265,16 +299,7 @@ impl Inner {
                         let rescued = rescue::respond(status, grpc_code, label, &message, grpc);
                         return self.count_rescued(&labels, rescued, start);
                     }
-                };
-                if connect {
-                    let labels = self.count_request(authority.as_ref(), addr);
-                    let upstream = explicit.upstream(addr, identity.as_deref());
-                    return self.connect_tunnel(req, &upstream, labels, start).await;
                 }
-                (
-                    Call::Upstream(explicit.upstream(addr, identity.as_deref())),
-                    addr,
-                )
             }
         };
         let labels = self.count_request(authority.as_ref(), target);
