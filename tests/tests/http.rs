@@ -115,12 +115,9 @@ async fn http2_multiplexes_100_streams_over_one_connection() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, pattern(1000 + i));
     }
-    assert!(
-        server
-            .seen()
-            .iter()
-            .all(|s| s.version == http::Version::HTTP_2)
-    );
+    let seen = server.seen();
+    assert!(seen.len() >= 100, "{} requests seen", seen.len());
+    assert!(seen.iter().all(|s| s.version == http::Version::HTTP_2));
     // One connection each side.
     let m = proxy.metrics().await;
     assert_eq!(m.sum("tcp_open_total", &[("peer", "src")]), 1.0, "{}", m.0);

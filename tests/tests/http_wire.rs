@@ -5,6 +5,7 @@
 
 use linnet_app::OrigDst;
 use linnet_test_support::{
+    eventually,
     http::{HttpServer, curl, h1_client, pattern},
     proxy::Proxy,
 };
@@ -22,6 +23,30 @@ async fn raw(addr: SocketAddr, request: &[u8], half_close: bool) -> String {
     if half_close {
         c.shutdown().await.unwrap();
     }
+    read_all(c).await
+}
+
+/// Sends `start` (a head and the start of a body) raw, waits until the
+/// target has the request, then sends `rest`, half-closes, and reads the
+/// answer as [`raw`] does: whatever `rest` does to the body, it does to a
+/// body the target is already reading.
+async fn raw_split(addr: SocketAddr, server: &HttpServer, start: &[u8], rest: &[u8]) -> String {
+    let before = server.seen().len();
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(start).await.unwrap();
+    eventually(
+        "the target to receive the request",
+        Duration::from_secs(10),
+        || async { (server.seen().len() > before).then_some(()) },
+    )
+    .await;
+    c.write_all(rest).await.unwrap();
+    c.shutdown().await.unwrap();
+    read_all(c).await
+}
+
+/// Everything `c` reads until the peer closes (or 5s of silence).
+async fn read_all(mut c: TcpStream) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 64 * 1024];
     loop {
@@ -79,6 +104,25 @@ async fn compare(server: &HttpServer, proxy: &Proxy, request: &[u8], half_close:
         String::from_utf8_lossy(request)
     );
     proxied
+}
+
+/// How the bodies of the `/consume` requests the target saw ended, once
+/// it has finished reading every one of them.
+async fn finished_bodies(server: &HttpServer) -> Vec<Result<usize, String>> {
+    eventually(
+        "the target to finish reading every body it was sent",
+        Duration::from_secs(10),
+        || async {
+            let sent = server
+                .seen()
+                .iter()
+                .filter(|s| s.uri.path() == "/consume")
+                .count();
+            let bodies = server.bodies();
+            (bodies.len() == sent).then_some(bodies)
+        },
+    )
+    .await
 }
 
 async fn setup() -> (HttpServer, Proxy) {
@@ -149,17 +193,22 @@ async fn conflicting_framing_never_reaches_the_target_twice_framed() {
 
 #[tokio::test]
 async fn broken_chunked_framing_is_not_passed_on_as_complete() {
+    let start =
+        b"POST /consume HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+    let broken = b"ZZ\r\n";
+    // All at once: refused; whatever the target got of it did not end well.
     let (server, proxy) = setup().await;
-    let req = b"POST /consume HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n";
-    let rsp = raw(proxy.outbound, req, true).await;
+    let rsp = raw(proxy.outbound, &[&start[..], broken].concat(), true).await;
     assert!(!rsp.starts_with("HTTP/1.1 200"), "{rsp}");
-    // Whatever the target got of the body, it did not end well.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        server.bodies().iter().all(|b| b.is_err()),
-        "{:?}",
-        server.bodies()
-    );
+    let bodies = finished_bodies(&server).await;
+    assert!(bodies.iter().all(|b| b.is_err()), "{bodies:?}");
+    // Broken once the target is reading the body: its body fails.
+    let (server, proxy) = setup().await;
+    let rsp = raw_split(proxy.outbound, &server, start, broken).await;
+    assert!(!rsp.starts_with("HTTP/1.1 200"), "{rsp}");
+    let bodies = finished_bodies(&server).await;
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert!(bodies[0].is_err(), "{bodies:?}");
 }
 
 #[tokio::test]
@@ -333,20 +382,24 @@ async fn bodies_over_the_limit_get_413_and_never_arrive_whole() {
     );
     assert!(server.seen().is_empty());
     // Chunked, too large: cut off; the target never sees it complete.
-    let mut req =
-        b"POST /consume HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let head = b"POST /consume HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunk = format!("1f4\r\n{}\r\n", "y".repeat(500)).into_bytes();
+    let mut req = head.to_vec();
     for _ in 0..10 {
-        req.extend_from_slice(format!("1f4\r\n{}\r\n", "y".repeat(500)).as_bytes());
+        req.extend_from_slice(&chunk);
     }
     req.extend_from_slice(b"0\r\n\r\n");
     let rsp = raw(proxy.outbound, &req, true).await;
     assert!(rsp.starts_with("HTTP/1.1 413"), "{rsp}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        server.bodies().iter().all(|b| b.is_err()),
-        "{:?}",
-        server.bodies()
-    );
+    let earlier = finished_bodies(&server).await;
+    assert!(earlier.iter().all(|b| b.is_err()), "{earlier:?}");
+    // The same, with the limit crossed once the target is reading it.
+    let start = [&head[..], &chunk].concat();
+    let rsp = raw_split(proxy.outbound, &server, &start, &req[start.len()..]).await;
+    assert!(rsp.starts_with("HTTP/1.1 413"), "{rsp}");
+    let bodies = finished_bodies(&server).await;
+    assert_eq!(bodies.len(), earlier.len() + 1, "{bodies:?}");
+    assert!(bodies.iter().all(|b| b.is_err()), "{bodies:?}");
     // Within the limit: passed on.
     let rsp = raw(
         proxy.outbound,

@@ -287,17 +287,14 @@ async fn http_crosses_the_mesh_over_mtls_with_the_client_identity() {
         before,
         "a refused request reached the application"
     );
-    assert!(
-        backend
-            .seen()
-            .iter()
-            .all(|s| !s.headers.contains_key("l5d-require-id")),
-        "l5d-require-id is the proxy's, not the application's"
-    );
 
     let seen = backend.seen();
     assert!(seen.len() >= 3);
     for s in &seen {
+        assert!(
+            !s.headers.contains_key("l5d-require-id"),
+            "l5d-require-id is the proxy's, not the application's"
+        );
         let ids: Vec<_> = s.headers.get_all("l5d-client-id").iter().collect();
         assert_eq!(ids.len(), 1, "{:?}", s.headers);
         assert_eq!(
@@ -524,8 +521,16 @@ async fn certificates_rotate_under_traffic_without_losing_a_request() {
     let config = Arc::new(test_client_config(&plane, Vec::new()));
     let mut leaves = Vec::new();
     let mut requests = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    while tokio::time::Instant::now() < deadline {
+    // Traffic goes on until three certificates (2s each, renewed at 70%)
+    // have been shown. A renewal too late shows as a failed request or
+    // handshake; the 30s bound only stops a test that would never end.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while leaves.len() < 3 || requests <= 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} certificates seen in 30s",
+            leaves.len()
+        );
         // Requests on pooled connections and on fresh ones: none may fail.
         for fresh in [false, true] {
             let c = if fresh { h1_client() } else { h1.clone() };
@@ -552,18 +557,20 @@ async fn certificates_rotate_under_traffic_without_losing_a_request() {
         if leaves.last() != Some(&leaf) {
             leaves.push(leaf);
         }
+        // Pacing, not a wait: steady traffic across the rotations without
+        // starving the proxies of the two cores.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(requests > 20);
-    // 2s certificates renewed at 70%: at least three in six seconds, each
-    // new connection shown the certificate in force.
-    assert!(leaves.len() >= 3, "{} certificates seen", leaves.len());
-    let m = server.metrics().await;
-    assert!(
-        m.sum("identity_cert_refresh_total", &[("result", "ok")]) >= 3.0,
-        "{}",
-        m.0
-    );
+    // Each certificate shown was certified (and counted) by the server side.
+    eventually(
+        "three certifications counted",
+        Duration::from_secs(10),
+        || async {
+            let m = server.metrics().await;
+            (m.sum("identity_cert_refresh_total", &[("result", "ok")]) >= 3.0).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -1,4 +1,6 @@
-//! Deciding from the bytes read so far.
+//! Deciding from the bytes read so far: a protocol, or how far it is
+//! worth reading to know. Pure, so [`crate::detect`]'s I/O loop stays
+//! small and each rule is tested on bytes alone.
 
 use crate::{MAX_HTTP_PEEK, MAX_TLS_PEEK, Protocol};
 

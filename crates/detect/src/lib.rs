@@ -1,21 +1,21 @@
 //! Protocol detection: what does a client speak?
 //!
-//! Right after accept (and after the original destination is known), the
-//! proxy peeks at the first bytes a client sends to decide how to handle
-//! the connection:
+//! The proxy calls [`detect`] on an accepted connection once it knows
+//! where the connection goes (ports the control plane or configuration
+//! marks opaque skip it), and again inside mesh TLS it has terminated.
+//! [`detect`] reads the first bytes into a bounded buffer and decides as
+//! soon as they allow ([`classify`]):
 //!
 //! - the HTTP/2 connection preface → HTTP/2;
-//! - a well-formed HTTP/1.x request line → HTTP/1 (parsed, not guessed);
-//! - a TLS ClientHello → TLS, with its SNI when present (passed through as
-//!   opaque TCP: the proxy cannot read it);
+//! - an HTTP/1.x request line, after any empty lines, or the start of one
+//!   too long for the buffer → HTTP/1;
+//! - a TLS ClientHello → TLS, with its SNI when present (the caller
+//!   terminates the mesh's own TLS and carries any other as bytes);
 //! - anything else, an early EOF, or nothing within the timeout (a
-//!   server-speaks-first protocol such as SMTP or MySQL) → opaque TCP.
+//!   server-speaks-first protocol such as SMTP or MySQL) → opaque.
 //!
-//! Detection reads into a bounded buffer ([`MAX_HTTP_PEEK`] for HTTP,
-//! [`MAX_TLS_PEEK`] for a ClientHello) and decides as soon as the bytes
-//! allow: a single byte that rules everything out ends it. The bytes read
-//! are returned so that whichever path takes the connection replays them
-//! first; nothing is consumed.
+//! The bytes read are returned; [`PrefixedIo`] replays them to whichever
+//! path takes the connection, so nothing the client sent is lost.
 
 mod classify;
 mod prefixed;

@@ -1,4 +1,6 @@
-//! An I/O that replays bytes already read before reading on.
+//! An I/O that replays bytes already read before reading on: how the
+//! bytes detection read reach whatever takes the connection next (the
+//! HTTP server, the mesh TLS acceptor, the TCP forwarder).
 
 use bytes::{Buf, Bytes};
 use std::{

@@ -1,4 +1,8 @@
-//! Destination answers as endpoint sets and profiles.
+//! `Destination` answers: `Get` updates applied to an authority's
+//! endpoint set (the first message of each stream is the whole set), and
+//! `GetProfile` answers read into [`Profile`]s, with their routes and
+//! retry budget when they have any. [`endpoint`] also reads the forward
+//! backends of outbound policies.
 
 use crate::{Endpoint, Hint, Metrics, Profile, Resolution, watch::Apply};
 use linkerd2_proxy_api::destination::{

@@ -1,16 +1,30 @@
 //! Service discovery: what the control plane says about where traffic
-//! goes.
+//! goes, watched once per target and shared.
 //!
-//! [`Discovery`] keeps one watch per authority (`Destination.Get`), per
-//! original destination (`Destination.GetProfile`) and per inbound port
-//! (`InboundServerPolicies.WatchPort`), shared by every connection that
-//! needs it and dropped after an idle timeout. Watches reconnect with
-//! jittered exponential backoff and keep their last answer meanwhile, so
-//! an unreachable control plane leaves traffic flowing to the endpoints
-//! last known. Names the control plane does not know fall back to DNS.
-//! Malformed answers (an endpoint with no address, a weight of 0, a
-//! protocol hint this proxy does not know) are skipped, logged and
-//! counted.
+//! [`Discovery`] keeps one watch per key, shared by every connection and
+//! stack that reads it and closed after an idle timeout: endpoint sets
+//! per authority (`Destination.Get`, [`Resolution`]); profiles per
+//! original destination (`Destination.GetProfile`, [`Profile`], with its
+//! `routes`); outbound policies per original destination
+//! (`OutboundPolicies.Watch`, [`OutboundPolicy`]: reduced, plus the whole
+//! `model`); and each inbound port's protocol
+//! (`InboundServerPolicies.WatchPort`). Names the control plane does not
+//! know fall back to DNS.
+//!
+//! On the request path, once an outbound connection's original
+//! destination is known and before protocol detection, the proxy asks
+//! [`Discovery::outbound`] where it goes: forwarded as addressed, refused
+//! because the control plane did not answer in time, or to a service
+//! ([`Outbound::Service`]). A service's HTTP goes through the stack
+//! `linnet-outbound` builds for its [`Logical`]; that crate hands
+//! [`Discovery::endpoints`] answers to its balancers as change streams.
+//! Opaque connections and explicit-proxy requests take one endpoint from
+//! [`Balancer::pick`].
+//!
+//! Watches reconnect with jittered exponential backoff and keep their last
+//! answer meanwhile, so an unreachable control plane leaves traffic
+//! flowing to the endpoints last known. Malformed answers are skipped,
+//! logged and counted.
 
 pub mod control;
 mod destination;

@@ -1,7 +1,12 @@
-//! `OutboundPolicies.Watch` answers, reduced to what the proxy acts on
-//! now: whether the target is opaque, and the weighted backends of its
-//! default route (services to balance over, or addresses to forward to).
-//! Route matching, timeouts and retries come with the routing work.
+//! `OutboundPolicies.Watch` answers, read whole and reduced.
+//!
+//! `read()` gives both views of a policy: `model`, the whole
+//! `linnet_policy::outbound::OutboundPolicy` (routes, filters, timeouts,
+//! retries, backends) that the outbound HTTP stack follows; and the
+//! reduced view the opaque path acts on: whether the target is opaque,
+//! and the weighted backends of its default route (services to balance
+//! over, or addresses to forward to), which [`crate::Balancer`] picks
+//! from. Malformed parts are skipped and counted.
 
 use crate::{Endpoint, Metrics, watch::Apply};
 use linkerd2_proxy_api::outbound::{self, backend, proxy_protocol::Kind};

@@ -8,6 +8,7 @@ use linkerd2_proxy_api::identity::{
 };
 use linnet_control::{Ca, Control, Mesh, Metrics as ControlMetrics, Store};
 use linnet_identity::{Config, Identity, Metrics};
+use linnet_test_support::eventually;
 use linnet_tls::Id;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -90,17 +91,15 @@ async fn certifies_then_renews_before_expiry() {
     let first = id.store().leaf().unwrap();
     assert!(Id::parse(ID).unwrap().is_named_in(&first));
     // Renewal comes at 70% of the 3s lifetime.
-    let renewed = tokio::time::timeout(Duration::from_secs(6), async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let renewed = eventually(
+        "the certificate to be renewed",
+        Duration::from_secs(6),
+        || async {
             let now = id.store().leaf().unwrap();
-            if now != first {
-                return now;
-            }
-        }
-    })
-    .await
-    .expect("renewed within the lifetime");
+            (now != first).then_some(now)
+        },
+    )
+    .await;
     assert!(Id::parse(ID).unwrap().is_named_in(&renewed));
     let m = text(&registry);
     assert!(
@@ -127,9 +126,17 @@ async fn the_token_is_read_again_on_each_attempt() {
     let id = Arc::new(id);
     let mut ready = id.ready();
     tokio::spawn(id.clone().run(client(plane.addr).await));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(
+        "an attempt with the wrong token",
+        Duration::from_secs(10),
+        || async {
+            text(&registry)
+                .contains("identity_cert_refresh_total{result=\"rpc_error\"}")
+                .then_some(())
+        },
+    )
+    .await;
     assert!(!*ready.borrow(), "certified with a wrong token");
-    assert!(text(&registry).contains("identity_cert_refresh_total{result=\"rpc_error\"}"));
     // The token is rotated under the running proxy.
     std::fs::write(plane.dir.path().join("token"), "right").unwrap();
     tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r))
