@@ -522,3 +522,42 @@ async fn routes_pick_backends_and_no_match_is_404() {
     let a = get(&client, &proxy, "/submit").await;
     assert_eq!(a.status, 404, "GET is not the POST route");
 }
+
+#[tokio::test]
+async fn explicit_mode_goes_through_the_service_stack() {
+    // Half of the endpoint's answers fail; the service's route retries
+    // them, so an explicit-mode client (curl -x) sees none of it.
+    let flaky = Backend::start("flaky").await;
+    flaky.set(Behavior {
+        fail_percent: 50,
+        ..Default::default()
+    });
+    let plane = ControlPlane::start(&profile_mesh(&[&flaky], RETRY_PROFILE)).await;
+    let dst = plane.addr.to_string();
+    let proxy = Proxy::start(
+        OrigDst::from_fn(|s| s.local_addr()),
+        &[("LINNET_DESTINATION_SVC_ADDR", &dst)],
+    )
+    .await;
+    let proxy_url = format!("http://{}", proxy.outbound);
+    for _ in 0..10 {
+        let (code, _) = linnet_test_support::http::curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &proxy_url,
+            "http://web.test.svc.cluster.local/",
+        ])
+        .await;
+        assert_eq!(code, "200");
+    }
+    assert!(
+        flaky.failed() >= 4,
+        "the endpoint failed: {}",
+        flaky.failed()
+    );
+    let m = proxy.metrics().await;
+    assert!(m.sum("outbound_http_route_retry_requests_total", &[]) >= 4.0);
+}

@@ -66,11 +66,16 @@ impl LogicalStacks {
     }
 
     /// The stack of the service `name` (`host:port`), named in explicit
-    /// mode: one balancer over its endpoints.
-    pub(crate) fn get_named(&self, name: &str, port: u16) -> HttpStack {
+    /// mode: its profile's routes, one balancer over its endpoints.
+    pub(crate) fn get_named(
+        &self,
+        name: &str,
+        port: u16,
+        profile: Option<watch::Receiver<Option<Profile>>>,
+    ) -> HttpStack {
         self.get_or_build(Key::Name(name.to_string()), || {
             let addr = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
-            self.stacks.profile(addr, name.to_string(), None)
+            self.stacks.profile(addr, name.to_string(), profile)
         })
     }
 

@@ -1236,8 +1236,18 @@ impl Explicit for ExplicitRoutes {
                     Ok(Ok(true))
                 );
                 if known {
+                    // Its routes (timeouts, retries) apply from the first
+                    // request: wait for them as for the endpoints.
+                    let profile = discovery.profile_named(&name);
+                    if let Some(mut p) = profile.clone() {
+                        let _ = tokio::time::timeout(
+                            discovery.initial_wait(),
+                            p.wait_for(Option::is_some),
+                        )
+                        .await;
+                    }
                     return Ok(Resolved::Stack {
-                        stack: stacks.get_named(&name, port),
+                        stack: stacks.get_named(&name, port, profile),
                         target: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port),
                     });
                 }

@@ -154,7 +154,7 @@ struct Inner {
     outbound_policy: Option<OutboundPoliciesClient<Channel>>,
     outbound_policies: watch::Cache<SocketAddr, PolicyAnswer>,
     endpoints: watch::Cache<String, Resolution>,
-    profiles: watch::Cache<SocketAddr, Option<Profile>>,
+    profiles: watch::Cache<String, Option<Profile>>,
     ports: watch::Cache<u16, Option<PortProtocol>>,
     dns_names: watch::Cache<(String, u16), Resolution>,
     dns: Dns,
@@ -266,11 +266,20 @@ impl Discovery {
 
     /// The profile of an original destination, watched.
     pub fn profile(&self, addr: SocketAddr) -> Option<tw::Receiver<Option<Profile>>> {
+        self.profile_of(addr.to_string())
+    }
+
+    /// The profile of the service `authority` (`name:port`), watched.
+    pub fn profile_named(&self, authority: &str) -> Option<tw::Receiver<Option<Profile>>> {
+        self.profile_of(authority.to_ascii_lowercase())
+    }
+
+    fn profile_of(&self, path: String) -> Option<tw::Receiver<Option<Profile>>> {
         let client = self.inner.dst.clone()?;
         let (idle, metrics) = (self.inner.config.idle_timeout, self.inner.metrics.clone());
-        let req = self.get(&addr.to_string());
+        let req = self.get(&path);
         Some(self.inner.profiles.get(
-            &addr,
+            &path,
             || None,
             move |tx, evict| {
                 let apply = destination::Profiles {
