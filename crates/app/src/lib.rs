@@ -11,7 +11,9 @@
 //! connections run on for up to the grace period and are then reset, and
 //! [`run`] returns.
 
+mod inbound;
 mod mesh;
+mod outbound;
 mod stacks;
 mod tcp;
 mod upstreams;
