@@ -322,7 +322,8 @@ pub async fn run(
         })
     };
     let stacks = stacks::LogicalStacks::new(
-        linnet_outbound::http::Stacks::new(discovery.clone(), new_endpoint, route_metrics),
+        linnet_outbound::http::Stacks::new(discovery.clone(), new_endpoint, route_metrics.clone()),
+        route_metrics,
         config.control.discovery_idle_timeout,
     );
     let outbound = Arc::new(tcp::Forward {

@@ -9,6 +9,7 @@
 
 use linnet_discovery::{Logical, Profile};
 use linnet_http::HttpStack;
+use linnet_metrics::route::RouteMetrics;
 use linnet_outbound::http::Stacks;
 use std::{
     collections::HashMap,
@@ -25,7 +26,9 @@ const MAX_STACKS: usize = 1024;
 /// One listener's stacks.
 pub(crate) struct LogicalStacks {
     stacks: Stacks,
+    metrics: RouteMetrics,
     idle: Duration,
+    max: usize,
     cache: Mutex<HashMap<Key, (HttpStack, Instant)>>,
 }
 
@@ -44,10 +47,12 @@ impl std::fmt::Debug for LogicalStacks {
 }
 
 impl LogicalStacks {
-    pub(crate) fn new(stacks: Stacks, idle: Duration) -> Self {
+    pub(crate) fn new(stacks: Stacks, metrics: RouteMetrics, idle: Duration) -> Self {
         Self {
             stacks,
+            metrics,
             idle,
+            max: MAX_STACKS,
             cache: Mutex::default(),
         }
     }
@@ -88,17 +93,64 @@ impl LogicalStacks {
         }
         let idle = self.idle;
         cache.retain(|_, (_, used)| now.duration_since(*used) < idle);
-        if cache.len() >= MAX_STACKS {
+        let mut evicted = false;
+        if cache.len() >= self.max {
             if let Some(oldest) = cache
                 .iter()
                 .min_by_key(|(_, (_, u))| *u)
                 .map(|(k, _)| k.clone())
             {
                 cache.remove(&oldest);
+                evicted = true;
             }
         }
         let stack = build();
         cache.insert(key, (stack.clone(), now));
+        self.metrics.stacks(cache.len(), evicted);
         stack
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stacks(max: usize, metrics: RouteMetrics) -> LogicalStacks {
+        let new_endpoint: linnet_outbound::http::NewEndpoint =
+            std::sync::Arc::new(|_| unreachable!("no request is sent"));
+        let mut s = LogicalStacks::new(
+            Stacks::new(None, new_endpoint, metrics.clone()),
+            metrics,
+            Duration::from_secs(60),
+        );
+        s.max = max;
+        s
+    }
+
+    #[tokio::test]
+    async fn the_bound_holds_and_evictions_are_counted() {
+        let mut registry = linnet_metrics::prometheus_client::registry::Registry::default();
+        let metrics = RouteMetrics::register(&mut registry);
+        let s = stacks(4, metrics);
+        for i in 1..=10 {
+            s.get_named(&format!("svc-{i}.test:80"), 80, None);
+        }
+        assert_eq!(s.cache.lock().unwrap().len(), 4);
+        let text = linnet_metrics::encode(&registry);
+        assert!(text.contains("outbound_http_logical_stacks 4"), "{text}");
+        assert!(
+            text.contains("outbound_http_logical_stacks_evicted_total 6"),
+            "{text}"
+        );
+        // A kept one is shared, not rebuilt; the most recent ones stay.
+        let before = s.cache.lock().unwrap().len();
+        s.get_named("svc-10.test:80", 80, None);
+        assert_eq!(s.cache.lock().unwrap().len(), before);
+        assert!(
+            s.cache
+                .lock()
+                .unwrap()
+                .contains_key(&Key::Name("svc-10.test:80".into()))
+        );
     }
 }

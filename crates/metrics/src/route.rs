@@ -114,6 +114,10 @@ pub struct RouteMetrics {
     ejections: Family<BalancerLabels, Counter>,
     restorations: Family<BalancerLabels, Counter>,
     no_route: Family<ParentLabels, Counter>,
+    /// Logical targets' stacks dropped to make room (the bound was hit).
+    stacks_evicted: Counter,
+    /// Logical targets' stacks kept now.
+    stacks: Gauge,
 }
 
 /// One route's handles.
@@ -177,6 +181,8 @@ impl RouteMetrics {
             ejections: Family::default(),
             restorations: Family::default(),
             no_route: Family::default(),
+            stacks_evicted: Counter::default(),
+            stacks: Gauge::default(),
         };
         let r = registry;
         r.register(
@@ -245,6 +251,16 @@ impl RouteMetrics {
             m.restorations.clone(),
         );
         r.register(
+            "outbound_http_logical_stacks",
+            "Outbound stacks of logical targets (services, policy addresses) kept now",
+            m.stacks.clone(),
+        );
+        r.register(
+            "outbound_http_logical_stacks_evicted",
+            "Outbound stacks of logical targets dropped while in recent use, to stay within the bound",
+            m.stacks_evicted.clone(),
+        );
+        r.register(
             "outbound_http_route_not_found",
             "Outbound requests that matched no route of their target's policy",
             m.no_route.clone(),
@@ -305,6 +321,15 @@ impl RouteMetrics {
             shed,
             ejections,
             restorations,
+        }
+    }
+
+    /// Says how many logical stacks are kept, and counts evictions forced
+    /// by the bound.
+    pub fn stacks(&self, kept: usize, evicted: bool) {
+        self.stacks.set(i64::try_from(kept).unwrap_or(i64::MAX));
+        if evicted {
+            self.stacks_evicted.inc();
         }
     }
 
