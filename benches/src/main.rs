@@ -35,7 +35,7 @@ use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
-use topology::{Dirs, HaMode, MeshKind, ProxyCmd, Topology};
+use topology::{Dirs, HaMode, MeshKind, ProxyCmd, Shape, Topology};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -46,7 +46,7 @@ struct Args {
     #[command(subcommand)]
     command: Option<Sub>,
     /// A short run (one repeat, short loads, 1000 requests/s only) that
-    /// finishes in under a minute.
+    /// finishes in about two minutes (`mesh-large` warms up the longest).
     #[arg(long)]
     quick: bool,
     /// Scenarios to run (default: all). Those measured against a floor
@@ -66,6 +66,17 @@ struct Args {
     /// Seconds of warm-up load before each run (default 1; 0.5 with --quick).
     #[arg(long)]
     warmup: Option<f64>,
+    /// Seconds of warm-up load before each `mesh-large` run, at most: it
+    /// goes on while the endpoints the client sidecar has connections to
+    /// keep growing.
+    #[arg(long, default_value_t = 60.0)]
+    large_warmup: f64,
+    /// Endpoints of the service in `mesh-large`.
+    #[arg(long, default_value_t = 10_000)]
+    large_endpoints: usize,
+    /// Routes of the policy in `mesh-large` (all but one match no request).
+    #[arg(long, default_value_t = 1000)]
+    large_routes: usize,
     /// Times each run is repeated, interleaved (default 3; 1 with --quick).
     #[arg(long)]
     repeats: Option<usize>,
@@ -116,6 +127,8 @@ enum Selected {
     Direct,
     Outbound,
     Mesh,
+    MeshBalanced,
+    MeshLarge,
     Haproxy,
     Http2,
     Grpc,
@@ -128,6 +141,8 @@ enum Scenario {
     Direct,
     Outbound,
     Mesh,
+    MeshBalanced,
+    MeshLarge,
     Haproxy,
     Http2Direct,
     Http2,
@@ -136,10 +151,12 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 8] = [
+    const ALL: [Scenario; 10] = [
         Scenario::Direct,
         Scenario::Outbound,
         Scenario::Mesh,
+        Scenario::MeshBalanced,
+        Scenario::MeshLarge,
         Scenario::Haproxy,
         Scenario::Http2Direct,
         Scenario::Http2,
@@ -152,6 +169,8 @@ impl Scenario {
             Scenario::Direct => "direct",
             Scenario::Outbound => "outbound",
             Scenario::Mesh => "mesh",
+            Scenario::MeshBalanced => "mesh-balanced",
+            Scenario::MeshLarge => "mesh-large",
             Scenario::Haproxy => "haproxy",
             Scenario::Http2Direct => "http2-direct",
             Scenario::Http2 => "http2",
@@ -162,9 +181,12 @@ impl Scenario {
 
     fn client(self) -> Client {
         match self {
-            Scenario::Direct | Scenario::Outbound | Scenario::Mesh | Scenario::Haproxy => {
-                Client::Http1
-            }
+            Scenario::Direct
+            | Scenario::Outbound
+            | Scenario::Mesh
+            | Scenario::MeshBalanced
+            | Scenario::MeshLarge
+            | Scenario::Haproxy => Client::Http1,
             Scenario::Http2Direct | Scenario::Http2 => Client::Http2,
             Scenario::GrpcDirect | Scenario::Grpc => Client::Grpc,
         }
@@ -174,7 +196,11 @@ impl Scenario {
     /// backend.
     fn baseline(self) -> Option<Scenario> {
         match self {
-            Scenario::Outbound | Scenario::Mesh | Scenario::Haproxy => Some(Scenario::Direct),
+            Scenario::Outbound
+            | Scenario::Mesh
+            | Scenario::MeshBalanced
+            | Scenario::MeshLarge
+            | Scenario::Haproxy => Some(Scenario::Direct),
             Scenario::Http2 => Some(Scenario::Http2Direct),
             Scenario::Grpc => Some(Scenario::GrpcDirect),
             _ => None,
@@ -187,6 +213,8 @@ impl Scenario {
             (Selected::Direct, Scenario::Direct)
                 | (Selected::Outbound, Scenario::Outbound)
                 | (Selected::Mesh, Scenario::Mesh)
+                | (Selected::MeshBalanced, Scenario::MeshBalanced)
+                | (Selected::MeshLarge, Scenario::MeshLarge)
                 | (Selected::Haproxy, Scenario::Haproxy)
                 | (Selected::Http2, Scenario::Http2)
                 | (Selected::Grpc, Scenario::Grpc)
@@ -302,6 +330,9 @@ fn bench(args: &Args) -> Result<()> {
         connections: args.connections.max(1),
         mtls: !args.plaintext,
         proxy: String::new(),
+        large_endpoints: args.large_endpoints,
+        large_routes: args.large_routes.max(1),
+        large_warmup_s: args.large_warmup.max(0.0),
     };
 
     let exe = std::env::current_exe()?;
@@ -451,6 +482,26 @@ impl Harness {
             Scenario::Outbound => Topology::linnet(&self.proxy, 1, http, &self.dirs),
             Scenario::Mesh | Scenario::Http2 => self.mesh(MeshKind::Http, http),
             Scenario::Grpc => self.mesh(MeshKind::Http, grpc()?),
+            Scenario::MeshBalanced | Scenario::MeshLarge => {
+                let control = self
+                    .control
+                    .as_deref()
+                    .context("the balanced mesh needs `linnet control`: build linnet")?;
+                let shape = match s {
+                    Scenario::MeshLarge => Shape {
+                        servers: 3,
+                        endpoints: self.settings.large_endpoints,
+                        routes: self.settings.large_routes,
+                    },
+                    _ => Shape {
+                        servers: 3,
+                        endpoints: 3,
+                        routes: 1,
+                    },
+                };
+                let mtls = self.settings.mtls;
+                Topology::linnet_balanced(&self.proxy, control, shape, http, mtls, &self.dirs)
+            }
             Scenario::Haproxy => {
                 Topology::haproxy(HaMode::Http, 2, http, self.settings.mtls, &self.dirs)
             }
@@ -473,11 +524,7 @@ impl Harness {
         let mut topo = self.start(s)?;
         std::thread::sleep(Duration::from_millis(100));
         let idle = memory(&topo.proxies)?;
-        let warmup = Duration::from_secs_f64(self.settings.warmup_s);
-        if !warmup.is_zero() {
-            self.load
-                .run(&self.rt, s.client(), topo.entry, rate, warmup)?;
-        }
+        let (warmup, warm) = self.warm_up(s, rate, &topo)?;
         let cpu_before = cpu(&topo.proxies)?;
         let duration = match rate {
             Rate::Fixed(_) => self.settings.duration_s,
@@ -495,7 +542,17 @@ impl Harness {
         for p in &mut topo.proxies {
             p.check_running()?;
         }
-        let proxies = topo
+        let balance = match (&topo.probe, warm) {
+            (Some(probe), Some(warm)) => {
+                let b = probe.balance(&warm, &probe.snapshot()?, warmup.as_secs_f64());
+                if let Some(w) = b.warning() {
+                    eprintln!("warning: {} at {}: {w}", s.name(), rate.label());
+                }
+                Some(b)
+            }
+            _ => None,
+        };
+        let mut proxies: Vec<ProxySample> = topo
             .proxies
             .iter()
             .enumerate()
@@ -508,6 +565,16 @@ impl Harness {
                 rss_peak_kib: end[i].peak_kib,
             })
             .collect();
+        if let Some(from) = topo.summed_from.filter(|&i| i + 1 < proxies.len()) {
+            let summed = proxies.split_off(from);
+            proxies.push(ProxySample {
+                name: format!("inbound ×{}", summed.len()),
+                cpu_us_per_request: summed.iter().map(|p| p.cpu_us_per_request).sum(),
+                rss_idle_kib: summed.iter().map(|p| p.rss_idle_kib).sum(),
+                rss_end_kib: summed.iter().map(|p| p.rss_end_kib).sum(),
+                rss_peak_kib: summed.iter().map(|p| p.rss_peak_kib).sum(),
+            });
+        }
         Ok(Run {
             scenario: s.name(),
             baseline: s.baseline().map(Scenario::name),
@@ -521,7 +588,48 @@ impl Harness {
             success_rate: outcome.success_rate(),
             outcome,
             proxies,
+            balance,
         })
+    }
+
+    /// Warm-up load before a run; returns how long it lasted and, for a
+    /// balanced mesh, what its probe saw at the end.
+    ///
+    /// `mesh-large` goes on, two seconds at a time, while the endpoints
+    /// its client sidecar has connections to keep growing (by more than
+    /// 1% of them a step), for up to `--large-warmup` seconds in all: each
+    /// endpoint's first request opens its connection, and P2C does not
+    /// take the endpoints in turn.
+    fn warm_up(
+        &self,
+        s: Scenario,
+        rate: Rate,
+        topo: &Topology,
+    ) -> Result<(Duration, Option<topology::Snapshot>)> {
+        let started = Instant::now();
+        let run = |d: Duration| self.load.run(&self.rt, s.client(), topo.entry, rate, d);
+        let first = Duration::from_secs_f64(self.settings.warmup_s);
+        if !first.is_zero() {
+            run(first)?;
+        }
+        let Some(probe) = &topo.probe else {
+            return Ok((started.elapsed(), None));
+        };
+        let mut seen = probe.snapshot()?;
+        if s == Scenario::MeshLarge {
+            let cap = Duration::from_secs_f64(self.settings.large_warmup_s);
+            let step = Duration::from_secs(2);
+            while started.elapsed() + step <= cap {
+                run(step)?;
+                let next = probe.snapshot()?;
+                let grew = next.connected().saturating_sub(seen.connected());
+                seen = next;
+                if seen.connected() > 0 && grew <= probe.endpoints / 100 {
+                    break;
+                }
+            }
+        }
+        Ok((started.elapsed(), Some(seen)))
     }
 
     fn measure_tcp(&self, path: TcpPath, repeat: usize) -> Result<TcpRun> {

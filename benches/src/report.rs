@@ -2,6 +2,10 @@
 //! as min/median/max, the latency each scenario adds over its floor, and
 //! the same as JSON, Markdown and an SVG chart.
 
+mod balance;
+
+pub(crate) use balance::Balance;
+
 use crate::load::{Client, Outcome};
 use serde::Serialize;
 use std::{fmt::Write as _, path::Path, process::Command, time::Duration};
@@ -24,6 +28,11 @@ pub(crate) struct Settings {
     pub(crate) mtls: bool,
     /// The proxy under test, as a command line with its extra environment.
     pub(crate) proxy: String,
+    /// `mesh-large`'s endpoints and routes.
+    pub(crate) large_endpoints: usize,
+    pub(crate) large_routes: usize,
+    /// `mesh-large`'s longest warm-up.
+    pub(crate) large_warmup_s: f64,
 }
 
 /// Where it ran.
@@ -108,6 +117,9 @@ pub(crate) struct Run {
     pub(crate) success_rate: f64,
     pub(crate) outcome: Outcome,
     pub(crate) proxies: Vec<ProxySample>,
+    /// How a balanced mesh spread the load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) balance: Option<Balance>,
 }
 
 impl Run {
@@ -134,6 +146,9 @@ impl Run {
                 " | {} {:.0} us/req {} KiB",
                 p.name, p.cpu_us_per_request, p.rss_peak_kib
             );
+        }
+        if let Some(b) = &self.balance {
+            let _ = write!(s, " | {}", b.summary());
         }
         s
     }
@@ -442,6 +457,7 @@ impl Report {
             }
             s.push('\n');
         }
+        balance::markdown(&mut s, st, &self.runs);
         let sat: Vec<&Row> = self.results.iter().filter(|r| r.rate.is_none()).collect();
         if !sat.is_empty() {
             s.push_str("### Saturation (closed loop)\n\n");

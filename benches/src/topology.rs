@@ -2,6 +2,10 @@
 //! under test (any command line that takes Linkerd's environment
 //! variables), HAProxy, and iperf3.
 
+mod balanced;
+
+pub(crate) use balanced::{Shape, Snapshot};
+
 use crate::procs::{self, Proc};
 use anyhow::{Context, Result};
 use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
@@ -29,6 +33,11 @@ pub(crate) struct Topology {
     pub(crate) entry: SocketAddr,
     /// Proxies, client side first.
     pub(crate) proxies: Vec<Proc>,
+    /// Proxies from this index on are reported as one, their CPU time and
+    /// memory summed (the server sidecars behind a balancer).
+    pub(crate) summed_from: Option<usize>,
+    /// Where to look for how the client sidecar balanced its requests.
+    pub(crate) probe: Option<balanced::Probe>,
     /// Processes that are not measured (a control plane), kept running
     /// for as long as the topology.
     pub(crate) _others: Vec<Proc>,
@@ -47,6 +56,8 @@ impl Topology {
         Self {
             entry: target,
             proxies: Vec::new(),
+            summed_from: None,
+            probe: None,
             _others: Vec::new(),
         }
     }
@@ -74,6 +85,8 @@ impl Topology {
         Ok(Self {
             entry: outbound,
             proxies,
+            summed_from: None,
+            probe: None,
             _others: Vec::new(),
         })
     }
@@ -122,6 +135,8 @@ impl Topology {
         Ok(Self {
             entry,
             proxies,
+            summed_from: None,
+            probe: None,
             _others: Vec::new(),
         })
     }
@@ -142,12 +157,13 @@ fn start_proxy(
     target: SocketAddr,
     dirs: &Dirs,
 ) -> Result<(Proc, SocketAddr)> {
-    start_proxy_with(cmd, name, side, None, Some(target), &[], dirs)
+    let (p, listen, _) = start_proxy_with(cmd, name, side, None, Some(target), &[], dirs)?;
+    Ok((p, listen))
 }
 
 /// [`start_proxy`] with the `side` listener at `listen` (any free port
 /// when `None`), an original destination only when `orig_dst` is given,
-/// and `env` on top.
+/// and `env` on top. Also returns its admin address.
 fn start_proxy_with(
     cmd: &ProxyCmd,
     name: &str,
@@ -156,7 +172,7 @@ fn start_proxy_with(
     orig_dst: Option<SocketAddr>,
     env: &[(String, String)],
     dirs: &Dirs,
-) -> Result<(Proc, SocketAddr)> {
+) -> Result<(Proc, SocketAddr, SocketAddr)> {
     let (mut outbound, mut inbound, admin) = (
         procs::free_addr()?,
         procs::free_addr()?,
@@ -190,7 +206,7 @@ fn start_proxy_with(
     procs::wait_until(&format!("the {name} proxy"), &mut p, START_TIMEOUT, || {
         procs::admin_ready(admin)
     })?;
-    Ok((p.remove(0), listen))
+    Ok((p.remove(0), listen, admin))
 }
 
 /// What a meshed topology carries between its proxies.
@@ -217,15 +233,8 @@ impl Topology {
         target: SocketAddr,
         dirs: &Dirs,
     ) -> Result<Self> {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let work = dirs.work.join(format!("mesh-{n}"));
-        std::fs::create_dir_all(&work)?;
-        for (who, token) in [("client", "client-token"), ("server", "server-token")] {
-            std::fs::write(work.join(format!("token-{who}")), token)?;
-        }
         let inbound = procs::free_addr()?;
-        let vip: SocketAddr = "10.96.0.1:80".parse()?;
+        let vip: SocketAddr = MESH_VIP.parse()?;
         let endpoint = match kind {
             MeshKind::Http => {
                 format!("      - addr: \"{inbound}\"\n        identity: {SERVER_ID}\n")
@@ -240,13 +249,91 @@ impl Topology {
         } else {
             ""
         };
-        std::fs::write(
-            work.join("mesh.yaml"),
-            format!(
+        let plane = Control::start(
+            control,
+            &format!(
                 "identity:\n  tokens:\n    {CLIENT_ID}: client-token\n    {SERVER_ID}: server-token\n\
-                 services:\n  bench.bench.svc.cluster.local:80:\n    addresses: [\"{vip}\"]\n{profile}    endpoints:\n{endpoint}"
+                 services:\n  {MESH_SERVICE}:\n    addresses: [\"{vip}\"]\n{profile}    endpoints:\n{endpoint}"
             ),
+            dirs,
         )?;
+        // The server side: HTTP arrives redirected (its original
+        // destination is the application); opaque traffic arrives on the
+        // inbound port itself, with a transport header.
+        let inbound_orig = match kind {
+            MeshKind::Http => Some(target),
+            MeshKind::Opaque => None,
+        };
+        let (server, _, _) = start_proxy_with(
+            cmd,
+            &format!("inbound-{}", plane.n),
+            Side::Inbound,
+            Some(inbound),
+            inbound_orig,
+            &plane.identity("server", SERVER_ID),
+            dirs,
+        )?;
+        let mut env = plane.identity("client", CLIENT_ID);
+        env.push((
+            "LINKERD2_PROXY_DESTINATION_SVC_ADDR".into(),
+            plane.grpc.to_string(),
+        ));
+        let (client, entry, _) = start_proxy_with(
+            cmd,
+            &format!("outbound-{}", plane.n),
+            Side::Outbound,
+            None,
+            Some(vip),
+            &env,
+            dirs,
+        )?;
+        let mut client = client;
+        client.name = "outbound".into();
+        let mut server = server;
+        server.name = "inbound".into();
+        Ok(Self {
+            entry,
+            proxies: vec![client, server],
+            summed_from: None,
+            probe: None,
+            _others: vec![plane.proc],
+        })
+    }
+}
+
+/// The meshed service's name and virtual address (what the client
+/// sidecar's original destination is).
+const MESH_SERVICE: &str = "bench.bench.svc.cluster.local:80";
+const MESH_VIP: &str = "10.96.0.1:80";
+
+/// A `linnet control` serving one mesh file, from a directory of its own.
+struct Control {
+    /// Numbers this control plane's directory and its proxies' logs.
+    n: usize,
+    proc: Proc,
+    /// Its gRPC address (identity, destination and policy).
+    grpc: SocketAddr,
+    /// Where the mesh file and the proxies' token files are.
+    work: PathBuf,
+    /// The issuer's certificate, which proxies trust.
+    anchors: String,
+}
+
+// === impl Control ===
+
+impl Control {
+    /// Writes `mesh_yaml` and the tokens `client-token` and
+    /// `server-token` into a fresh directory and starts `linnet control`
+    /// (the binary `control`) on it; returns once it is ready.
+    fn start(control: &std::path::Path, mesh_yaml: &str, dirs: &Dirs) -> Result<Self> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let work = dirs.work.join(format!("mesh-{n}"));
+        std::fs::create_dir_all(&work)?;
+        for (who, token) in [("client", "client-token"), ("server", "server-token")] {
+            std::fs::write(work.join(format!("token-{who}")), token)?;
+        }
+        std::fs::write(work.join("mesh.yaml"), mesh_yaml)?;
         let (grpc, admin) = (procs::free_addr()?, procs::free_addr()?);
         let mut others = vec![Proc::spawn(
             &format!("control-{n}"),
@@ -266,59 +353,33 @@ impl Topology {
         })?;
         let anchors = std::fs::read_to_string(work.join("issuer.crt"))
             .context("linnet control wrote no issuer certificate")?;
-        let identity = |who: &str, id: &str| -> Vec<(String, String)> {
-            vec![
-                ("LINKERD2_PROXY_IDENTITY_SVC_ADDR".into(), grpc.to_string()),
-                ("LINKERD2_PROXY_IDENTITY_LOCAL_NAME".into(), id.to_string()),
-                (
-                    "LINKERD2_PROXY_IDENTITY_TOKEN_FILE".into(),
-                    work.join(format!("token-{who}")).display().to_string(),
-                ),
-                (
-                    "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS".into(),
-                    anchors.clone(),
-                ),
-            ]
-        };
-        // The server side: HTTP arrives redirected (its original
-        // destination is the application); opaque traffic arrives on the
-        // inbound port itself, with a transport header.
-        let inbound_orig = match kind {
-            MeshKind::Http => Some(target),
-            MeshKind::Opaque => None,
-        };
-        let (server, _) = start_proxy_with(
-            cmd,
-            &format!("inbound-{n}"),
-            Side::Inbound,
-            Some(inbound),
-            inbound_orig,
-            &identity("server", SERVER_ID),
-            dirs,
-        )?;
-        let mut env = identity("client", CLIENT_ID);
-        env.push((
-            "LINKERD2_PROXY_DESTINATION_SVC_ADDR".into(),
-            grpc.to_string(),
-        ));
-        let (client, entry) = start_proxy_with(
-            cmd,
-            &format!("outbound-{n}"),
-            Side::Outbound,
-            None,
-            Some(vip),
-            &env,
-            dirs,
-        )?;
-        let mut client = client;
-        client.name = "outbound".into();
-        let mut server = server;
-        server.name = "inbound".into();
         Ok(Self {
-            entry,
-            proxies: vec![client, server],
-            _others: others,
+            n,
+            proc: others.remove(0),
+            grpc,
+            work,
+            anchors,
         })
+    }
+
+    /// The environment of a proxy with the identity `id`, certified with
+    /// `who`'s token (`client` or `server`).
+    fn identity(&self, who: &str, id: &str) -> Vec<(String, String)> {
+        vec![
+            (
+                "LINKERD2_PROXY_IDENTITY_SVC_ADDR".into(),
+                self.grpc.to_string(),
+            ),
+            ("LINKERD2_PROXY_IDENTITY_LOCAL_NAME".into(), id.to_string()),
+            (
+                "LINKERD2_PROXY_IDENTITY_TOKEN_FILE".into(),
+                self.work.join(format!("token-{who}")).display().to_string(),
+            ),
+            (
+                "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS".into(),
+                self.anchors.clone(),
+            ),
+        ]
     }
 }
 
