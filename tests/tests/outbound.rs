@@ -61,16 +61,7 @@ fn mesh(endpoints: &[&Backend], policy: &str, others: &str) -> String {
 }
 
 async fn proxy_for(plane: &ControlPlane) -> Proxy {
-    let addr = plane.addr.to_string();
-    Proxy::start(
-        OrigDst::Fixed(VIP.parse().unwrap()),
-        &[
-            ("LINNET_DESTINATION_SVC_ADDR", addr.as_str()),
-            ("LINNET_POLICY_SVC_ADDR", addr.as_str()),
-            ("LINNET_POLICY_WORKLOAD", "client"),
-        ],
-    )
-    .await
+    plane.policy_proxy(VIP.parse().unwrap()).await
 }
 
 type H1 = Client<HttpConnector, Full<Bytes>>;

@@ -6,7 +6,6 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use linnet_app::OrigDst;
 use linnet_test_support::{
     backend::{Backend, Behavior},
     control::ControlPlane,
@@ -56,16 +55,7 @@ fn service(name: &str, endpoints: &[SocketAddr]) -> String {
 }
 
 async fn proxy_for(plane: &ControlPlane) -> Proxy {
-    let addr = plane.addr.to_string();
-    Proxy::start(
-        OrigDst::Fixed(VIP.parse().unwrap()),
-        &[
-            ("LINNET_DESTINATION_SVC_ADDR", addr.as_str()),
-            ("LINNET_POLICY_SVC_ADDR", addr.as_str()),
-            ("LINNET_POLICY_WORKLOAD", "client"),
-        ],
-    )
-    .await
+    plane.policy_proxy(VIP.parse().unwrap()).await
 }
 
 #[tokio::test]

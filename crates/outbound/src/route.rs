@@ -247,23 +247,10 @@ impl Shared {
             let Some(sel) = selection else {
                 return Err(no_route());
             };
-            match filters::apply_request(&sel.rule.filters, sel.prefix(), req) {
-                filters::Outcome::Continue => {}
-                filters::Outcome::Respond(head) => {
-                    return Ok(Routed::Respond(head.map(|()| BoxBody::default())));
-                }
-                filters::Outcome::Fail {
-                    status,
-                    grpc_code,
-                    message,
-                } => {
-                    return Err(InjectedFailure {
-                        status,
-                        grpc_code,
-                        message,
-                    }
-                    .into());
-                }
+            if let Some(answered) =
+                filtered(filters::apply_request(&sel.rule.filters, sel.prefix(), req))
+            {
+                return answered;
             }
             let key = sel.rule as *const _ as usize;
             let rule = self.rule_stack(routes, key, || RuleParams {
@@ -290,23 +277,8 @@ impl Shared {
         let Some((route, rule)) = select::grpc(grpc_routes, req) else {
             return Err(no_route());
         };
-        match filters::apply_grpc_request(&rule.filters, req) {
-            filters::Outcome::Continue => {}
-            filters::Outcome::Respond(head) => {
-                return Ok(Routed::Respond(head.map(|()| BoxBody::default())));
-            }
-            filters::Outcome::Fail {
-                status,
-                grpc_code,
-                message,
-            } => {
-                return Err(InjectedFailure {
-                    status,
-                    grpc_code,
-                    message,
-                }
-                .into());
-            }
+        if let Some(answered) = filtered(filters::apply_grpc_request(&rule.filters, req)) {
+            return answered;
         }
         let key = rule as *const _ as usize;
         let stack = self.rule_stack(routes, key, || RuleParams {
@@ -369,6 +341,27 @@ impl Shared {
         });
         state.rules.insert(key, rule.clone());
         rule
+    }
+}
+
+/// What a rule's filters decided, when they answered the request (a
+/// redirect) or failed it (failure injection); `None` to go on.
+fn filtered(outcome: filters::Outcome) -> Option<Result<Routed, linnet_core::Error>> {
+    match outcome {
+        filters::Outcome::Continue => None,
+        filters::Outcome::Respond(head) => {
+            Some(Ok(Routed::Respond(head.map(|()| BoxBody::default()))))
+        }
+        filters::Outcome::Fail {
+            status,
+            grpc_code,
+            message,
+        } => Some(Err(InjectedFailure {
+            status,
+            grpc_code,
+            message,
+        }
+        .into())),
     }
 }
 

@@ -93,6 +93,22 @@ impl ControlPlane {
 // === meshed proxies ===
 
 impl ControlPlane {
+    /// Starts an in-process proxy (no identity) whose outbound
+    /// connections all go to `orig_dst`, following this control plane's
+    /// Destination and OutboundPolicies answers.
+    pub async fn policy_proxy(&self, orig_dst: std::net::SocketAddr) -> crate::proxy::Proxy {
+        let addr = self.addr.to_string();
+        crate::proxy::Proxy::start(
+            linnet_app::OrigDst::Fixed(orig_dst),
+            &[
+                ("LINNET_DESTINATION_SVC_ADDR", addr.as_str()),
+                ("LINNET_POLICY_SVC_ADDR", addr.as_str()),
+                ("LINNET_POLICY_WORKLOAD", "client"),
+            ],
+        )
+        .await
+    }
+
     /// Starts an in-process proxy whose identity `id` this control plane
     /// certifies (with `token`), discovering through it, plus `extra`
     /// settings; returns once it is ready (certified).
