@@ -271,3 +271,39 @@ async fn the_penalty_balancer_backs_off_from_429() {
     );
     assert!(ok.served() >= 320);
 }
+
+#[tokio::test]
+async fn a_grpc_route_timeout_is_deadline_exceeded() {
+    let slow = Backend::start("slow").await;
+    slow.set(Behavior {
+        latency: Duration::from_secs(3),
+        ..Default::default()
+    });
+    let policy = "protocol: grpc\nroutes:\n  - name: slow\n    matches: [{service: shop.Items}]\n    timeouts: {request: 1s}\n";
+    let plane = ControlPlane::start(&mesh(&[slow.addr], policy, "")).await;
+    let proxy = proxy_for(&plane).await;
+    let client = h2_client();
+    let call = |timeout: Option<&str>| {
+        let mut req = http::Request::post(format!("http://{}/shop.Items/Get", proxy.outbound))
+            .header("content-type", "application/grpc");
+        if let Some(t) = timeout {
+            req = req.header("grpc-timeout", t);
+        }
+        req.body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap()
+    };
+    // The route's timeout; then a request's shorter `grpc-timeout` wins
+    // (well under the route's second).
+    for (timeout, at_least, under) in [(None, 1000, 2900), (Some("100m"), 100, 900)] {
+        let start = std::time::Instant::now();
+        let (status, h, _, _) = collect(client.request(call(timeout)).await.unwrap()).await;
+        let took = start.elapsed();
+        assert_eq!(status, 200);
+        assert_eq!(h["grpc-status"], "4", "DEADLINE_EXCEEDED: {h:?}");
+        assert!(h.contains_key("l5d-proxy-error"));
+        assert!(
+            took >= Duration::from_millis(at_least) && took < Duration::from_millis(under),
+            "{timeout:?}: {took:?}"
+        );
+    }
+}
