@@ -1,5 +1,6 @@
-//! Bounds a route's requests in time: the whole request and the idle gaps
-//! of its response body.
+//! Bounds a route's requests in time: the whole request, and the idle
+//! gaps of the stream (no frame of the request body, and no response or
+//! frame of its body, for `timeouts.idle`).
 //!
 //! On the outbound path this sits right after the route match and before
 //! the retry layer, so its deadline covers every attempt, the backoff
@@ -9,7 +10,12 @@
 //! The response future races that deadline; once a response arrives its
 //! body carries the rest of the deadline and the idle timer
 //! (`timeouts.idle`) with it, and fails with [`RequestTimeout`] or
-//! [`IdleTimeout`] if either runs out while it is still streaming.
+//! [`IdleTimeout`] if either runs out while it is still streaming. The
+//! idle timer runs from the request's start: each frame of the request
+//! body (seen by a thin wrapper that notes the time) or of the response
+//! body restarts it, so a request still uploading, or a response still
+//! streaming, is never idle; one waiting for response headers after its
+//! body has ended is, once the timer runs out.
 //!
 //! The same future and body also carry the retry layer's per-attempt
 //! deadline ([`ResponseTimeout`]); see [`crate::retry`].
@@ -20,6 +26,10 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -53,7 +63,7 @@ pub struct RequestTimeout {
 
 /// The response body sent no frame for this long.
 #[derive(Debug, thiserror::Error)]
-#[error("response body idle for {0:?}")]
+#[error("request idle for {0:?}")]
 pub struct IdleTimeout(pub Duration);
 
 /// One attempt (per-try or backend response timeout) took this long.
@@ -99,8 +109,30 @@ pin_project! {
         inner: F,
         // Taken when the response arrives and moved into its body.
         deadline: Option<Deadline>,
-        idle: Option<Duration>,
+        idle: Option<Idle>,
     }
+}
+
+/// The idle timer of a request: its length, the running sleep, and when
+/// the request body last moved.
+#[derive(Debug)]
+struct Idle {
+    after: Duration,
+    sleep: Pin<Box<Sleep>>,
+    activity: Arc<Activity>,
+}
+
+/// When a request body last yielded a frame (nanoseconds after `start`).
+#[derive(Debug)]
+struct Activity {
+    start: Instant,
+    last: AtomicU64,
+}
+
+/// A request body that notes when each of its frames goes by.
+struct ActiveBody {
+    inner: BoxBody,
+    activity: Arc<Activity>,
 }
 
 /// A running deadline and the error it ends with.
@@ -122,8 +154,9 @@ enum Expiry {
 struct TimeoutBody {
     inner: BoxBody,
     deadline: Option<Deadline>,
-    /// How long a gap between frames may be, and the running timer.
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// How long a gap between frames may be, the running timer, and the
+    /// request body's activity (which restarts it too).
+    idle: Option<Idle>,
     /// Set once a timeout has been reported: the body has ended.
     failed: bool,
 }
@@ -206,14 +239,31 @@ where
 
     fn call(&mut self, mut req: http::Request<BoxBody>) -> Self::Future {
         let expiry = self.deadline(req.headers_mut());
-        ResponseFuture::new(self.inner.call(req), expiry, self.timeouts.idle)
+        let idle = self.timeouts.idle.map(|after| {
+            let activity = Arc::new(Activity {
+                start: Instant::now(),
+                last: AtomicU64::new(0),
+            });
+            let a = activity.clone();
+            let req_body = std::mem::take(req.body_mut());
+            *req.body_mut() = BoxBody::new(ActiveBody {
+                inner: req_body,
+                activity: a,
+            });
+            Idle {
+                after,
+                sleep: Box::pin(tokio::time::sleep(after)),
+                activity,
+            }
+        });
+        ResponseFuture::new(self.inner.call(req), expiry, idle)
     }
 }
 
 // === impl ResponseFuture ===
 
 impl<F> ResponseFuture<F> {
-    fn new(inner: F, expiry: Option<Expiry>, idle: Option<Duration>) -> Self {
+    fn new(inner: F, expiry: Option<Expiry>, idle: Option<Idle>) -> Self {
         let deadline = expiry.map(|expiry| Deadline {
             sleep: Box::pin(tokio::time::sleep(expiry.after())),
             expiry,
@@ -251,7 +301,11 @@ where
                     BoxBody::new(TimeoutBody {
                         inner,
                         deadline,
-                        idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+                        idle: idle.map(|mut i| {
+                            // The response's arrival is activity too.
+                            i.sleep.as_mut().reset(Instant::now() + i.after);
+                            i
+                        }),
                         failed: false,
                     })
                 })
@@ -262,7 +316,73 @@ where
                 return Poll::Ready(Err(deadline.expiry.error()));
             }
         }
+        if let Some(idle) = this.idle.as_mut() {
+            if idle.expired(cx) {
+                return Poll::Ready(Err(Box::new(IdleTimeout(idle.after))));
+            }
+        }
         Poll::Pending
+    }
+}
+
+// === impl Idle ===
+
+impl Idle {
+    /// Whether the timer has run out with no request-body frame since it
+    /// was set; a frame since restarts it from that frame (and registers
+    /// `cx` for the new end).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let last = self.activity.last();
+            let end = last + self.after;
+            if end <= Instant::now() {
+                return true;
+            }
+            self.sleep.as_mut().reset(end);
+        }
+    }
+}
+
+// === impl Activity ===
+
+impl Activity {
+    fn touch(&self) {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(nanos, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+}
+
+// === impl ActiveBody ===
+
+impl Body for ActiveBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &frame {
+            this.activity.touch();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -307,16 +427,17 @@ impl Body for TimeoutBody {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                if let Some((after, sleep)) = this.idle.as_mut() {
-                    sleep.as_mut().reset(Instant::now() + *after);
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.sleep.as_mut().reset(Instant::now() + idle.after);
                 }
                 Poll::Ready(frame)
             }
             Poll::Pending => {
-                if let Some((after, sleep)) = this.idle.as_mut() {
-                    if sleep.as_mut().poll(cx).is_ready() {
+                if let Some(idle) = this.idle.as_mut() {
+                    // A request body still uploading keeps it alive too.
+                    if idle.expired(cx) {
                         this.failed = true;
-                        return Poll::Ready(Some(Err(Box::new(IdleTimeout(*after)))));
+                        return Poll::Ready(Some(Err(Box::new(IdleTimeout(idle.after)))));
                     }
                 }
                 Poll::Pending

@@ -240,3 +240,42 @@ fn l5d_durations() {
     assert_eq!(p(".5s"), None);
     assert_eq!(p("1e3s"), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_response_headers_is_idle_time() {
+    let (mut svc, mut handle) = service(route(None, Some(100)));
+    handle.allow(1);
+    let mut rsp = task::spawn(ready(&mut svc).await.call(request(&[])));
+    let (_req, _send) = handle.next_request().await.expect("a request");
+    advance(99).await;
+    assert_pending!(rsp.poll());
+    advance(1).await;
+    let err = assert_ready_err!(rsp.poll());
+    assert!(linnet_core::is_caused_by::<IdleTimeout>(&*err), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_uploading_request_is_not_idle() {
+    let (mut svc, mut handle) = service(route(None, Some(100)));
+    handle.allow(1);
+    let (tx, body) = streaming();
+    let mut req = request(&[]);
+    *req.body_mut() = body;
+    let mut rsp = task::spawn(ready(&mut svc).await.call(req));
+    let (req, send) = handle.next_request().await.expect("a request");
+    let mut upload = req.into_body();
+    // A request-body frame every 90 ms, for five idle periods' worth.
+    for _ in 0..5 {
+        advance(90).await;
+        tx.send(Bytes::from_static(b"x")).await.expect("sent");
+        assert!(upload.frame().await.expect("a frame").is_ok());
+        assert_pending!(rsp.poll());
+    }
+    // The upload ends; the answer comes 90 ms later: still in time.
+    drop(tx);
+    assert!(upload.frame().await.is_none());
+    advance(90).await;
+    assert_pending!(rsp.poll());
+    send.send_response(http::Response::new(BoxBody::default()));
+    assert_ready!(rsp.poll()).expect("a response");
+}
