@@ -126,20 +126,24 @@ impl Service<Request<BoxBody>> for Router {
                 let start = tokio::time::Instant::now();
                 let fut = linnet_http::call_stack(rule.stack.clone(), req);
                 Box::pin(async move {
-                    let result = fut.await;
                     let metrics = &rule.metrics;
-                    metrics.duration.observe(start.elapsed().as_secs_f64());
-                    match result {
+                    match fut.await {
                         Ok(rsp) => {
                             metrics.status(Some(rsp.status().as_u16()), "");
-                            if rule.response_filters.is_empty() {
-                                return Ok(rsp);
-                            }
                             let (mut parts, body) = rsp.into_parts();
-                            filters::apply_response(&rule.response_filters, &mut parts);
+                            if !rule.response_filters.is_empty() {
+                                filters::apply_response(&rule.response_filters, &mut parts);
+                            }
+                            // The duration runs until the body ends (or is
+                            // dropped).
+                            let body = BoxBody::new(Timed {
+                                inner: body,
+                                done: Some((metrics.duration.clone(), start)),
+                            });
                             Ok(Response::from_parts(parts, body))
                         }
                         Err(e) => {
+                            metrics.duration.observe(start.elapsed().as_secs_f64());
                             metrics.status(None, error_class(&*e));
                             Err(e)
                         }
@@ -149,6 +153,56 @@ impl Service<Request<BoxBody>> for Router {
             Ok(Routed::Respond(rsp)) => Box::pin(std::future::ready(Ok(rsp))),
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
+    }
+}
+
+/// A response body that records its request's duration when it ends.
+struct Timed {
+    inner: BoxBody,
+    done: Option<(
+        linnet_metrics::prometheus_client::metrics::histogram::Histogram,
+        tokio::time::Instant,
+    )>,
+}
+
+impl Timed {
+    fn finish(&mut self) {
+        if let Some((h, start)) = self.done.take() {
+            h.observe(start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl http_body::Body for Timed {
+    type Data = bytes::Bytes;
+    type Error = linnet_core::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, linnet_core::Error>>> {
+        let this = self.get_mut();
+        let frame = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None | Some(Err(_))))
+            || (matches!(frame, Poll::Ready(Some(Ok(_)))) && this.inner.is_end_stream())
+        {
+            this.finish();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
