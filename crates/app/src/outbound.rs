@@ -115,28 +115,13 @@ pub(crate) fn opaque_route(logical: &Logical, sni: &Option<Option<String>>) -> O
     OpaqueRoute::Backends(Arc::new(backends))
 }
 
-/// Whether an outbound policy declares TLS (routed by SNI).
-pub(crate) fn declared_tls(logical: &Logical) -> bool {
-    let Logical::Policy(rx) = logical else {
-        return false;
-    };
-    matches!(&*rx.borrow(), linnet_discovery::PolicyAnswer::Found(p)
-        if p.model.protocol.declared() == Some(linnet_policy::outbound::Declared::Tls))
-}
-
-/// The HTTP version an outbound policy declares, when it declares one.
-pub(crate) fn declared_http(logical: &Logical) -> Option<linnet_http::Version> {
-    use linnet_policy::outbound::Declared;
+/// The protocol an outbound policy declares, when it declares one.
+pub(crate) fn declared(logical: &Logical) -> Option<linnet_policy::outbound::Declared> {
     let Logical::Policy(rx) = logical else {
         return None;
     };
-    let answer = rx.borrow();
-    let linnet_discovery::PolicyAnswer::Found(p) = &*answer else {
-        return None;
-    };
-    match p.model.protocol.declared() {
-        Some(Declared::Http1) => Some(linnet_http::Version::Http1),
-        Some(Declared::Http2 | Declared::Grpc) => Some(linnet_http::Version::Http2),
+    match &*rx.borrow() {
+        linnet_discovery::PolicyAnswer::Found(p) => p.model.protocol.declared(),
         _ => None,
     }
 }

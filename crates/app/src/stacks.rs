@@ -79,8 +79,7 @@ impl LogicalStacks {
         profile: Option<watch::Receiver<Option<Profile>>>,
     ) -> HttpStack {
         self.get_or_build(Key::Name(name.to_string()), || {
-            let addr = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
-            self.stacks.profile(addr, name.to_string(), profile)
+            self.stacks.named(name.to_string(), port, profile)
         })
     }
 

@@ -26,7 +26,7 @@
 
 use crate::{
     mesh::{self, HasTcp, MeshTls},
-    outbound::{OpaqueRoute, declared_http, declared_tls, opaque_route, undecided},
+    outbound::{OpaqueRoute, declared, opaque_route, undecided},
     upstreams::Upstreams,
 };
 use linnet_config::{HttpConfig, ProxyConfig};
@@ -702,9 +702,15 @@ impl Forward {
                         balancer,
                         profile,
                     } => {
-                        let http = declared_http(&logical);
+                        use linnet_policy::outbound::Declared as D;
+                        let declared = declared(&logical);
+                        let http = match declared {
+                            Some(D::Http1) => Some(linnet_http::Version::Http1),
+                            Some(D::Http2 | D::Grpc) => Some(linnet_http::Version::Http2),
+                            _ => None,
+                        };
                         // TLS routes need the ClientHello's SNI: detected.
-                        let tls = declared_tls(&logical);
+                        let tls = declared == Some(D::Tls);
                         let declared = Declared {
                             http,
                             ..opaque(o && http.is_none() && !tls)

@@ -98,7 +98,7 @@ impl Stacks {
     /// The stack of `addr`, whose outbound policy `policy` follows.
     pub fn policy(&self, addr: SocketAddr, policy: watch::Receiver<PolicyAnswer>) -> HttpStack {
         let source = route::Source::Policy(policy);
-        self.router(addr, source)
+        self.router(addr, Some(addr), source)
     }
 
     /// The stack of the service `authority` (`name:port`), reached at
@@ -110,10 +110,35 @@ impl Stacks {
         authority: String,
         profile: Option<watch::Receiver<Option<Profile>>>,
     ) -> HttpStack {
-        self.router(addr, route::Source::Profile { authority, profile })
+        self.router(
+            addr,
+            Some(addr),
+            route::Source::Profile { authority, profile },
+        )
     }
 
-    fn router(&self, addr: SocketAddr, source: route::Source) -> HttpStack {
+    /// The stack of the service `authority`, named by a request in
+    /// explicit mode (`port` is its port): as [`Stacks::profile`], but
+    /// with no address to fall back to should the control plane stop
+    /// knowing the name (its requests then fail fast).
+    pub fn named(
+        &self,
+        authority: String,
+        port: u16,
+        profile: Option<watch::Receiver<Option<Profile>>>,
+    ) -> HttpStack {
+        let addr = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
+        self.router(addr, None, route::Source::Profile { authority, profile })
+    }
+
+    /// `addr` names the parent in metrics; `fallback` is where a backend
+    /// the control plane does not know goes.
+    fn router(
+        &self,
+        addr: SocketAddr,
+        fallback: Option<SocketAddr>,
+        source: route::Source,
+    ) -> HttpStack {
         let parent = ParentLabels {
             parent_group: "".into(),
             parent_kind: "default".into(),
@@ -121,7 +146,13 @@ impl Stacks {
             parent_namespace: "".into(),
             parent_port: addr.port(),
         };
-        HttpStack::new(route::Router::new(self.ctx.clone(), parent, addr, source))
+        HttpStack::new(route::Router::new(
+            self.ctx.clone(),
+            parent,
+            addr,
+            fallback,
+            source,
+        ))
     }
 }
 
@@ -199,7 +230,7 @@ impl Ctx {
         parent: &ParentLabels,
         b: &Backend,
         accrual: &params::Accrual,
-        fallback: SocketAddr,
+        fallback: Option<SocketAddr>,
     ) -> HttpStack {
         let name: Arc<str> = match &b.kind {
             BackendKind::Forward(e) => e.addr.to_string().into(),
@@ -249,19 +280,15 @@ impl Ctx {
                     .and_then(|d| d.endpoints(path))
                 else {
                     // No Destination service: the logical target itself.
-                    return balancer(
-                        name,
-                        backend::fixed(linnet_core::endpoint::plain(fallback)),
-                        make,
-                        load,
-                        accrual,
-                        &b.queue,
-                        metrics,
-                    );
+                    let endpoints = match fallback {
+                        Some(addr) => backend::fixed(linnet_core::endpoint::plain(addr)),
+                        None => Box::pin(futures_util::stream::pending()),
+                    };
+                    return balancer(name, endpoints, make, load, accrual, &b.queue, metrics);
                 };
                 let inner = balancer(
                     name.clone(),
-                    backend::stream(rx.clone(), Some(fallback)),
+                    backend::stream(rx.clone(), fallback),
                     make,
                     load,
                     accrual,

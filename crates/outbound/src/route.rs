@@ -64,9 +64,11 @@ pub struct Router {
 struct Shared {
     ctx: Ctx,
     parent: ParentLabels,
-    /// The logical target's address: where a backend the control plane
-    /// does not know goes.
+    /// The logical target's address (its name in metrics and logs).
     addr: SocketAddr,
+    /// Where a backend the control plane does not know goes: the logical
+    /// target itself, when it has an address.
+    fallback: Option<SocketAddr>,
     source: Source,
     state: Mutex<State>,
 }
@@ -76,13 +78,24 @@ struct State {
     /// The routes last derived from the source, and the version of the
     /// source's answer they were derived from (its address).
     derived: Option<(usize, Routes)>,
-    /// The policy the rule stacks were built for.
-    version: Option<Arc<OutboundPolicy>>,
     /// Rule stacks by the rule's address in `version` (stable while it is
     /// held).
     rules: HashMap<usize, Arc<RuleStack>>,
     /// Backend stacks by backend, shared by the rules naming them.
     backends: HashMap<Backend, HttpStack>,
+}
+
+// === impl State ===
+
+impl State {
+    /// New routes: every rule stack goes (their keys are addresses in the
+    /// old policy), and so do the backends no rule of the new one names.
+    fn replace(&mut self, version: usize, routes: Routes) {
+        self.rules.clear();
+        let named = named_backends(&routes.policy);
+        self.backends.retain(|b, _| named.contains(&b));
+        self.derived = Some((version, routes));
+    }
 }
 
 /// What a request on one rule goes through.
@@ -97,12 +110,19 @@ struct RuleStack {
 
 impl Router {
     /// A router following `routes`.
-    pub(crate) fn new(ctx: Ctx, parent: ParentLabels, addr: SocketAddr, source: Source) -> Self {
+    pub(crate) fn new(
+        ctx: Ctx,
+        parent: ParentLabels,
+        addr: SocketAddr,
+        fallback: Option<SocketAddr>,
+        source: Source,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 ctx,
                 parent,
                 addr,
+                fallback,
                 source,
                 state: Mutex::new(State::default()),
             }),
@@ -120,8 +140,13 @@ impl Service<Request<BoxBody>> for Router {
     }
 
     fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
-        let routes = self.shared.routes();
-        match self.shared.route(&routes, &mut req) {
+        // One lock per request: the current routes, then the rule's stack.
+        let routed = {
+            let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            let routes = self.shared.routes(&mut state);
+            self.shared.route(&mut state, &routes, &mut req)
+        };
+        match routed {
             Ok(Routed::Stack(rule)) => {
                 let start = tokio::time::Instant::now();
                 let fut = linnet_http::call_stack(rule.stack.clone(), req);
@@ -217,8 +242,7 @@ enum Routed {
 impl Shared {
     /// The current routes: derived from the source's answer once per
     /// answer (its address is the version), not per request.
-    fn routes(&self) -> Routes {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    fn routes(&self, state: &mut State) -> Routes {
         let current = |state: &State, version: usize| {
             state
                 .derived
@@ -230,13 +254,13 @@ impl Shared {
             Source::Policy(rx) => match &*rx.borrow() {
                 PolicyAnswer::Found(found) => {
                     let version = Arc::as_ptr(&found.model) as usize;
-                    current(&state, version).unwrap_or_else(|| {
+                    current(state, version).unwrap_or_else(|| {
                         let r = Routes {
                             policy: found.model.clone(),
                             first_match: false,
                             budget: None,
                         };
-                        state.derived = Some((version, r.clone()));
+                        state.replace(version, r.clone());
                         r
                     })
                 }
@@ -258,9 +282,9 @@ impl Shared {
                     .and_then(|p| p.as_ref())
                     .and_then(|p| p.routes.as_ref());
                 let version = routes.map_or(1, |r| Arc::as_ptr(r) as usize);
-                current(&state, version).unwrap_or_else(|| {
+                current(state, version).unwrap_or_else(|| {
                     let r = crate::http::profile_policy(authority, routes.map(|r| &**r));
-                    state.derived = Some((version, r.clone()));
+                    state.replace(version, r.clone());
                     r
                 })
             }
@@ -269,6 +293,7 @@ impl Shared {
 
     fn route(
         &self,
+        state: &mut State,
         routes: &Routes,
         req: &mut Request<BoxBody>,
     ) -> Result<Routed, linnet_core::Error> {
@@ -307,7 +332,7 @@ impl Shared {
                 return answered;
             }
             let key = sel.rule as *const _ as usize;
-            let rule = self.rule_stack(routes, key, || RuleParams {
+            let rule = self.rule_stack(state, routes, key, || RuleParams {
                 response_filters: sel
                     .rule
                     .filters
@@ -335,7 +360,7 @@ impl Shared {
             return answered;
         }
         let key = rule as *const _ as usize;
-        let stack = self.rule_stack(routes, key, || RuleParams {
+        let stack = self.rule_stack(state, routes, key, || RuleParams {
             response_filters: Arc::new([]),
             meta: route.meta.clone(),
             backends: weighted(&rule.backends)
@@ -349,31 +374,20 @@ impl Shared {
     }
 
     /// The stack of the rule at `key` in `routes`' policy, built on first
-    /// use. A new policy drops every rule stack (their keys are addresses
-    /// in the old one) and the backends no rule of it names.
+    /// use.
     fn rule_stack(
         &self,
+        state: &mut State,
         routes: &Routes,
         key: usize,
         params: impl FnOnce() -> RuleParams,
     ) -> Arc<RuleStack> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if !state
-            .version
-            .as_ref()
-            .is_some_and(|v| Arc::ptr_eq(v, &routes.policy))
-        {
-            state.rules.clear();
-            let named = named_backends(&routes.policy);
-            state.backends.retain(|b, _| named.contains(&b));
-            state.version = Some(routes.policy.clone());
-        }
         if let Some(r) = state.rules.get(&key) {
             return r.clone();
         }
         let params = params();
         let response_filters = params.response_filters.clone();
-        let State { backends, .. } = &mut *state;
+        let State { backends, .. } = state;
         let (stack, metrics) = self.ctx.rule_stack(
             &self.parent,
             params,
@@ -382,8 +396,12 @@ impl Shared {
                 backends
                     .entry(b.clone())
                     .or_insert_with(|| {
-                        self.ctx
-                            .backend_stack(&self.parent, b, &routes.policy.accrual, self.addr)
+                        self.ctx.backend_stack(
+                            &self.parent,
+                            b,
+                            &routes.policy.accrual,
+                            self.fallback,
+                        )
                     })
                     .clone()
             },
