@@ -153,8 +153,19 @@ pub struct ControlConfig {
     /// fails); an address outside is never meshed and goes to its original
     /// destination without a lookup. Every address, when unset.
     pub profile_networks: Vec<parse::Network>,
-    /// Inbound policy until the control plane's arrives.
+    /// Inbound policy until the control plane's arrives, and without a
+    /// policy service (`INBOUND_DEFAULT_POLICY`).
     pub inbound_default_policy: DefaultPolicy,
+    /// `POLICY_CLUSTER_NETWORKS`: the cluster's networks, which the
+    /// `cluster-*` default policies admit (Linkerd's default: the private
+    /// ranges).
+    pub cluster_networks: Vec<parse::Network>,
+    /// `INBOUND_PORTS_REQUIRE_IDENTITY`: ports whose default policy admits
+    /// only meshed clients with an identity.
+    pub inbound_ports_require_identity: parse::PortSet,
+    /// `INBOUND_PORTS_REQUIRE_TLS`: ports whose default policy admits only
+    /// clients whose TLS this proxy terminates (with an identity or not).
+    pub inbound_ports_require_tls: parse::PortSet,
     /// DNS servers for names the control plane does not know (the
     /// system's when empty).
     pub dns_servers: Vec<SocketAddr>,
@@ -299,6 +310,9 @@ const KNOWN: &[&str] = &[
     "OUTBOUND_DISCOVERY_IDLE_TIMEOUT",
     "DISCOVERY_INITIAL_WAIT",
     "INBOUND_DEFAULT_POLICY",
+    "POLICY_CLUSTER_NETWORKS",
+    "INBOUND_PORTS_REQUIRE_IDENTITY",
+    "INBOUND_PORTS_REQUIRE_TLS",
     "DNS_SERVERS",
     "DNS_MIN_TTL",
     "DNS_MAX_TTL",
@@ -319,6 +333,11 @@ const KNOWN: &[&str] = &[
     "METRICS_MAX_LABEL_VALUES",
     "METRICS_IDLE_TIMEOUT",
 ];
+
+/// Linkerd's default cluster networks: the private and shared address
+/// ranges.
+pub const DEFAULT_CLUSTER_NETWORKS: &str =
+    "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
 
 /// Linkerd's default list of ports whose protocols are server-speaks-first
 /// (SMTP, submission, MySQL, Galera, PostgreSQL, Redis, Elasticsearch,
@@ -731,6 +750,16 @@ impl<E: Env + ?Sized> Reader<'_, E> {
                     })
                 })?
                 .unwrap_or(DefaultPolicy::AllUnauthenticated),
+            cluster_networks: self
+                .get("POLICY_CLUSTER_NETWORKS", parse::Network::parse_list)?
+                .unwrap_or_else(|| {
+                    DEFAULT_CLUSTER_NETWORKS
+                        .split(',')
+                        .filter_map(|n| parse::Network::parse(n).ok())
+                        .collect()
+                }),
+            inbound_ports_require_identity: self.ports("INBOUND_PORTS_REQUIRE_IDENTITY")?,
+            inbound_ports_require_tls: self.ports("INBOUND_PORTS_REQUIRE_TLS")?,
             dns_servers: self
                 .get("DNS_SERVERS", |s| {
                     s.split(',')

@@ -76,6 +76,11 @@ impl PortSet {
         Ok(Self(ranges))
     }
 
+    /// The inclusive ranges, as written.
+    pub fn ranges(&self) -> &[(u16, u16)] {
+        &self.0
+    }
+
     /// Whether `port` is in the set.
     pub fn contains(&self, port: u16) -> bool {
         self.0.iter().any(|&(lo, hi)| lo <= port && port <= hi)

@@ -157,6 +157,11 @@ fn control_plane() {
     assert_eq!(c.destination, None);
     assert_eq!(c.discovery_idle_timeout, Duration::from_secs(5));
     assert_eq!(c.inbound_default_policy, DefaultPolicy::AllUnauthenticated);
+    // Linkerd's private ranges, and no port requiring anything.
+    assert_eq!(c.cluster_networks.len(), 5);
+    assert!(c.cluster_networks.iter().any(|n| n.contains("10.1.2.3".parse().unwrap())));
+    assert!(!c.cluster_networks.iter().any(|n| n.contains("8.8.8.8".parse().unwrap())));
+    assert!(!c.inbound_ports_require_identity.contains(8080));
     let c = Config::from_env(&env(&[
         (
             "LINKERD2_PROXY_DESTINATION_SVC_ADDR",
@@ -173,6 +178,9 @@ fn control_plane() {
         ),
         ("LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "90s"),
         ("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "deny"),
+        ("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "10.42.0.0/16"),
+        ("LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY", "8080,9000-9010"),
+        ("LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_TLS", "5432"),
         // A destination off loopback is reached over TLS: the identity's
         // trust anchors verify it.
         ("LINKERD2_PROXY_IDENTITY_SVC_ADDR", "127.0.0.1:8080"),
@@ -202,6 +210,11 @@ fn control_plane() {
     );
     assert_eq!(c.discovery_idle_timeout, Duration::from_secs(90));
     assert_eq!(c.inbound_default_policy, DefaultPolicy::Deny);
+    assert_eq!(c.cluster_networks.len(), 1);
+    assert!(c.cluster_networks[0].contains("10.42.9.9".parse().unwrap()));
+    assert!(c.inbound_ports_require_identity.contains(9005));
+    assert!(!c.inbound_ports_require_identity.contains(5432));
+    assert!(c.inbound_ports_require_tls.contains(5432));
     assert_eq!(
         c.dns_servers,
         [
@@ -227,6 +240,14 @@ fn control_plane() {
             "LINNET_DNS_SERVERS",
         ),
         (vec![("LINNET_DNS_MIN_TTL", "10m")], "LINNET_DNS_MIN_TTL"),
+        (
+            vec![("LINNET_POLICY_CLUSTER_NETWORKS", "10.0.0.0/33")],
+            "LINNET_POLICY_CLUSTER_NETWORKS",
+        ),
+        (
+            vec![("LINNET_INBOUND_PORTS_REQUIRE_TLS", "x")],
+            "LINNET_INBOUND_PORTS_REQUIRE_TLS",
+        ),
     ] {
         let err = Config::from_env(&env(&vars)).unwrap_err();
         assert_eq!(err.var, var, "{err}");

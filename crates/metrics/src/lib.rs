@@ -8,6 +8,7 @@
 //! peers choose are bounded in number and evicted when idle ([`bounded`]),
 //! and escaped as the text format requires ([`write_escaped`]).
 
+pub mod authz;
 pub mod bounded;
 pub mod http;
 pub mod mesh;
