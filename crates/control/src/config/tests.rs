@@ -1,5 +1,6 @@
 use super::*;
 
+mod inbound;
 mod outbound;
 
 fn parse(yaml: &str) -> Result<Mesh, Error> {
@@ -125,11 +126,11 @@ workloads:
         s.policy.failure_accrual.unwrap().kind,
         AccrualKind::Consecutive(7)
     );
-    let port = &m.workloads["web-1"][&8080];
+    let port = &m.workloads["web-1"].ports[&8080];
     assert_eq!(port.authorizations.len(), 2);
-    assert!(
-        matches!(&port.authorizations[0], Authorization::Unauthenticated { networks } if networks.len() == 2)
-    );
+    let a = &port.authorizations[0];
+    assert_eq!(a.clients, Clients::Unauthenticated);
+    assert_eq!(a.networks.len(), 2);
 }
 
 #[test]
