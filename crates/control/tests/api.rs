@@ -570,7 +570,9 @@ async fn watch_port_follows_inbound_policy_reloads() {
     assert!(s.authorizations.is_empty());
 
     // An invalid file: counted, and nothing sent.
-    plane.write("workloads:\n  web-1:\n    ports:\n      8080: {protocol: grpc, rate_limit: {total: 5}}\n");
+    plane.write(
+        "workloads:\n  web-1:\n    ports:\n      8080: {protocol: grpc, rate_limit: {total: 5}}\n",
+    );
     linnet_test_support::eventually(
         "the reload error counted",
         Duration::from_secs(5),

@@ -41,6 +41,22 @@ fn the_example_file_is_valid() {
             .opaque_routes
             .is_empty()
     );
+    // And every part of inbound policy.
+    let web = &mesh.workloads["web-1"].ports[&8080];
+    let admin = web.routes.iter().find(|r| r.name == "admin").unwrap();
+    let root = web.routes.iter().find(|r| r.name == "root").unwrap();
+    assert_eq!(admin.authorizations.as_ref().unwrap().len(), 1);
+    assert_eq!(root.authorizations, None);
+    assert!(!web.rate_limit.as_ref().unwrap().overrides.is_empty());
+    assert!(!web.authorizations[1].except.is_empty());
+    let api = &mesh.workloads["api-1"].ports[&9090];
+    assert_eq!(api.protocol, Protocol::Grpc);
+    assert!(
+        api.routes
+            .iter()
+            .any(|r| r.authorizations.as_ref().is_some_and(Vec::is_empty))
+    );
+    assert_eq!(mesh.default_inbound_policy("db-1"), DefaultPolicy::Deny);
 }
 
 #[test]

@@ -23,10 +23,7 @@ use super::{
 };
 use crate::{
     Metrics, Store,
-    config::{
-        Authorization, Clients, HostMatch, InboundRoute, Mesh, Protocol, RateLimit,
-        Server,
-    },
+    config::{Authorization, Clients, HostMatch, InboundRoute, Mesh, Protocol, RateLimit, Server},
     store::{Messages, changes},
 };
 use linkerd2_proxy_api::{
@@ -88,7 +85,11 @@ impl Origin<'_> {
 
 /// The server for a workload's port: the file's, or its default policy's.
 pub(super) fn server(mesh: &Mesh, workload: &str, port: u16) -> inbound::Server {
-    match mesh.workloads.get(workload).and_then(|w| w.ports.get(&port)) {
+    match mesh
+        .workloads
+        .get(workload)
+        .and_then(|w| w.ports.get(&port))
+    {
         Some(s) => file_server(Origin::File(workload), s),
         None => {
             let policy = mesh.default_inbound_policy(workload);
@@ -114,7 +115,11 @@ fn file_server(origin: Origin<'_>, s: &Server) -> inbound::Server {
     }
 }
 
-fn protocol(origin: Origin<'_>, s: &Server, server_authz: &[inbound::Authz]) -> inbound::ProxyProtocol {
+fn protocol(
+    origin: Origin<'_>,
+    s: &Server,
+    server_authz: &[inbound::Authz],
+) -> inbound::ProxyProtocol {
     let http_routes = || http_routes(origin, s, server_authz);
     let rate_limit = || s.rate_limit.as_ref().map(|r| rate_limit(origin, r));
     let kind = match s.protocol {
@@ -192,7 +197,9 @@ fn http_routes(
                     .as_ref()
                     .map(|e| Kind::RequestHeaderModifier(request_headers(e))),
                 f.redirect.as_ref().map(|x| Kind::Redirect(redirect(x))),
-                f.fail.as_ref().map(|x| Kind::FailureInjector(http_failure(x))),
+                f.fail
+                    .as_ref()
+                    .map(|x| Kind::FailureInjector(http_failure(x))),
             ];
             inbound::HttpRoute {
                 metadata: origin.meta("HTTPRoute", &r.name),
@@ -236,7 +243,9 @@ fn grpc_routes(
                 f.request_headers
                     .as_ref()
                     .map(|e| Kind::RequestHeaderModifier(request_headers(e))),
-                f.fail.as_ref().map(|x| Kind::FailureInjector(grpc_failure(x))),
+                f.fail
+                    .as_ref()
+                    .map(|x| Kind::FailureInjector(grpc_failure(x))),
             ];
             inbound::GrpcRoute {
                 metadata: origin.meta("GRPCRoute", &r.name),

@@ -235,18 +235,17 @@ fn host(h: &str) -> Result<HostMatch, String> {
 }
 
 /// A list of authorizations; unnamed ones are `<stem>:<index>`.
-fn authorizations(
-    list: Vec<FileAuthz>,
-    stem: &str,
-    at: &str,
-) -> Result<Vec<Authorization>, Error> {
+fn authorizations(list: Vec<FileAuthz>, stem: &str, at: &str) -> Result<Vec<Authorization>, Error> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::with_capacity(list.len());
     for (i, a) in list.into_iter().enumerate() {
         let at = format!("{at}[{i}]");
         let a = authz(a, &format!("{stem}:{i}"), &at)?;
         if !seen.insert(a.name.clone()) {
-            return Err(invalid(at, format!("two authorizations are named {}", a.name)));
+            return Err(invalid(
+                at,
+                format!("two authorizations are named {}", a.name),
+            ));
         }
         out.push(a);
     }
@@ -328,8 +327,8 @@ fn meshed_clients(
             continue;
         }
         let s = s.trim_start_matches('.');
-        let (s, _) = parse_authority(&format!("{s}:1"))
-            .map_err(|r| invalid(at, format!("suffix: {r}")))?;
+        let (s, _) =
+            parse_authority(&format!("{s}:1")).map_err(|r| invalid(at, format!("suffix: {r}")))?;
         sfx.push(s);
     }
     Ok(Clients::Meshed {
@@ -369,7 +368,10 @@ fn rate_limit(r: FileRateLimit, server: &str, at: &str) -> Result<RateLimit, Err
             return Err(invalid(at, "requests_per_second must be more than 0"));
         }
         if o.identities.is_empty() {
-            return Err(invalid(at, "identities: an override is for some identities"));
+            return Err(invalid(
+                at,
+                "identities: an override is for some identities",
+            ));
         }
         for id in &o.identities {
             check_identity_name(id).map_err(|e| invalid(&at, e))?;

@@ -28,7 +28,10 @@ fn defaults() {
     assert_eq!(m.default_inbound_policy, DefaultPolicy::AllUnauthenticated);
     assert_eq!(m.cluster_networks.len(), 5);
     assert!(m.cluster_networks.contains(&net("fd00::/8")));
-    assert_eq!(m.default_inbound_policy("anyone"), DefaultPolicy::AllUnauthenticated);
+    assert_eq!(
+        m.default_inbound_policy("anyone"),
+        DefaultPolicy::AllUnauthenticated
+    );
 
     let m = parse(
         "default_inbound_policy: cluster-authenticated\ncluster_networks: [10.0.0.0/16, 10.9.9.9]\nworkloads:\n  db:\n    default_inbound_policy: deny\n  web: {}\n",
@@ -36,12 +39,21 @@ fn defaults() {
     .unwrap();
     assert_eq!(m.cluster_networks, [net("10.0.0.0/16"), net("10.9.9.9/32")]);
     assert_eq!(m.default_inbound_policy("db"), DefaultPolicy::Deny);
-    assert_eq!(m.default_inbound_policy("web"), DefaultPolicy::ClusterAuthenticated);
-    assert_eq!(m.default_inbound_policy("other"), DefaultPolicy::ClusterAuthenticated);
+    assert_eq!(
+        m.default_inbound_policy("web"),
+        DefaultPolicy::ClusterAuthenticated
+    );
+    assert_eq!(
+        m.default_inbound_policy("other"),
+        DefaultPolicy::ClusterAuthenticated
+    );
     for (name, p) in [
         ("all-unauthenticated", DefaultPolicy::AllUnauthenticated),
         ("all-authenticated", DefaultPolicy::AllAuthenticated),
-        ("cluster-unauthenticated", DefaultPolicy::ClusterUnauthenticated),
+        (
+            "cluster-unauthenticated",
+            DefaultPolicy::ClusterUnauthenticated,
+        ),
         ("cluster-authenticated", DefaultPolicy::ClusterAuthenticated),
         ("deny", DefaultPolicy::Deny),
         ("audit", DefaultPolicy::Audit),
@@ -115,7 +127,10 @@ fn routes_and_rate_limit() {
     ));
     assert_eq!(s.name, "web-http");
     let rl = s.rate_limit.unwrap();
-    assert_eq!((rl.name.as_str(), rl.total, rl.identity), ("web-http", Some(100), Some(10)));
+    assert_eq!(
+        (rl.name.as_str(), rl.total, rl.identity),
+        ("web-http", Some(100), Some(10))
+    );
     assert_eq!(rl.overrides[0].requests_per_second, 50);
     let r = &s.routes;
     assert_eq!(r.len(), 4);
@@ -155,7 +170,11 @@ fn errors_say_where() {
     let at = "workloads.w.ports.80";
     let cases: Vec<(String, String, &str)> = vec![
         // Authorizations.
-        (port80("        authorizations: [{}]\n"), format!("{at}.authorizations[0]"), "says nobody"),
+        (
+            port80("        authorizations: [{}]\n"),
+            format!("{at}.authorizations[0]"),
+            "says nobody",
+        ),
         (
             port80("        authorizations: [{networks: [10.0.0.0/8]}]\n"),
             format!("{at}.authorizations[0]"),
@@ -167,12 +186,16 @@ fn errors_say_where() {
             "not several",
         ),
         (
-            port80(&format!("        authorizations: [{{unauthenticated: true, identities: [{A}]}}]\n")),
+            port80(&format!(
+                "        authorizations: [{{unauthenticated: true, identities: [{A}]}}]\n"
+            )),
             format!("{at}.authorizations[0]"),
             "not several",
         ),
         (
-            port80("        authorizations: [{tls: true, networks: [10.0.0.0/8], except: [192.168.0.0/16]}]\n"),
+            port80(
+                "        authorizations: [{tls: true, networks: [10.0.0.0/8], except: [192.168.0.0/16]}]\n",
+            ),
             format!("{at}.authorizations[0]"),
             "except 192.168.0.0/16 is not inside",
         ),
@@ -192,7 +215,9 @@ fn errors_say_where() {
             "suffix",
         ),
         (
-            port80("        authorizations: [{name: x, tls: true}, {name: x, unauthenticated: true}]\n"),
+            port80(
+                "        authorizations: [{name: x, tls: true}, {name: x, unauthenticated: true}]\n",
+            ),
             format!("{at}.authorizations[1]"),
             "two authorizations are named x",
         ),
@@ -212,7 +237,11 @@ fn errors_say_where() {
             format!("{at}.routes.r"),
             "two routes have this name",
         ),
-        (port80("        routes: [{name: \"\"}]\n"), format!("{at}.routes."), "needs a name"),
+        (
+            port80("        routes: [{name: \"\"}]\n"),
+            format!("{at}.routes."),
+            "needs a name",
+        ),
         (
             port80("        routes: [{name: r, hosts: [\"bad host\"]}]\n"),
             format!("{at}.routes.r.hosts"),
@@ -224,7 +253,9 @@ fn errors_say_where() {
             "does not start with /",
         ),
         (
-            port80("        protocol: grpc\n        routes: [{name: r, matches: [{path_prefix: /x}]}]\n"),
+            port80(
+                "        protocol: grpc\n        routes: [{name: r, matches: [{path_prefix: /x}]}]\n",
+            ),
             format!("{at}.routes.r"),
             "is an HTTP match",
         ),
@@ -234,7 +265,9 @@ fn errors_say_where() {
             "request headers only",
         ),
         (
-            port80("        protocol: grpc\n        routes: [{name: r, filters: {redirect: {host: x.example}}}]\n"),
+            port80(
+                "        protocol: grpc\n        routes: [{name: r, filters: {redirect: {host: x.example}}}]\n",
+            ),
             format!("{at}.routes.r"),
             "not gRPC ones",
         ),
@@ -264,7 +297,11 @@ fn errors_say_where() {
             format!("{at}.rate_limit"),
             "counts HTTP requests",
         ),
-        (port80("        rate_limit: {}\n"), format!("{at}.rate_limit"), "no limit"),
+        (
+            port80("        rate_limit: {}\n"),
+            format!("{at}.rate_limit"),
+            "no limit",
+        ),
         (
             port80("        rate_limit: {total: 0}\n"),
             format!("{at}.rate_limit.total"),
@@ -276,7 +313,9 @@ fn errors_say_where() {
             "0 requests per second",
         ),
         (
-            port80("        rate_limit: {overrides: [{requests_per_second: 0, identities: [a.example]}]}\n"),
+            port80(
+                "        rate_limit: {overrides: [{requests_per_second: 0, identities: [a.example]}]}\n",
+            ),
             format!("{at}.rate_limit.overrides[0]"),
             "more than 0",
         ),
@@ -286,7 +325,9 @@ fn errors_say_where() {
             "an override is for some identities",
         ),
         (
-            port80("        rate_limit: {overrides: [{requests_per_second: 5, identities: [\"*\"]}]}\n"),
+            port80(
+                "        rate_limit: {overrides: [{requests_per_second: 5, identities: [\"*\"]}]}\n",
+            ),
             format!("{at}.rate_limit.overrides[0]"),
             "not a DNS name",
         ),
@@ -296,8 +337,16 @@ fn errors_say_where() {
             "not valid YAML",
         ),
         // Servers, workloads, the file.
-        ("workloads:\n  w:\n    ports:\n      0: {}\n".into(), "workloads.w.ports.0".into(), "port 0"),
-        (port80("        name: \"\"\n"), format!("{at}.name"), "empty"),
+        (
+            "workloads:\n  w:\n    ports:\n      0: {}\n".into(),
+            "workloads.w.ports.0".into(),
+            "port 0",
+        ),
+        (
+            port80("        name: \"\"\n"),
+            format!("{at}.name"),
+            "empty",
+        ),
         (
             "workloads:\n  w:\n    default_inbound_policy: allow\n".into(),
             String::new(),
@@ -308,7 +357,11 @@ fn errors_say_where() {
             String::new(),
             "unknown variant `everyone`",
         ),
-        ("cluster_networks: []\n".into(), "cluster_networks".into(), "empty"),
+        (
+            "cluster_networks: []\n".into(),
+            "cluster_networks".into(),
+            "empty",
+        ),
         (
             "cluster_networks: [10.0.0.0/8, 300.0.0.0/8]\n".into(),
             "cluster_networks[1]".into(),

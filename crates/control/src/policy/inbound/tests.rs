@@ -21,10 +21,7 @@ fn nets(a: &inbound::Authz) -> Vec<(String, Vec<String>)> {
         .iter()
         .map(|n| {
             let s = |n: &IpNetwork| ipnet::IpNet::try_from(*n).unwrap().to_string();
-            (
-                s(n.net.as_ref().unwrap()),
-                n.except.iter().map(s).collect(),
-            )
+            (s(n.net.as_ref().unwrap()), n.except.iter().map(s).collect())
         })
         .collect()
 }
@@ -43,7 +40,10 @@ fn meshed(a: &inbound::Authz) -> (Vec<String>, Vec<String>) {
     };
     (
         ids.identities.into_iter().map(|i| i.name).collect(),
-        ids.suffixes.into_iter().map(|s| s.parts.join(".")).collect(),
+        ids.suffixes
+            .into_iter()
+            .map(|s| s.parts.join("."))
+            .collect(),
     )
 }
 
@@ -116,8 +116,18 @@ fn a_named_http_port() {
     assert_eq!(meshed(ids), (vec![A.into(), B.into()], Vec::new()));
     let r = resource(&ids.metadata);
     assert_eq!(
-        (r.group.as_str(), r.kind.as_str(), r.name.as_str(), r.namespace.as_str()),
-        ("policy.linkerd.io", "AuthorizationPolicy", "web:8080:0", "web")
+        (
+            r.group.as_str(),
+            r.kind.as_str(),
+            r.name.as_str(),
+            r.namespace.as_str()
+        ),
+        (
+            "policy.linkerd.io",
+            "AuthorizationPolicy",
+            "web:8080:0",
+            "web"
+        )
     );
     assert_eq!(ids.networks.len(), 2, "all of IPv4 and IPv6");
     assert!(matches!(permit(probes), authn::Permit::Unauthenticated(_)));
@@ -125,7 +135,10 @@ fn a_named_http_port() {
     assert_eq!(
         nets(probes),
         [
-            ("10.0.0.0/8".into(), vec!["10.1.0.0/16".into(), "10.2.0.0/16".into()]),
+            (
+                "10.0.0.0/8".into(),
+                vec!["10.1.0.0/16".into(), "10.2.0.0/16".into()]
+            ),
             ("192.168.0.0/16".into(), Vec::new()),
         ]
     );
@@ -152,10 +165,11 @@ fn a_named_http_port() {
     );
     assert_eq!(admin.authorizations.len(), 1);
     assert_eq!(meshed(&admin.authorizations[0]).0, [A]);
-    assert_eq!(resource(&admin.authorizations[0].metadata).name, "web:8080:admin:0");
-    let http_route::host_match::Match::Suffix(sfx) =
-        admin.hosts[0].r#match.clone().unwrap()
-    else {
+    assert_eq!(
+        resource(&admin.authorizations[0].metadata).name,
+        "web:8080:admin:0"
+    );
+    let http_route::host_match::Match::Suffix(sfx) = admin.hosts[0].r#match.clone().unwrap() else {
         panic!()
     };
     assert_eq!(sfx.reverse_labels, ["com", "example"]);
@@ -176,12 +190,18 @@ fn a_named_grpc_port() {
     let m = mesh(&FILE.replace("IDA", A).replace("IDB", B));
     let s = server(&m, "web", 9090);
     // "*" is the empty suffix; tls is meshTLS without identities.
-    assert_eq!(meshed(&s.authorizations[0]), (Vec::new(), vec![String::new()]));
+    assert_eq!(
+        meshed(&s.authorizations[0]),
+        (Vec::new(), vec![String::new()])
+    );
     let authn::Permit::MeshTls(tls) = permit(&s.authorizations[1]) else {
         panic!()
     };
     assert!(matches!(tls.clients, Some(C::Unauthenticated(_))));
-    assert_eq!(nets(&s.authorizations[1]), [("fd00::/8".into(), Vec::new())]);
+    assert_eq!(
+        nets(&s.authorizations[1]),
+        [("fd00::/8".into(), Vec::new())]
+    );
     let Some(in_proto::Kind::Grpc(g)) = s.protocol.unwrap().kind else {
         panic!()
     };
@@ -228,7 +248,10 @@ fn default_port(m: &Mesh, workload: &str) -> inbound::Server {
 
 #[test]
 fn unnamed_ports_under_each_default_policy() {
-    let all = vec![("0.0.0.0/0".to_string(), Vec::new()), ("::/0".into(), Vec::new())];
+    let all = vec![
+        ("0.0.0.0/0".to_string(), Vec::new()),
+        ("::/0".into(), Vec::new()),
+    ];
     let cluster: Vec<_> = DEFAULT_CLUSTER_NETWORKS
         .iter()
         .map(|n| (n.to_string(), Vec::new()))
@@ -243,7 +266,9 @@ fn unnamed_ports_under_each_default_policy() {
         // In the file, and in a workload overriding the file's.
         for yaml in [
             format!("default_inbound_policy: {policy}\n"),
-            format!("default_inbound_policy: deny\nworkloads:\n  w:\n    default_inbound_policy: {policy}\n"),
+            format!(
+                "default_inbound_policy: deny\nworkloads:\n  w:\n    default_inbound_policy: {policy}\n"
+            ),
         ] {
             let s = default_port(&mesh(&yaml), "w");
             assert_eq!(s.labels["name"], policy);
@@ -270,9 +295,13 @@ fn unnamed_ports_under_each_default_policy() {
     }
     // Nothing said: all-unauthenticated; another workload keeps the file's.
     let m = mesh("workloads:\n  w:\n    default_inbound_policy: deny\n");
-    assert_eq!(default_port(&m, "other").labels["name"], "all-unauthenticated");
+    assert_eq!(
+        default_port(&m, "other").labels["name"],
+        "all-unauthenticated"
+    );
     // The cluster's networks are the file's.
-    let m = mesh("default_inbound_policy: cluster-unauthenticated\ncluster_networks: [10.8.0.0/16]\n");
+    let m =
+        mesh("default_inbound_policy: cluster-unauthenticated\ncluster_networks: [10.8.0.0/16]\n");
     assert_eq!(
         nets(&default_port(&m, "w").authorizations[0]),
         [("10.8.0.0/16".to_string(), Vec::new())]
@@ -297,7 +326,11 @@ async fn watch_port_follows_changes() {
         workload: "w".into(),
         port: 80,
     };
-    let mut w = svc.watch_port(Request::new(spec)).await.unwrap().into_inner();
+    let mut w = svc
+        .watch_port(Request::new(spec))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(next(&mut w).await.labels["name"], "all-unauthenticated");
     store.replace(mesh("workloads:\n  w:\n    default_inbound_policy: deny\n"));
     let s = next(&mut w).await;
@@ -306,5 +339,8 @@ async fn watch_port_follows_changes() {
     store.replace(mesh("workloads:\n  w:\n    ports:\n      80: {protocol: opaque, authorizations: [{tls: true}]}\n"));
     let s = next(&mut w).await;
     assert_eq!(s.labels["name"], "w:80");
-    assert!(matches!(s.protocol.unwrap().kind, Some(in_proto::Kind::Opaque(_))));
+    assert!(matches!(
+        s.protocol.unwrap().kind,
+        Some(in_proto::Kind::Opaque(_))
+    ));
 }
