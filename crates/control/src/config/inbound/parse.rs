@@ -135,7 +135,8 @@ fn server(id: &str, s: FileServer, at: &str) -> Result<Server, Error> {
         Protocol::Detect | Protocol::Http1 | Protocol::Http2
     );
     let grpc = s.protocol == Protocol::Grpc;
-    if !(http || grpc) && !s.routes.is_empty() {
+    let routed = http || grpc;
+    if !routed && !s.routes.is_empty() {
         return Err(invalid(
             format!("{at}.routes"),
             "routes are HTTP or gRPC routes: an opaque or TLS server has none",
