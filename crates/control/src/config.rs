@@ -8,7 +8,13 @@
 use linnet_config::parse::duration;
 use serde::Deserialize;
 
+mod inbound;
 mod outbound;
+
+pub use self::inbound::{
+    Authorization, Clients, DEFAULT_CLUSTER_NETWORKS, DefaultPolicy, HostMatch, InboundRoute,
+    RateLimit, RateLimitOverride, Server, Workload, default_cluster_networks,
+};
 
 pub use self::outbound::{
     AccrualKind, Backend, BackendTarget, Backoff, DEFAULT_MAX_REQUEST_BYTES, Fail, FailureAccrual,
@@ -16,23 +22,45 @@ pub use self::outbound::{
     Queue, Ratio, Redirect, RedirectPath, Retry, Route, Sni, SuccessRate, Timeouts, TlsRoute,
     Value, ValueMatch,
 };
-use self::outbound::{file::FilePolicy, parse::policy};
+use self::{
+    inbound::parse::{FileWorkload, cluster_networks, workload},
+    outbound::{file::FilePolicy, parse::policy},
+};
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 /// A validated mesh file.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Mesh {
     /// The identity issuer's settings (files, lifetimes, tokens).
     pub identity: Identity,
     /// Services by authority (`name:port`, lower case).
     pub services: BTreeMap<String, Service>,
-    /// Inbound server policies by workload, then port.
-    pub workloads: BTreeMap<String, BTreeMap<u16, Server>>,
+    /// Inbound server policies by workload (the proxy's
+    /// `LINKERD2_PROXY_POLICY_WORKLOAD`).
+    pub workloads: BTreeMap<String, Workload>,
+    /// The policy of ports the file names no server for, unless their
+    /// workload has its own.
+    pub default_inbound_policy: DefaultPolicy,
+    /// Where the cluster-* default policies admit clients from.
+    pub cluster_networks: Vec<ipnet::IpNet>,
+}
+
+impl Default for Mesh {
+    /// Nothing in it; Linkerd's inbound defaults.
+    fn default() -> Self {
+        Self {
+            identity: Identity::default(),
+            services: BTreeMap::new(),
+            workloads: BTreeMap::new(),
+            default_inbound_policy: DefaultPolicy::default(),
+            cluster_networks: default_cluster_networks(),
+        }
+    }
 }
 
 /// The mesh CA.
@@ -199,35 +227,6 @@ pub enum Protocol {
     Tls,
 }
 
-/// A workload's port: its protocol and who may connect.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Server {
-    /// The protocol of the port.
-    pub protocol: Protocol,
-    /// Who may connect; nobody when empty.
-    pub authorizations: Vec<Authorization>,
-}
-
-/// One rule admitting clients.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Authorization {
-    /// Any client, meshed or not, from these networks (all when empty).
-    Unauthenticated {
-        /// Client networks admitted (all when empty).
-        networks: Vec<ipnet::IpNet>,
-    },
-    /// Meshed clients with one of these identities or identity suffixes
-    /// (any meshed client when both are empty).
-    MeshTls {
-        /// Client identities admitted.
-        identities: Vec<String>,
-        /// Client identity suffixes admitted (`ns.serviceaccount.identity.linkerd.cluster.local`).
-        suffixes: Vec<String>,
-        /// Client networks admitted (all when empty).
-        networks: Vec<ipnet::IpNet>,
-    },
-}
-
 /// A file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -271,6 +270,8 @@ struct FileMesh {
     services: BTreeMap<String, FileService>,
     #[serde(default)]
     workloads: BTreeMap<String, FileWorkload>,
+    default_inbound_policy: Option<DefaultPolicy>,
+    cluster_networks: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -363,37 +364,6 @@ struct FileRetryBudget {
     ttl: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileWorkload {
-    #[serde(default)]
-    ports: BTreeMap<u16, FileServer>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileServer {
-    #[serde(default)]
-    protocol: Protocol,
-    #[serde(default)]
-    authorizations: Vec<FileAuthz>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileAuthz {
-    #[serde(default)]
-    unauthenticated: bool,
-    #[serde(default)]
-    /// Client identities admitted.
-    identities: Vec<String>,
-    #[serde(default)]
-    /// Client identity suffixes admitted (`ns.serviceaccount.identity.linkerd.cluster.local`).
-    suffixes: Vec<String>,
-    #[serde(default)]
-    networks: Vec<String>,
-}
-
 // === validation ===
 
 impl Mesh {
@@ -441,30 +411,22 @@ impl Mesh {
                 }
             }
         }
-        for (workload, w) in file.workloads {
-            let mut ports = BTreeMap::new();
-            for (port, s) in w.ports {
-                let at = format!("workloads.{workload}.ports.{port}");
-                if port == 0 {
-                    return Err(invalid(at, "port 0"));
-                }
-                let authorizations = s
-                    .authorizations
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, a)| authz(a, &format!("{at}.authorizations[{i}]")))
-                    .collect::<Result<_, _>>()?;
-                ports.insert(
-                    port,
-                    Server {
-                        protocol: s.protocol,
-                        authorizations,
-                    },
-                );
-            }
-            mesh.workloads.insert(workload, ports);
+        for (name, w) in file.workloads {
+            let w = workload(&name, w, &format!("workloads.{name}"))?;
+            mesh.workloads.insert(name, w);
         }
+        mesh.default_inbound_policy = file.default_inbound_policy.unwrap_or_default();
+        mesh.cluster_networks = cluster_networks(file.cluster_networks)?;
         Ok(mesh)
+    }
+
+    /// The default inbound policy of `workload`'s ports: its own, else
+    /// the file's.
+    pub fn default_inbound_policy(&self, workload: &str) -> DefaultPolicy {
+        self.workloads
+            .get(workload)
+            .and_then(|w| w.default_inbound_policy)
+            .unwrap_or(self.default_inbound_policy)
     }
 
     /// The service at `authority` (`name:port`, any case).
@@ -775,37 +737,6 @@ fn profile(p: FileProfile, at: &str) -> Result<Profile, Error> {
         opaque: p.opaque,
         routes,
         retry_budget,
-    })
-}
-
-fn authz(a: FileAuthz, at: &str) -> Result<Authorization, Error> {
-    let networks = a
-        .networks
-        .iter()
-        .map(|n| {
-            n.parse::<ipnet::IpNet>()
-                .or_else(|_| n.parse::<IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| invalid(at, format!("{n:?} is not a network (CIDR) or address")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let meshed = !a.identities.is_empty() || !a.suffixes.is_empty();
-    if a.unauthenticated && meshed {
-        return Err(invalid(
-            at,
-            "unauthenticated admits every client: drop identities and suffixes, or unauthenticated",
-        ));
-    }
-    for id in &a.identities {
-        check_identity_name(id).map_err(|r| invalid(at, r))?;
-    }
-    Ok(if a.unauthenticated {
-        Authorization::Unauthenticated { networks }
-    } else {
-        Authorization::MeshTls {
-            identities: a.identities,
-            suffixes: a.suffixes,
-            networks,
-        }
     })
 }
 

@@ -534,6 +534,70 @@ async fn inbound_server_policies() {
     );
 }
 
+/// A reload that changes a port's policy reaches an open `WatchPort`
+/// stream; a file that fails to validate (here, a rate limit on a gRPC
+/// server) leaves the last good policy in force and sends nothing.
+#[tokio::test]
+async fn watch_port_follows_inbound_policy_reloads() {
+    use linkerd2_proxy_api::inbound::{
+        PortSpec, Server, inbound_server_policies_client::InboundServerPoliciesClient,
+        proxy_protocol::Kind,
+    };
+    async fn next(w: &mut Streaming<Server>) -> Server {
+        tokio::time::timeout(Duration::from_secs(5), w.message())
+            .await
+            .expect("a message within 5s")
+            .unwrap()
+            .expect("the stream is open")
+    }
+    let plane = Plane::start("default_inbound_policy: all-authenticated\n").await;
+    let mut client = InboundServerPoliciesClient::connect(plane.url())
+        .await
+        .unwrap();
+    let spec = PortSpec {
+        workload: "web-1".into(),
+        port: 8080,
+    };
+    let mut w = client.watch_port(spec).await.unwrap().into_inner();
+    let s = next(&mut w).await;
+    assert_eq!(s.labels["name"], "all-authenticated");
+    assert_eq!(s.authorizations.len(), 1);
+
+    // The workload denies by default.
+    plane.write("default_inbound_policy: all-authenticated\nworkloads:\n  web-1:\n    default_inbound_policy: deny\n");
+    let s = next(&mut w).await;
+    assert_eq!(s.labels["name"], "deny");
+    assert!(s.authorizations.is_empty());
+
+    // An invalid file: counted, and nothing sent.
+    plane.write(
+        "workloads:\n  web-1:\n    ports:\n      8080: {protocol: grpc, rate_limit: {total: 5}}\n",
+    );
+    linnet_test_support::eventually(
+        "the reload error counted",
+        Duration::from_secs(5),
+        || async {
+            plane
+                .metrics()
+                .contains("control_config_reloads_total{result=\"error\"} 1")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The port gets a server with a route.
+    plane.write(&format!(
+        "workloads:\n  web-1:\n    ports:\n      8080:\n        protocol: http2\n        authorizations: [{{identities: [{WEB_ID}]}}]\n        routes: [{{name: admin, matches: [{{path_prefix: /admin}}], authorizations: []}}]\n"
+    ));
+    let s = next(&mut w).await;
+    assert_eq!(s.labels["name"], "web-1:8080");
+    let Some(Kind::Http2(h)) = s.protocol.unwrap().kind else {
+        panic!("not http2")
+    };
+    assert_eq!(h.routes.len(), 1);
+    assert!(h.routes[0].authorizations.is_empty());
+}
+
 #[tokio::test]
 async fn outbound_policies() {
     use linkerd2_proxy_api::outbound::{

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 mod backend;
 pub(super) mod file;
-mod filters;
+pub(super) mod filters;
 pub(super) mod parse;
 
 /// The outbound policy for connections to a service.

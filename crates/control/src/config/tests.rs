@@ -1,5 +1,6 @@
 use super::*;
 
+mod inbound;
 mod outbound;
 
 fn parse(yaml: &str) -> Result<Mesh, Error> {
@@ -40,6 +41,22 @@ fn the_example_file_is_valid() {
             .opaque_routes
             .is_empty()
     );
+    // And every part of inbound policy.
+    let web = &mesh.workloads["web-1"].ports[&8080];
+    let admin = web.routes.iter().find(|r| r.name == "admin").unwrap();
+    let root = web.routes.iter().find(|r| r.name == "root").unwrap();
+    assert_eq!(admin.authorizations.as_ref().unwrap().len(), 1);
+    assert_eq!(root.authorizations, None);
+    assert!(!web.rate_limit.as_ref().unwrap().overrides.is_empty());
+    assert!(!web.authorizations[1].except.is_empty());
+    let api = &mesh.workloads["api-1"].ports[&9090];
+    assert_eq!(api.protocol, Protocol::Grpc);
+    assert!(
+        api.routes
+            .iter()
+            .any(|r| r.authorizations.as_ref().is_some_and(Vec::is_empty))
+    );
+    assert_eq!(mesh.default_inbound_policy("db-1"), DefaultPolicy::Deny);
 }
 
 #[test]
@@ -125,11 +142,11 @@ workloads:
         s.policy.failure_accrual.unwrap().kind,
         AccrualKind::Consecutive(7)
     );
-    let port = &m.workloads["web-1"][&8080];
+    let port = &m.workloads["web-1"].ports[&8080];
     assert_eq!(port.authorizations.len(), 2);
-    assert!(
-        matches!(&port.authorizations[0], Authorization::Unauthenticated { networks } if networks.len() == 2)
-    );
+    let a = &port.authorizations[0];
+    assert_eq!(a.clients, Clients::Unauthenticated);
+    assert_eq!(a.networks.len(), 2);
 }
 
 #[test]

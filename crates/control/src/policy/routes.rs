@@ -171,7 +171,7 @@ fn header_matches(list: &[ValueMatch]) -> Vec<http_route::HeaderMatch> {
         .collect()
 }
 
-fn http_matches(list: &[config::HttpMatch]) -> Vec<HttpRouteMatch> {
+pub(super) fn http_matches(list: &[config::HttpMatch]) -> Vec<HttpRouteMatch> {
     if list.is_empty() {
         return vec![prefix_match("/")];
     }
@@ -205,7 +205,7 @@ fn http_matches(list: &[config::HttpMatch]) -> Vec<HttpRouteMatch> {
         .collect()
 }
 
-fn grpc_matches(list: &[config::GrpcMatch]) -> Vec<GrpcRouteMatch> {
+pub(super) fn grpc_matches(list: &[config::GrpcMatch]) -> Vec<GrpcRouteMatch> {
     if list.is_empty() {
         return vec![GrpcRouteMatch::default()];
     }
@@ -232,7 +232,7 @@ fn headers(pairs: &[(String, String)]) -> Option<Headers> {
     })
 }
 
-fn request_headers(e: &HeaderEdits) -> RequestHeaderModifier {
+pub(super) fn request_headers(e: &HeaderEdits) -> RequestHeaderModifier {
     RequestHeaderModifier {
         add: headers(&e.add),
         set: headers(&e.set),
@@ -245,6 +245,40 @@ fn ratio(r: Option<config::Ratio>) -> Option<http_route::Ratio> {
         numerator: r.numerator,
         denominator: r.denominator,
     })
+}
+
+/// A redirect filter.
+pub(super) fn redirect(r: &config::Redirect) -> RequestRedirect {
+    RequestRedirect {
+        scheme: r.scheme.as_deref().map(Scheme::from),
+        host: r.host.clone().unwrap_or_default(),
+        path: r.path.as_ref().map(|p| PathModifier {
+            replace: Some(match p {
+                RedirectPath::Full(p) => path_modifier::Replace::Full(p.clone()),
+                RedirectPath::Prefix(p) => path_modifier::Replace::Prefix(p.clone()),
+            }),
+        }),
+        port: r.port.map(u32::from).unwrap_or_default(),
+        status: u32::from(r.status),
+    }
+}
+
+/// An HTTP route's injected failure.
+pub(super) fn http_failure(x: &config::Fail) -> HttpFailureInjector {
+    HttpFailureInjector {
+        status: x.code,
+        message: x.message.clone(),
+        ratio: ratio(x.ratio),
+    }
+}
+
+/// A gRPC route's injected failure.
+pub(super) fn grpc_failure(x: &config::Fail) -> GrpcFailureInjector {
+    GrpcFailureInjector {
+        code: x.code,
+        message: x.message.clone(),
+        ratio: ratio(x.ratio),
+    }
 }
 
 /// An HTTP route's filters, in the order the file's model lists them.
@@ -262,25 +296,10 @@ fn http_filters(f: &Filters) -> Vec<hr::Filter> {
         }));
     }
     if let Some(r) = &f.redirect {
-        out.push(Kind::Redirect(RequestRedirect {
-            scheme: r.scheme.as_deref().map(Scheme::from),
-            host: r.host.clone().unwrap_or_default(),
-            path: r.path.as_ref().map(|p| PathModifier {
-                replace: Some(match p {
-                    RedirectPath::Full(p) => path_modifier::Replace::Full(p.clone()),
-                    RedirectPath::Prefix(p) => path_modifier::Replace::Prefix(p.clone()),
-                }),
-            }),
-            port: r.port.map(u32::from).unwrap_or_default(),
-            status: u32::from(r.status),
-        }));
+        out.push(Kind::Redirect(redirect(r)));
     }
     if let Some(x) = &f.fail {
-        out.push(Kind::FailureInjector(HttpFailureInjector {
-            status: x.code,
-            message: x.message.clone(),
-            ratio: ratio(x.ratio),
-        }));
+        out.push(Kind::FailureInjector(http_failure(x)));
     }
     out.into_iter()
         .map(|k| hr::Filter { kind: Some(k) })
@@ -295,11 +314,7 @@ fn grpc_filters(f: &Filters) -> Vec<gr::Filter> {
         out.push(Kind::RequestHeaderModifier(request_headers(e)));
     }
     if let Some(x) = &f.fail {
-        out.push(Kind::FailureInjector(GrpcFailureInjector {
-            code: x.code,
-            message: x.message.clone(),
-            ratio: ratio(x.ratio),
-        }));
+        out.push(Kind::FailureInjector(grpc_failure(x)));
     }
     out.into_iter()
         .map(|k| gr::Filter { kind: Some(k) })

@@ -42,7 +42,7 @@ pub(super) struct FileRoute {
 /// RPC method) on a gRPC route.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct FileMatch {
+pub(in crate::config) struct FileMatch {
     pub(super) path_prefix: Option<String>,
     /// `path` is the first format's name for it.
     #[serde(alias = "path")]
@@ -92,11 +92,18 @@ pub(super) struct FileBackoff {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct FileFilters {
+pub(in crate::config) struct FileFilters {
     pub(super) request_headers: Option<FileHeaderEdits>,
     pub(super) response_headers: Option<FileHeaderEdits>,
     pub(super) redirect: Option<FileRedirect>,
     pub(super) fail: Option<FileFail>,
+}
+
+impl FileFilters {
+    /// Whether it edits response headers, which inbound routes cannot.
+    pub(in crate::config) fn edits_responses(&self) -> bool {
+        self.response_headers.is_some()
+    }
 }
 
 #[derive(Deserialize, Default)]

@@ -31,7 +31,7 @@ fn header_edits(e: FileHeaderEdits, at: &str, which: &str) -> Result<HeaderEdits
     })
 }
 
-pub(super) fn filters(
+pub(in crate::config) fn filters(
     f: FileFilters,
     grpc: bool,
     matches: &[HttpMatch],

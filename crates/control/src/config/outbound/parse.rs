@@ -180,7 +180,7 @@ fn regex(re: &str, at: &str, what: &str) -> Result<(), Error> {
         .map_err(|e| invalid(at, format!("{what} is not a regular expression: {e}")))
 }
 
-pub(super) fn header_name(name: &str, at: &str) -> Result<String, Error> {
+pub(in crate::config) fn header_name(name: &str, at: &str) -> Result<String, Error> {
     http::HeaderName::from_bytes(name.as_bytes())
         .map(|n| n.as_str().to_string())
         .map_err(|_| invalid(at, format!("{name:?} is not a header name")))
@@ -219,7 +219,7 @@ fn header_matches(
     Ok(out)
 }
 
-fn http_match(m: FileMatch, at: &str) -> Result<HttpMatch, Error> {
+pub(in crate::config) fn http_match(m: FileMatch, at: &str) -> Result<HttpMatch, Error> {
     if m.service.is_some() {
         return Err(invalid(
             at,
@@ -276,7 +276,7 @@ fn http_match(m: FileMatch, at: &str) -> Result<HttpMatch, Error> {
     })
 }
 
-fn grpc_match(m: FileMatch, at: &str) -> Result<GrpcMatch, Error> {
+pub(in crate::config) fn grpc_match(m: FileMatch, at: &str) -> Result<GrpcMatch, Error> {
     let http_only = [
         ("path_prefix", m.path_prefix.is_some()),
         ("path_exact", m.path_exact.is_some()),
