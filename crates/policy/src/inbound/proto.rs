@@ -87,7 +87,7 @@ fn protocol(
     match kind {
         None => Protocol::Detect {
             timeout: DEFAULT_DETECT_TIMEOUT,
-            http: Arc::new(HttpPolicy::default_routes(server_authzs.clone())),
+            http: Arc::new(http_routes(Vec::new(), server_authzs, cx)),
         },
         Some(Kind::Detect(d)) => Protocol::Detect {
             timeout: detect_timeout(d.timeout, cx),

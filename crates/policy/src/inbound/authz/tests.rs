@@ -90,7 +90,10 @@ fn each_authentication() {
         [none, tls, mesh].map(|t| a.permits(&client("10.0.0.1", t)))
     };
     assert_eq!(check(Authentication::Unauthenticated), [true, true, true]);
-    assert_eq!(check(Authentication::TlsUnauthenticated), [false, true, true]);
+    assert_eq!(
+        check(Authentication::TlsUnauthenticated),
+        [false, true, true]
+    );
     assert_eq!(check(Authentication::any_identity()), [false, false, true]);
     assert_eq!(check(ids(&[ID], vec![])), [false, false, true]);
     assert_eq!(check(ids(&["other"], vec![])), [false, false, false]);
@@ -121,7 +124,10 @@ fn suffixes_match_whole_labels() {
 
     let a = authz("a", Network::all().into(), ids(&[], vec![s]));
     assert!(a.permits(&client("10.0.0.1", ClientTls::Mesh(ID))));
-    assert!(!a.permits(&client("10.0.0.1", ClientTls::Mesh("web.other.serviceaccount"))));
+    assert!(!a.permits(&client(
+        "10.0.0.1",
+        ClientTls::Mesh("web.other.serviceaccount")
+    )));
 }
 
 #[test]
@@ -129,12 +135,19 @@ fn verdict_prefers_enforcing_authorizations() {
     let audit = anyone("audit");
     assert!(audit.is_audit());
     assert!(!anyone("all-unauthenticated").is_audit());
-    let mesh_only = authz("mesh", Network::all().into(), Authentication::any_identity());
+    let mesh_only = authz(
+        "mesh",
+        Network::all().into(),
+        Authentication::any_identity(),
+    );
     let authzs = vec![audit.clone(), mesh_only.clone()];
 
     let meshed = client("10.0.0.1", ClientTls::Mesh(ID));
     assert_eq!(authorize(&authzs, &meshed), Verdict::Allow(&authzs[1]));
-    assert_eq!(authorize(&authzs, &plain("10.0.0.1")), Verdict::Audit(&authzs[0]));
+    assert_eq!(
+        authorize(&authzs, &plain("10.0.0.1")),
+        Verdict::Audit(&authzs[0])
+    );
     assert_eq!(authorize(&authzs[1..], &plain("10.0.0.1")), Verdict::Deny);
     assert_eq!(authorize(&[], &meshed), Verdict::Deny);
 

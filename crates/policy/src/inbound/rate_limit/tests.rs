@@ -91,7 +91,10 @@ async fn an_override_is_shared_by_the_identities_it_lists() {
         meta(),
         None,
         None,
-        vec![(vec![Arc::from(A), Arc::from(B)], NonZeroU32::new(10).unwrap())],
+        vec![(
+            vec![Arc::from(A), Arc::from(B)],
+            NonZeroU32::new(10).unwrap(),
+        )],
     );
     assert_eq!(burst(&l, Some(A), 6), 6);
     assert_eq!(burst(&l, Some(B), 10), 4);

@@ -45,7 +45,8 @@ fn get(uri: &str) -> Request<()> {
 }
 
 fn chosen(p: &HttpPolicy, uri: &str) -> Option<String> {
-    p.select(&get(uri), false).map(|s| s.meta.name().to_string())
+    p.select(&get(uri), false)
+        .map(|s| s.meta.name().to_string())
 }
 
 #[test]
@@ -87,14 +88,19 @@ fn selected_carries_the_route_authorizations_filters_and_prefix() {
     let s = p.select(&get("/api/x"), false).unwrap();
     assert_eq!(s.authorizations, &*authz("p"));
     assert_eq!(s.prefix, Some("/api"));
-    assert!(matches!(s.filters, Filters::Http([HttpFilter::RequestHeaders(_)])));
+    assert!(matches!(
+        s.filters,
+        Filters::Http([HttpFilter::RequestHeaders(_)])
+    ));
     assert_eq!(p.select(&get("/e"), false).unwrap().prefix, None);
 }
 
 #[test]
 fn the_default_route_takes_everything() {
     let p = HttpPolicy::default_routes(authz("server"));
-    let s = p.select(&get("http://any.host/any/path?q=1"), false).unwrap();
+    let s = p
+        .select(&get("http://any.host/any/path?q=1"), false)
+        .unwrap();
     assert_eq!(s.meta.name(), "default");
     assert_eq!(s.authorizations, &*authz("server"));
     assert_eq!(s.prefix, Some("/"));
