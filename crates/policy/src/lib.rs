@@ -7,10 +7,17 @@
 //! model ([`params`] for the numbers every layer reads) and the tower
 //! middleware that carries it out, one per module. The stacks in
 //! `linnet-outbound` put them in order; nothing here knows the order.
+//!
+//! The inbound policy (`InboundServerPolicies.WatchPort`, or the proxy's
+//! configured default) says, per port, what it speaks, who may connect,
+//! which routes requests take, who may use each route, and the port's
+//! rate limit: [`inbound`], pure logic that `linnet-inbound`'s layers
+//! consult.
 
 pub mod accrual;
 pub mod balance;
 pub mod errors;
+pub mod inbound;
 pub mod outbound;
 pub mod params;
 pub mod retry;

@@ -135,9 +135,28 @@ impl Cx<'_> {
     }
 }
 
+/// Where a conversion reports a malformed piece it dropped. The helpers
+/// that both the outbound and the inbound conversions use (matches,
+/// hosts, filters, durations, metadata) take one.
+pub(crate) trait Skip {
+    /// Reports one dropped piece, with a short static reason.
+    fn skip(&mut self, reason: &'static str);
+}
+
+impl Skip for Cx<'_> {
+    fn skip(&mut self, reason: &'static str) {
+        Cx::skip(self, reason);
+    }
+}
+
+pub(crate) use self::routes::{
+    grpc_failure_injector, grpc_match, hosts, http_failure_injector, http_match, redirect,
+    request_header_modifier,
+};
+
 // === metadata ===
 
-fn meta(m: Option<meta::Metadata>) -> Meta {
+pub(crate) fn meta(m: Option<meta::Metadata>) -> Meta {
     match m.and_then(|m| m.kind) {
         Some(meta::metadata::Kind::Default(name)) => Meta::Default { name: name.into() },
         Some(meta::metadata::Kind::Resource(r)) => Meta::Resource {
@@ -157,7 +176,7 @@ fn meta(m: Option<meta::Metadata>) -> Meta {
 // === durations ===
 
 /// A duration; negative or denormal ones are unset, huge ones clamped.
-fn duration(d: Option<prost_types::Duration>, cx: &mut Cx<'_>) -> Option<Duration> {
+pub(crate) fn duration(d: Option<prost_types::Duration>, cx: &mut dyn Skip) -> Option<Duration> {
     let d = d?;
     let (Ok(secs), Ok(nanos)) = (u64::try_from(d.seconds), u32::try_from(d.nanos)) else {
         cx.skip("bad_duration");
@@ -176,7 +195,7 @@ fn duration(d: Option<prost_types::Duration>, cx: &mut Cx<'_>) -> Option<Duratio
 }
 
 /// A timeout: a zero duration is no timeout, as unset.
-pub(super) fn timeout(d: Option<prost_types::Duration>, cx: &mut Cx<'_>) -> Option<Duration> {
+pub(crate) fn timeout(d: Option<prost_types::Duration>, cx: &mut dyn Skip) -> Option<Duration> {
     duration(d, cx).filter(|d| !d.is_zero())
 }
 

@@ -95,23 +95,54 @@ pub fn http_selection<'r, B>(
     routes: &'r [HttpRoute],
     req: &Request<B>,
 ) -> Option<HttpSelection<'r>> {
+    select_http(routes, req).map(|(route, rule, matched)| HttpSelection {
+        route,
+        rule,
+        matched,
+    })
+}
+
+/// A route as selection sees it: the hosts it serves and its rules, in
+/// the control plane's order. Outbound and inbound routes both are one,
+/// so that both sides choose by the same precedence.
+pub(crate) trait Route {
+    /// Its rules' type.
+    type Rule;
+    /// The hosts it serves; empty: any host.
+    fn hosts(&self) -> &[HostMatch];
+    /// Its rules, in order.
+    fn rules(&self) -> &[Self::Rule];
+}
+
+/// A rule as selection sees it: its matches (`HttpMatch`es or
+/// `GrpcMatch`es); none: every request fits.
+pub(crate) trait Rule<M> {
+    /// Its matches.
+    fn matches(&self) -> &[M];
+}
+
+/// The route, rule and match `req` takes among any HTTP routes, by the
+/// Gateway API's precedence (see [`http()`]).
+pub(crate) fn select_http<'r, R, B>(
+    routes: &'r [R],
+    req: &Request<B>,
+) -> Option<(&'r R, &'r R::Rule, Option<&'r HttpMatch>)>
+where
+    R: Route,
+    R::Rule: Rule<HttpMatch>,
+{
     let host = request_host(req).map(|(h, _)| h);
     let mut best = Best::default();
     for route in routes {
-        let Some(host_rank) = host_rank(&route.hosts, host) else {
+        let Some(host_rank) = host_rank(route.hosts(), host) else {
             continue;
         };
         if best.rank().is_some_and(|(h, _)| *h > host_rank) {
             continue;
         }
-        for rule in &route.rules {
-            if let Some((rank, matched)) = best_http_match(&rule.matches, req) {
-                let selection = HttpSelection {
-                    route,
-                    rule,
-                    matched,
-                };
-                best.offer((host_rank, rank), selection);
+        for rule in route.rules() {
+            if let Some((rank, matched)) = best_http_match(rule.matches(), req) {
+                best.offer((host_rank, rank), (route, rule, matched));
             }
         }
     }
@@ -145,6 +176,19 @@ pub fn grpc<'r, B>(
     routes: &'r [GrpcRoute],
     req: &Request<B>,
 ) -> Option<(&'r GrpcRoute, &'r GrpcRule)> {
+    select_grpc(routes, req)
+}
+
+/// The route and rule a gRPC call takes among any gRPC routes (see
+/// [`grpc()`]).
+pub(crate) fn select_grpc<'r, R, B>(
+    routes: &'r [R],
+    req: &Request<B>,
+) -> Option<(&'r R, &'r R::Rule)>
+where
+    R: Route,
+    R::Rule: Rule<GrpcMatch>,
+{
     let host = request_host(req).map(|(h, _)| h);
     let rpc = req
         .uri()
@@ -154,17 +198,18 @@ pub fn grpc<'r, B>(
         .filter(|(_, method)| !method.contains('/'));
     let mut best = Best::default();
     for route in routes {
-        let Some(host_rank) = host_rank(&route.hosts, host) else {
+        let Some(host_rank) = host_rank(route.hosts(), host) else {
             continue;
         };
-        for rule in &route.rules {
-            let rank = if rule.matches.is_empty() {
+        for rule in route.rules() {
+            let matches = rule.matches();
+            let rank = if matches.is_empty() {
                 Some(GrpcRank {
                     rpc: RpcRank::Neither,
                     headers: 0,
                 })
             } else {
-                rule.matches
+                matches
                     .iter()
                     .filter_map(|m| grpc_rank(m, rpc, req.headers()))
                     .max()
@@ -346,6 +391,44 @@ impl<'r> HttpSelection<'r> {
             None => Some("/"),
             Some(m) => m.prefix(),
         }
+    }
+}
+
+// === impl Route for the outbound routes ===
+
+impl Route for HttpRoute {
+    type Rule = HttpRule;
+
+    fn hosts(&self) -> &[HostMatch] {
+        &self.hosts
+    }
+
+    fn rules(&self) -> &[HttpRule] {
+        &self.rules
+    }
+}
+
+impl Rule<HttpMatch> for HttpRule {
+    fn matches(&self) -> &[HttpMatch] {
+        &self.matches
+    }
+}
+
+impl Route for GrpcRoute {
+    type Rule = GrpcRule;
+
+    fn hosts(&self) -> &[HostMatch] {
+        &self.hosts
+    }
+
+    fn rules(&self) -> &[GrpcRule] {
+        &self.rules
+    }
+}
+
+impl Rule<GrpcMatch> for GrpcRule {
+    fn matches(&self) -> &[GrpcMatch] {
+        &self.matches
     }
 }
 

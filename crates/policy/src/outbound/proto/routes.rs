@@ -2,7 +2,7 @@
 //! matches, filters, timeouts and retries.
 
 use super::{
-    Cx,
+    Cx, Skip,
     backends::{grpc_distribution, http_distribution},
     backoff, exact_host, meta, suffix_host, timeout,
 };
@@ -68,7 +68,7 @@ pub(super) fn grpc_routes(routes: Vec<outbound::GrpcRoute>, cx: &mut Cx<'_>) -> 
 
 /// A route's hosts; `None` when it named some and none was usable (the
 /// route must not widen to every host).
-fn hosts(hosts: Vec<api::HostMatch>, cx: &mut Cx<'_>) -> Option<Vec<HostMatch>> {
+pub(crate) fn hosts(hosts: Vec<api::HostMatch>, cx: &mut dyn Skip) -> Option<Vec<HostMatch>> {
     if hosts.is_empty() {
         return Some(Vec::new());
     }
@@ -159,7 +159,7 @@ fn timeouts(
 
 // === matches ===
 
-fn http_match(m: api::HttpRouteMatch, cx: &mut Cx<'_>) -> Option<HttpMatch> {
+pub(crate) fn http_match(m: api::HttpRouteMatch, cx: &mut dyn Skip) -> Option<HttpMatch> {
     use api::path_match::Kind;
     let path = match m.path.and_then(|p| p.kind) {
         None => None,
@@ -197,7 +197,7 @@ fn http_match(m: api::HttpRouteMatch, cx: &mut Cx<'_>) -> Option<HttpMatch> {
     })
 }
 
-fn grpc_match(m: grpc_api::GrpcRouteMatch, cx: &mut Cx<'_>) -> Option<GrpcMatch> {
+pub(crate) fn grpc_match(m: grpc_api::GrpcRouteMatch, cx: &mut dyn Skip) -> Option<GrpcMatch> {
     let (service, method) = m.rpc.map(|r| (r.service, r.method)).unwrap_or_default();
     Some(GrpcMatch {
         service: (!service.is_empty()).then_some(service),
@@ -206,7 +206,7 @@ fn grpc_match(m: grpc_api::GrpcRouteMatch, cx: &mut Cx<'_>) -> Option<GrpcMatch>
     })
 }
 
-fn header_matches(hs: Vec<api::HeaderMatch>, cx: &mut Cx<'_>) -> Option<Vec<HeaderMatch>> {
+fn header_matches(hs: Vec<api::HeaderMatch>, cx: &mut dyn Skip) -> Option<Vec<HeaderMatch>> {
     hs.into_iter()
         .map(|h| {
             let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
@@ -232,7 +232,7 @@ fn header_matches(hs: Vec<api::HeaderMatch>, cx: &mut Cx<'_>) -> Option<Vec<Head
         .collect()
 }
 
-fn query_match(q: api::QueryParamMatch, cx: &mut Cx<'_>) -> Option<QueryMatch> {
+fn query_match(q: api::QueryParamMatch, cx: &mut dyn Skip) -> Option<QueryMatch> {
     let value = match q.value {
         _ if q.name.is_empty() => None,
         Some(api::query_param_match::Value::Exact(v)) => Some(ValueMatch::Exact(v)),
@@ -249,7 +249,7 @@ fn query_match(q: api::QueryParamMatch, cx: &mut Cx<'_>) -> Option<QueryMatch> {
     })
 }
 
-fn pattern(source: &str, cx: &mut Cx<'_>) -> Option<Pattern> {
+fn pattern(source: &str, cx: &mut dyn Skip) -> Option<Pattern> {
     match Pattern::new(source) {
         Ok(p) => Some(p),
         Err(error) => {
@@ -265,28 +265,14 @@ fn pattern(source: &str, cx: &mut Cx<'_>) -> Option<Pattern> {
 pub(super) fn http_filter(f: outbound::http_route::Filter, cx: &mut Cx<'_>) -> Option<HttpFilter> {
     use outbound::http_route::filter::Kind as F;
     match f.kind {
-        Some(F::RequestHeaderModifier(m)) => Some(HttpFilter::RequestHeaders(header_modifier(
-            m.add, m.set, m.remove, cx,
-        ))),
+        Some(F::RequestHeaderModifier(m)) => {
+            Some(HttpFilter::RequestHeaders(request_header_modifier(m, cx)))
+        }
         Some(F::ResponseHeaderModifier(m)) => Some(HttpFilter::ResponseHeaders(header_modifier(
             m.add, m.set, m.remove, cx,
         ))),
         Some(F::Redirect(r)) => redirect(r, cx).map(HttpFilter::Redirect),
-        Some(F::FailureInjector(fi)) => {
-            let status = u16::try_from(fi.status)
-                .ok()
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .filter(|s| (100..=599).contains(&s.as_u16()));
-            let Some(status) = status else {
-                cx.skip("bad_failure_injector");
-                return None;
-            };
-            Some(HttpFilter::FailureInjector {
-                status,
-                message: fi.message.into(),
-                ratio: ratio(fi.ratio, cx)?,
-            })
-        }
+        Some(F::FailureInjector(fi)) => http_failure_injector(fi, cx),
         None => {
             cx.skip("no_filter");
             None
@@ -297,20 +283,10 @@ pub(super) fn http_filter(f: outbound::http_route::Filter, cx: &mut Cx<'_>) -> O
 pub(super) fn grpc_filter(f: outbound::grpc_route::Filter, cx: &mut Cx<'_>) -> Option<GrpcFilter> {
     use outbound::grpc_route::filter::Kind as F;
     match f.kind {
-        Some(F::RequestHeaderModifier(m)) => Some(GrpcFilter::RequestHeaders(header_modifier(
-            m.add, m.set, m.remove, cx,
-        ))),
-        Some(F::FailureInjector(fi)) => {
-            if fi.code > MAX_GRPC_CODE {
-                cx.skip("bad_failure_injector");
-                return None;
-            }
-            Some(GrpcFilter::FailureInjector {
-                code: fi.code,
-                message: fi.message.into(),
-                ratio: ratio(fi.ratio, cx)?,
-            })
+        Some(F::RequestHeaderModifier(m)) => {
+            Some(GrpcFilter::RequestHeaders(request_header_modifier(m, cx)))
         }
+        Some(F::FailureInjector(fi)) => grpc_failure_injector(fi, cx),
         None => {
             cx.skip("no_filter");
             None
@@ -318,8 +294,54 @@ pub(super) fn grpc_filter(f: outbound::grpc_route::Filter, cx: &mut Cx<'_>) -> O
     }
 }
 
+/// An HTTP failure injector; `None` (counted) when its status is
+/// impossible or its ratio has a zero denominator.
+pub(crate) fn http_failure_injector(
+    fi: api::HttpFailureInjector,
+    cx: &mut dyn Skip,
+) -> Option<HttpFilter> {
+    let status = u16::try_from(fi.status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .filter(|s| (100..=599).contains(&s.as_u16()));
+    let Some(status) = status else {
+        cx.skip("bad_failure_injector");
+        return None;
+    };
+    Some(HttpFilter::FailureInjector {
+        status,
+        message: fi.message.into(),
+        ratio: ratio(fi.ratio, cx)?,
+    })
+}
+
+/// A gRPC failure injector; `None` (counted) when its code is unknown or
+/// its ratio has a zero denominator.
+pub(crate) fn grpc_failure_injector(
+    fi: grpc_api::GrpcFailureInjector,
+    cx: &mut dyn Skip,
+) -> Option<GrpcFilter> {
+    if fi.code > MAX_GRPC_CODE {
+        cx.skip("bad_failure_injector");
+        return None;
+    }
+    Some(GrpcFilter::FailureInjector {
+        code: fi.code,
+        message: fi.message.into(),
+        ratio: ratio(fi.ratio, cx)?,
+    })
+}
+
+/// A request header modifier; invalid headers in it are dropped (counted).
+pub(crate) fn request_header_modifier(
+    m: api::RequestHeaderModifier,
+    cx: &mut dyn Skip,
+) -> HeaderModifier {
+    header_modifier(m.add, m.set, m.remove, cx)
+}
+
 /// A failure injector's share: unset is every request.
-fn ratio(r: Option<api::Ratio>, cx: &mut Cx<'_>) -> Option<Ratio> {
+fn ratio(r: Option<api::Ratio>, cx: &mut dyn Skip) -> Option<Ratio> {
     let Some(r) = r else {
         return Some(Ratio::ALWAYS);
     };
@@ -334,7 +356,7 @@ fn header_modifier(
     add: Option<http_types::Headers>,
     set: Option<http_types::Headers>,
     remove: Vec<String>,
-    cx: &mut Cx<'_>,
+    cx: &mut dyn Skip,
 ) -> HeaderModifier {
     let mut pairs = |hs: Option<http_types::Headers>| -> Vec<(HeaderName, HeaderValue)> {
         hs.map(|h| h.headers)
@@ -370,7 +392,7 @@ fn header_modifier(
 
 /// A redirect; `None` (counted) when its scheme is unusable. A bad port or
 /// status is counted and ignored (the request's port, 302).
-fn redirect(r: api::RequestRedirect, cx: &mut Cx<'_>) -> Option<Redirect> {
+pub(crate) fn redirect(r: api::RequestRedirect, cx: &mut dyn Skip) -> Option<Redirect> {
     let scheme = match r.scheme {
         Some(s) if s.r#type.is_some() => match http::uri::Scheme::try_from(s) {
             Ok(s) => Some(s),
