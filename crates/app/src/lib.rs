@@ -241,6 +241,36 @@ async fn follow_certificate(id: Arc<linnet_identity::Identity>, readiness: Readi
     }
 }
 
+/// The inbound default policy and its per-port overrides, from the
+/// configuration.
+fn inbound_defaults(config: &Config) -> linnet_policy::inbound::Defaults {
+    use linnet_config::DefaultPolicy as C;
+    use linnet_policy::inbound::DefaultPolicy as P;
+    let c = &config.control;
+    let networks = |nets: &[linnet_config::parse::Network]| {
+        nets.iter()
+            .filter_map(|n| n.to_string().parse().ok())
+            .collect()
+    };
+    let ports =
+        |p: &linnet_config::parse::PortSet| linnet_policy::inbound::Ports(p.ranges().to_vec());
+    linnet_policy::inbound::Defaults {
+        policy: match c.inbound_default_policy {
+            C::AllUnauthenticated => P::AllUnauthenticated,
+            C::AllAuthenticated => P::AllAuthenticated,
+            C::ClusterUnauthenticated => P::ClusterUnauthenticated,
+            C::ClusterAuthenticated => P::ClusterAuthenticated,
+            C::Deny => P::Deny,
+            C::Audit => P::Audit,
+        },
+        cluster_networks: networks(&c.cluster_networks),
+        detect_timeout: config.inbound.detect_timeout,
+        opaque_ports: ports(&config.inbound.ports_disable_protocol_detection),
+        require_identity_ports: ports(&c.inbound_ports_require_identity),
+        require_tls_ports: ports(&c.inbound_ports_require_tls),
+    }
+}
+
 /// A configured fixed destination replaces the given lookup.
 fn fixed_or(direction: Direction, addr: Option<SocketAddr>, lookup: &OrigDst) -> OrigDst {
     match addr {
@@ -344,8 +374,17 @@ pub async fn run(
         http: config.http.clone(),
         discovery: discovery.clone(),
         mesh: mesh.clone(),
-        port_policies: Default::default(),
+        inbound: None,
     });
+    let inbound = inbound::InboundPolicy {
+        policies: linnet_inbound::Policies::new(
+            inbound_defaults(&config),
+            discovery.clone(),
+            config.control.discovery_initial_wait,
+            &mut registry,
+        ),
+        metrics: linnet_metrics::authz::AuthzMetrics::register(&mut registry, &bounds),
+    };
     let inbound = Arc::new(tcp::Forward {
         direction: Direction::Inbound,
         config: config.inbound.clone(),
@@ -360,7 +399,7 @@ pub async fn run(
         http: config.http.clone(),
         discovery,
         mesh,
-        port_policies: Default::default(),
+        inbound: Some(Arc::new(inbound)),
     });
     log_listening(&listeners);
     tokio::spawn(tcp::serve(listeners.outbound, outbound, watch.clone()));

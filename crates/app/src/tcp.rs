@@ -32,7 +32,7 @@ use crate::{
 use linnet_config::{HttpConfig, ProxyConfig};
 use linnet_core::drain;
 use linnet_detect::{Detected, PrefixedIo, Protocol, Reason};
-use linnet_discovery::{Balancer, Discovery, Endpoint, Logical, Outbound, PickError, PortProtocol};
+use linnet_discovery::{Balancer, Discovery, Endpoint, Logical, Outbound, PickError};
 use linnet_http::{InFlight, Proxy, Route, Upstream};
 use linnet_metrics::{
     Direction,
@@ -46,12 +46,7 @@ use linnet_transport::{
     duplex::{Side, Transferred},
     reset_on_close,
 };
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::either::Either;
@@ -82,14 +77,9 @@ pub(crate) struct Forward {
     pub(crate) discovery: Option<Discovery>,
     /// mTLS with meshed peers, when this proxy has an identity.
     pub(crate) mesh: Option<Arc<MeshTls>>,
-    /// Inbound port policies, watched for the life of the proxy once a
-    /// port has seen a connection.
-    pub(crate) port_policies:
-        Mutex<HashMap<u16, tokio::sync::watch::Receiver<Option<PortProtocol>>>>,
+    /// The inbound listener's server policies (inbound only).
+    pub(crate) inbound: Option<Arc<crate::inbound::InboundPolicy>>,
 }
-
-/// Inbound ports whose policies are kept watched.
-pub(crate) const MAX_PORT_POLICIES: usize = 256;
 
 /// Where a connection's bytes or requests go.
 pub(crate) enum Dest {
@@ -107,13 +97,11 @@ pub(crate) enum Dest {
     Undecided(Duration),
 }
 
-/// What the control plane declares of a connection's protocol.
+/// What the control plane declares of an outbound connection's protocol.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Declared {
     /// Opaque: no protocol detection.
     pub(crate) opaque: bool,
-    /// An inbound port whose policy says HTTP: nothing else is served.
-    pub(crate) http_only: bool,
     /// The outbound policy declares HTTP/1 or HTTP/2 (gRPC): served as
     /// that without detection.
     pub(crate) http: Option<linnet_http::Version>,
@@ -154,14 +142,25 @@ impl Forward {
         } = conn;
         let direction = self.direction;
         let target = match self.orig_dst.lookup_redirected(&client) {
+            Ok(Some(target)) if direction == Direction::Inbound => {
+                return match self.inbound.clone() {
+                    Some(p) => self.inbound(p, client, client_addr, target, watch).await,
+                    None => {
+                        self.refuse(&client, client_addr, CloseReason::error("no_policy", None))
+                    }
+                };
+            }
             Ok(Some(target)) => target,
             Ok(None) if direction == Direction::Outbound => {
                 // Dialled directly: HTTP is served in explicit proxy mode.
                 return self.explicit(client, client_addr, watch).await;
             }
-            Ok(None) if self.mesh.is_some() => {
+            Ok(None) if self.mesh.is_some() && self.inbound.is_some() => {
                 // Meshed peers dial the inbound port itself.
-                return self.direct(client, client_addr, watch).await;
+                let Some(p) = self.inbound.clone() else {
+                    return;
+                };
+                return self.direct(p, client, client_addr, watch).await;
             }
             Ok(None) => {
                 tracing::warn!(
@@ -181,7 +180,7 @@ impl Forward {
         };
 
         let (dest, declared) = self.destination(target).await;
-        let (opaque, http_only) = (declared.opaque, declared.http_only);
+        let opaque = declared.opaque;
         let skip = match declared.http {
             Some(linnet_http::Version::Http1) => Some(Protocol::Http1),
             Some(linnet_http::Version::Http2) => Some(Protocol::Http2),
@@ -193,25 +192,6 @@ impl Forward {
         else {
             return;
         };
-        // A port whose policy says HTTP serves nothing else: bytes that
-        // are not HTTP (or that took longer than the detect timeout to
-        // look like it) never reach the application unread.
-        if let (Some(mesh), Protocol::Tls { sni: Some(sni) }) = (&self.mesh, &detected.protocol) {
-            if direction == Direction::Inbound && mesh.is_local(sni) {
-                // The mesh's own TLS: terminated here.
-                let client = PrefixedIo::new(detected.buffered.freeze(), client);
-                return self
-                    .terminate(client, client_addr, target, http_only, watch)
-                    .await;
-            }
-        }
-        if http_only && !matches!(detected.protocol, Protocol::Http1 | Protocol::Http2) {
-            tracing::info!(
-                %direction, client = %client_addr, %target, protocol = detected.protocol.as_str(),
-                "refusing connection: the port's policy says HTTP, and the client did not speak it in time"
-            );
-            return self.refuse(&client, client_addr, CloseReason::error("not_http", None));
-        }
         let detected_sni = match &detected.protocol {
             Protocol::Tls { sni } => Some(sni.clone()),
             _ => None,
@@ -244,7 +224,7 @@ impl Forward {
                         stack: stacks.get(target, logical, profile),
                         target,
                     },
-                    // (Inbound never discovers services.)
+                    // (Only outbound discovers services.)
                     None => Route::Target(Arc::new(self.upstreams.build(
                         target,
                         PeerTls::Refuse(undecided(target, Duration::ZERO)),
@@ -310,13 +290,16 @@ impl Forward {
             }
         };
 
-        self.connect_and_relay(client, client_addr, target, endpoint, tls, watch)
+        self.connect_and_relay(client, client_addr, target, endpoint, tls, None, watch)
             .await;
     }
 
     /// Connects to `target` (over mTLS when the endpoint is meshed and this
     /// proxy has an identity; to its proxy's transport port with a
-    /// transport header when it has one) and relays bytes both ways.
+    /// transport header when it has one) and relays bytes both ways; an
+    /// inbound connection (`authorized`) for as long as its port's policy
+    /// admits it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn connect_and_relay<C>(
         &self,
         client: C,
@@ -324,6 +307,7 @@ impl Forward {
         target: SocketAddr,
         endpoint: Option<Arc<linnet_discovery::Endpoint>>,
         tls: Tls,
+        authorized: Option<linnet_inbound::Conn>,
         mut watch: drain::Watch,
     ) where
         C: AsyncRead + AsyncWrite + Unpin + HasTcp,
@@ -415,12 +399,22 @@ impl Forward {
                 return;
             }
         };
-        self.relay(client, client_addr, server, target, src, &dst_tls, watch)
-            .await;
+        self.relay(
+            client,
+            client_addr,
+            server,
+            target,
+            src,
+            &dst_tls,
+            authorized,
+            watch,
+        )
+        .await;
     }
 
     /// Copies bytes both ways until both sides end; a failure on one side
-    /// resets the other.
+    /// resets the other, and so does a policy change that no longer
+    /// admits the connection (`authorized`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn relay<C, S>(
         &self,
@@ -430,6 +424,7 @@ impl Forward {
         target: SocketAddr,
         src: ConnMetrics,
         dst_tls: &Tls,
+        authorized: Option<linnet_inbound::Conn>,
         mut watch: drain::Watch,
     ) where
         C: AsyncRead + AsyncWrite + Unpin + HasTcp,
@@ -449,20 +444,33 @@ impl Forward {
                 write_bytes: &dst.write_bytes,
             },
         );
+        let revoked = async {
+            match authorized {
+                Some(mut conn) => linnet_inbound::accept::revoked(&mut conn).await,
+                None => std::future::pending().await,
+            }
+        };
         let result = tokio::select! {
-            r = copy => Some(r),
+            r = copy => Some(Ok(r)),
+            denied = revoked => Some(Err(denied)),
             _ = watch.closing() => None,
         };
         match result {
-            Some(Ok(Transferred {
+            Some(Err(denied)) => {
+                tracing::info!(%direction, client = %client_addr, %target, reason = %denied, "closing connection: the port's policy no longer admits it");
+                src.close(CloseReason::error("unauthorized", None));
+                dst.close(CloseReason::error("unauthorized", None));
+                reset_both(client.tcp(), server.tcp());
+            }
+            Some(Ok(Ok(Transferred {
                 src_to_dst,
                 dst_to_src,
-            })) => {
+            }))) => {
                 tracing::debug!(%direction, client = %client_addr, %target, src_to_dst, dst_to_src, "connection closed");
                 src.close(CloseReason::CLEAN);
                 dst.close(CloseReason::CLEAN);
             }
-            Some(Err(error)) => {
+            Some(Ok(Err(error))) => {
                 tracing::info!(%direction, client = %client_addr, %target, error = %linnet_core::display_chain(&error), "connection failed");
                 let CopyError {
                     side, ref source, ..
@@ -674,11 +682,7 @@ impl Forward {
     /// control plane declares of its protocol.
     pub(crate) async fn destination(&self, target: SocketAddr) -> (Dest, Declared) {
         let plain = || Dest::Addr(linnet_discovery::plain(target));
-        let opaque = |opaque| Declared {
-            opaque,
-            http_only: false,
-            http: None,
-        };
+        let opaque = |opaque| Declared { opaque, http: None };
         let Some(discovery) = &self.discovery else {
             return (plain(), Declared::default());
         };
@@ -722,7 +726,6 @@ impl Forward {
                     }
                 }
             }
-            Direction::Inbound => (plain(), self.inbound_port(target.port())),
             _ => (plain(), Declared::default()),
         }
     }

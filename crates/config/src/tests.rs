@@ -159,8 +159,16 @@ fn control_plane() {
     assert_eq!(c.inbound_default_policy, DefaultPolicy::AllUnauthenticated);
     // Linkerd's private ranges, and no port requiring anything.
     assert_eq!(c.cluster_networks.len(), 5);
-    assert!(c.cluster_networks.iter().any(|n| n.contains("10.1.2.3".parse().unwrap())));
-    assert!(!c.cluster_networks.iter().any(|n| n.contains("8.8.8.8".parse().unwrap())));
+    assert!(
+        c.cluster_networks
+            .iter()
+            .any(|n| n.contains("10.1.2.3".parse().unwrap()))
+    );
+    assert!(
+        !c.cluster_networks
+            .iter()
+            .any(|n| n.contains("8.8.8.8".parse().unwrap()))
+    );
     assert!(!c.inbound_ports_require_identity.contains(8080));
     let c = Config::from_env(&env(&[
         (
@@ -179,7 +187,10 @@ fn control_plane() {
         ("LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "90s"),
         ("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "deny"),
         ("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "10.42.0.0/16"),
-        ("LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY", "8080,9000-9010"),
+        (
+            "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY",
+            "8080,9000-9010",
+        ),
         ("LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_TLS", "5432"),
         // A destination off loopback is reached over TLS: the identity's
         // trust anchors verify it.

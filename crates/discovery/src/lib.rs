@@ -117,23 +117,8 @@ pub struct Profile {
     pub routes: Option<Arc<linnet_policy::outbound::profile::ProfileRoutes>>,
 }
 
-/// The protocol an inbound port's policy sets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum PortProtocol {
-    /// Detect it.
-    #[default]
-    Detect,
-    /// HTTP/1.
-    Http1,
-    /// HTTP/2.
-    Http2,
-    /// gRPC.
-    Grpc,
-    /// Opaque: no detection.
-    Opaque,
-    /// TLS the application terminates.
-    Tls,
-}
+/// An inbound port's server policy, as the policy service last sent it.
+pub type ServerPolicy = Arc<linnet_policy::inbound::ServerPolicy>;
 
 const DST_GET: &str = "Destination.Get";
 const DST_PROFILE: &str = "Destination.GetProfile";
@@ -155,7 +140,7 @@ struct Inner {
     outbound_policies: watch::Cache<SocketAddr, PolicyAnswer>,
     endpoints: watch::Cache<String, Resolution>,
     profiles: watch::Cache<String, Option<Profile>>,
-    ports: watch::Cache<u16, Option<PortProtocol>>,
+    ports: watch::Cache<u16, Option<ServerPolicy>>,
     dns_names: watch::Cache<(String, u16), Resolution>,
     dns: Dns,
     metrics: Metrics,
@@ -317,9 +302,9 @@ impl Discovery {
             })
     }
 
-    /// The protocol the policy for inbound `port` sets, watched; `None`
-    /// until it arrives (or without a policy service).
-    pub fn port_protocol(&self, port: u16) -> Option<tw::Receiver<Option<PortProtocol>>> {
+    /// The server policy of inbound `port`, watched; `None` until it
+    /// arrives. `None` without a policy service.
+    pub fn server_policy(&self, port: u16) -> Option<tw::Receiver<Option<ServerPolicy>>> {
         let client = self.inner.policy.clone()?;
         let workload = self.inner.config.workload.clone()?;
         let (idle, metrics) = (self.inner.config.idle_timeout, self.inner.metrics.clone());
@@ -327,6 +312,9 @@ impl Discovery {
             &port,
             || None,
             move |tx, evict| {
+                let apply = PortPolicies {
+                    metrics: metrics.clone(),
+                };
                 tokio::spawn(watch::run(
                     INBOUND_PORT,
                     tx,
@@ -341,7 +329,7 @@ impl Discovery {
                         };
                         async move { client.watch_port(req).await.map(|r| r.into_inner()) }
                     },
-                    PortPolicies,
+                    apply,
                 ));
             },
         ))
@@ -468,21 +456,33 @@ impl Discovery {
     }
 }
 
-/// Applies inbound port policies.
-struct PortPolicies;
+/// Applies inbound server policies: each message replaces the port's
+/// policy (keeping the rate limiter's buckets when its limits did not
+/// change); a malformed piece is dropped and counted, never widened.
+struct PortPolicies {
+    metrics: Metrics,
+}
 
-impl watch::Apply<inbound::Server, Option<PortProtocol>> for PortPolicies {
-    fn message(&mut self, tx: &tw::Sender<Option<PortProtocol>>, s: inbound::Server, _first: bool) {
-        use inbound::proxy_protocol::Kind;
-        let p = match s.protocol.and_then(|p| p.kind) {
-            Some(Kind::Detect(_)) | None => PortProtocol::Detect,
-            Some(Kind::Http1(_)) => PortProtocol::Http1,
-            Some(Kind::Http2(_)) => PortProtocol::Http2,
-            Some(Kind::Grpc(_)) => PortProtocol::Grpc,
-            Some(Kind::Opaque(_)) => PortProtocol::Opaque,
-            Some(Kind::Tls(_)) => PortProtocol::Tls,
-        };
-        tx.send_replace(Some(p));
+impl watch::Apply<inbound::Server, Option<ServerPolicy>> for PortPolicies {
+    fn message(&mut self, tx: &tw::Sender<Option<ServerPolicy>>, s: inbound::Server, _first: bool) {
+        let metrics = &self.metrics;
+        let mut policy = linnet_policy::inbound::proto::from_proto(s, &mut |reason| {
+            tracing::warn!(
+                reason,
+                "control plane sent a malformed piece of an inbound server policy; skipped"
+            );
+            metrics.skipped(reason);
+        });
+        if let Some(prev) = tx.borrow().as_ref() {
+            policy.carry_state_from(prev);
+        }
+        tx.send_if_modified(|current| {
+            if current.as_deref() == Some(&policy) {
+                return false;
+            }
+            *current = Some(Arc::new(policy));
+            true
+        });
     }
 }
 

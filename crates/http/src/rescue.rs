@@ -25,6 +25,8 @@ pub const GRPC_RESOURCE_EXHAUSTED: u16 = 8;
 pub const GRPC_INVALID_ARGUMENT: u16 = 3;
 /// gRPC's UNIMPLEMENTED.
 pub const GRPC_UNIMPLEMENTED: u16 = 12;
+/// gRPC's PERMISSION_DENIED.
+pub const GRPC_PERMISSION_DENIED: u16 = 7;
 
 /// Reading the client's request body failed (broken framing, a reset):
 /// the client's fault, answered with 400.
@@ -113,10 +115,11 @@ pub fn rescue(error: &(dyn Error + 'static), grpc: bool) -> Rescued {
     }
 }
 
-/// The answer for what the outbound stack's policy decided: no route,
-/// an injected failure, a timeout, a queue that failed fast or shed.
+/// The answer for what a stack's policy decided: no route, an injected
+/// failure, a timeout, a queue that failed fast or shed (outbound); an
+/// unauthorized client or a rate limit (inbound).
 fn policy_answer(error: &(dyn Error + 'static), grpc: bool) -> Option<Rescued> {
-    use linnet_policy::{balance::queue, errors};
+    use linnet_policy::{balance::queue, errors, inbound::RateLimited};
     let message = || linnet_core::display_chain(error);
     if linnet_policy::timeout::is_timeout(error) {
         return Some(respond(
@@ -153,6 +156,31 @@ fn policy_answer(error: &(dyn Error + 'static), grpc: bool) -> Option<Rescued> {
             &message(),
             grpc,
         ));
+    }
+    if linnet_core::is_caused_by::<errors::Unauthorized>(error) {
+        return Some(respond(
+            StatusCode::FORBIDDEN,
+            GRPC_PERMISSION_DENIED,
+            "unauthorized",
+            &message(),
+            grpc,
+        ));
+    }
+    if let Some(limited) = linnet_core::find_cause::<RateLimited>(error) {
+        let mut rescued = respond(
+            StatusCode::TOO_MANY_REQUESTS,
+            GRPC_RESOURCE_EXHAUSTED,
+            "rate_limited",
+            &message(),
+            grpc,
+        );
+        // Whole seconds, rounded up: a client told 0 would retry at once.
+        let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        rescued
+            .response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return Some(rescued);
     }
     if linnet_core::is_caused_by::<errors::NoBackends>(error) {
         return Some(respond(

@@ -220,7 +220,12 @@ impl AuthzMetrics {
 
     /// The labels of a connection to `target` from a client with the TLS
     /// status `tls` and, if it proved one, the mesh identity `client_id`.
-    pub fn conn(&self, target: SocketAddr, tls: &'static str, client_id: Option<&str>) -> AuthzConn {
+    pub fn conn(
+        &self,
+        target: SocketAddr,
+        tls: &'static str,
+        client_id: Option<&str>,
+    ) -> AuthzConn {
         let target = self.0.target_addr.get(target);
         let client_id = client_id.map(|id| self.0.client_id.get(id));
         AuthzConn {
@@ -233,18 +238,6 @@ impl AuthzMetrics {
             _target: target,
             _client_id: client_id,
         }
-    }
-
-    /// Counts a request from an identity that found the rate limit's table
-    /// of identities full.
-    pub fn rate_limit_identities_full(&self, srv: &ServerLabels, rl: &RateLimitLabels) {
-        self.0
-            .keys_full
-            .get_or_create(&KeysFullLabels {
-                srv: srv.clone(),
-                rl: rl.clone(),
-            })
-            .inc();
     }
 }
 
@@ -306,6 +299,19 @@ impl AuthzConn {
         self.metrics.0.rate_limited.get(&labels).inc();
     }
 
+    /// A request from an identity that found the rate limit's table of
+    /// identities full.
+    pub fn rate_limit_identities_full(&self, srv: &ServerLabels, rl: &RateLimitLabels) {
+        self.metrics
+            .0
+            .keys_full
+            .get_or_create(&KeysFullLabels {
+                srv: srv.clone(),
+                rl: rl.clone(),
+            })
+            .inc();
+    }
+
     fn deny_labels(&self, srv: &ServerLabels) -> TcpDenyLabels {
         TcpDenyLabels {
             conn: self.labels.clone(),
@@ -332,7 +338,11 @@ mod tests {
         let mut registry = crate::registry();
         let bounds = Bounds::register(&mut registry, Default::default());
         let m = AuthzMetrics::register(&mut registry, &bounds);
-        let conn = m.conn("10.0.0.1:8080".parse().unwrap(), "true", Some("a.ns.serviceaccount"));
+        let conn = m.conn(
+            "10.0.0.1:8080".parse().unwrap(),
+            "true",
+            Some("a.ns.serviceaccount"),
+        );
         let authz = AuthzLabels {
             authz_group: "policy.linkerd.io".into(),
             authz_kind: "authorizationpolicy".into(),
@@ -356,7 +366,7 @@ mod tests {
             rl_name: "web-rl".into(),
         };
         plain.rate_limited(&srv("web"), &rl, "total");
-        m.rate_limit_identities_full(&srv("web"), &rl);
+        plain.rate_limit_identities_full(&srv("web"), &rl);
         let text = crate::encode(&registry);
         for line in [
             r#"inbound_tcp_authz_allow_total{target_addr="10.0.0.1:8080",tls="true",client_id="a.ns.serviceaccount",srv_group="",srv_kind="default",srv_name="all-authenticated",srv_port="8080",authz_group="policy.linkerd.io",authz_kind="authorizationpolicy",authz_name="web"} 1"#,

@@ -34,3 +34,16 @@ pub struct InjectedFailure {
 #[derive(Debug, thiserror::Error)]
 #[error("the route has no backend")]
 pub struct NoBackends;
+
+/// The inbound route's authorizations admit no such client (its address,
+/// TLS and identity): 403, or gRPC PERMISSION_DENIED.
+#[derive(Debug, thiserror::Error)]
+#[error("unauthorized request on route {route} of server {server}: {client}")]
+pub struct Unauthorized {
+    /// The server (the port's policy).
+    pub server: Arc<str>,
+    /// The route.
+    pub route: Arc<str>,
+    /// Who was refused, in words.
+    pub client: String,
+}

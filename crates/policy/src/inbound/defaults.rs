@@ -16,7 +16,7 @@
 
 use super::{Authentication, Authorization, HttpPolicy, Meta, Network, Protocol, ServerPolicy};
 use ipnet::IpNet;
-use std::{collections::BTreeSet, fmt, str::FromStr, sync::Arc, time::Duration};
+use std::{fmt, str::FromStr, sync::Arc, time::Duration};
 
 /// A default policy, by Linkerd's name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,11 +51,29 @@ pub struct Defaults {
     /// How long detection waits for the first bytes.
     pub detect_timeout: Duration,
     /// Ports with detection disabled: their protocol is opaque.
-    pub opaque_ports: BTreeSet<u16>,
+    pub opaque_ports: Ports,
     /// Ports that admit only mesh TLS with an identity.
-    pub require_identity_ports: BTreeSet<u16>,
+    pub require_identity_ports: Ports,
     /// Ports that admit only TLS terminated by this proxy.
-    pub require_tls_ports: BTreeSet<u16>,
+    pub require_tls_ports: Ports,
+}
+
+/// A set of ports, as inclusive ranges (a setting like `8000-9000`
+/// stays two numbers).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ports(pub Vec<(u16, u16)>);
+
+impl Ports {
+    /// Whether `port` is in the set.
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| lo <= port && port <= hi)
+    }
+}
+
+impl<const N: usize> From<[u16; N]> for Ports {
+    fn from(ports: [u16; N]) -> Self {
+        Self(ports.iter().map(|&p| (p, p)).collect())
+    }
 }
 
 // === impl DefaultPolicy ===
@@ -128,7 +146,7 @@ impl Defaults {
                 authentication,
             }]),
         };
-        let protocol = if self.opaque_ports.contains(&port) {
+        let protocol = if self.opaque_ports.contains(port) {
             Protocol::Opaque
         } else {
             Protocol::Detect {
@@ -146,10 +164,10 @@ impl Defaults {
     /// The default's authentication, tightened for `port`.
     fn authentication(&self, port: u16) -> Option<Authentication> {
         let base = self.policy.authentication()?;
-        if self.require_identity_ports.contains(&port) {
+        if self.require_identity_ports.contains(port) {
             return Some(Authentication::any_identity());
         }
-        if self.require_tls_ports.contains(&port) && base == Authentication::Unauthenticated {
+        if self.require_tls_ports.contains(port) && base == Authentication::Unauthenticated {
             return Some(Authentication::TlsUnauthenticated);
         }
         Some(base)

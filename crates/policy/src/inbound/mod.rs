@@ -25,7 +25,7 @@ pub use self::{
     authz::{
         Authentication, Authorization, Client, ClientTls, Network, Suffix, Verdict, authorize,
     },
-    defaults::{DefaultPolicy, Defaults},
+    defaults::{DefaultPolicy, Defaults, Ports},
     rate_limit::{Admitted, LimitKind, LocalRateLimit, MAX_RATE_LIMIT_KEYS, RateLimited},
     select::{Filters, Selected},
 };

@@ -12,6 +12,7 @@ use super::{
     HttpPolicy, HttpRoute, HttpRule, Meta,
 };
 use crate::outbound::select::{Route, Rule, select_grpc, select_http};
+use std::sync::Arc;
 
 /// The filters of the rule a request took.
 #[derive(Clone, Copy, Debug)]
@@ -28,7 +29,7 @@ pub struct Selected<'p> {
     /// The route, for the `route_*` metric labels.
     pub meta: &'p Meta,
     /// The route's authorizations, which the request is checked against.
-    pub authorizations: &'p [Authorization],
+    pub authorizations: &'p Arc<[Authorization]>,
     /// The rule's filters.
     pub filters: Filters<'p>,
     /// The path prefix the rule matched by, for a redirect that replaces

@@ -195,7 +195,7 @@ fn no_routes_get_the_default_route() {
         let req = http::Request::get("/x/y").body(()).unwrap();
         let s = http.select(&req, grpc).unwrap();
         assert_eq!(s.meta.name(), "default");
-        assert_eq!(s.authorizations, &*p.authorizations);
+        assert_eq!(**s.authorizations, *p.authorizations);
     }
     let (p, _) = convert(server(None, vec![]));
     assert!(

@@ -86,7 +86,7 @@ fn selected_carries_the_route_authorizations_filters_and_prefix() {
         vec![],
     );
     let s = p.select(&get("/api/x"), false).unwrap();
-    assert_eq!(s.authorizations, &*authz("p"));
+    assert_eq!(**s.authorizations, *authz("p"));
     assert_eq!(s.prefix, Some("/api"));
     assert!(matches!(
         s.filters,
@@ -102,7 +102,7 @@ fn the_default_route_takes_everything() {
         .select(&get("http://any.host/any/path?q=1"), false)
         .unwrap();
     assert_eq!(s.meta.name(), "default");
-    assert_eq!(s.authorizations, &*authz("server"));
+    assert_eq!(**s.authorizations, *authz("server"));
     assert_eq!(s.prefix, Some("/"));
     let s = p.select(&get("/pkg.Svc/Method"), true).unwrap();
     assert_eq!(s.meta.name(), "default");

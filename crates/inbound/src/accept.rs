@@ -1,0 +1,191 @@
+//! Connection authorization: who the client is ([`Client`]), whether the
+//! port's policy admits its connection at all, and, for a connection that
+//! is not HTTP (opaque TCP, TLS passed through, the transport port's
+//! opaque streams), whether the server's authorizations admit it — before
+//! any byte reaches the application — and for as long as it lasts.
+//!
+//! HTTP connections are admitted here unless the policy admits no one at
+//! all; their requests are authorized one by one, per route
+//! ([`crate::authorize`]).
+
+use crate::{labels, policy::PortPolicy};
+use linnet_metrics::authz::{AuthzConn, AuthzMetrics};
+use linnet_policy::inbound::{self as model, ServerPolicy, Verdict};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+/// A client, as authorizations see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Client {
+    /// Its address.
+    pub addr: IpAddr,
+    /// What its TLS proved.
+    pub tls: ClientTls,
+}
+
+/// What a client's TLS proved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientTls {
+    /// No TLS that this proxy terminated (plaintext, or TLS passed
+    /// through to the application).
+    None,
+    /// Mesh TLS terminated here, without a client certificate.
+    NoIdentity,
+    /// Mesh mTLS with this verified client identity.
+    Mesh(Arc<str>),
+}
+
+/// One inbound connection, as the policy sees it: the port's policy, the
+/// client, and the connection's share of the metric labels.
+#[derive(Debug)]
+pub struct Conn {
+    /// The port's policy, watched.
+    pub port: PortPolicy,
+    /// Who is connecting.
+    pub client: Client,
+    /// The connection's original destination.
+    pub target: SocketAddr,
+    /// Counts what the policy decides for it.
+    pub metrics: AuthzConn,
+}
+
+/// The policy refused a connection.
+#[derive(Debug, thiserror::Error)]
+#[error("the policy of port {port} ({server}) does not admit {client}")]
+pub struct Denied {
+    /// The port.
+    pub port: u16,
+    /// The server (policy) that refused it.
+    pub server: Arc<str>,
+    /// Who, in words.
+    pub client: String,
+}
+
+// === impl Client ===
+
+impl Client {
+    /// The client as the policy model reads it.
+    pub fn as_model(&self) -> model::Client<'_> {
+        model::Client {
+            addr: self.addr,
+            tls: match &self.tls {
+                ClientTls::None => model::ClientTls::None,
+                ClientTls::NoIdentity => model::ClientTls::Tls,
+                ClientTls::Mesh(id) => model::ClientTls::Mesh(id),
+            },
+        }
+    }
+
+    /// The verified mesh identity, if any.
+    pub fn identity(&self) -> Option<&str> {
+        match &self.tls {
+            ClientTls::Mesh(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The `tls` label of its connection.
+    pub fn tls_label(&self) -> &'static str {
+        match self.tls {
+            ClientTls::None => "disabled",
+            ClientTls::NoIdentity | ClientTls::Mesh(_) => "true",
+        }
+    }
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tls {
+            ClientTls::None => write!(f, "{} (no mTLS)", self.addr),
+            ClientTls::NoIdentity => write!(f, "{} (TLS without a client identity)", self.addr),
+            ClientTls::Mesh(id) => write!(f, "{} (mTLS as {id})", self.addr),
+        }
+    }
+}
+
+// === impl Conn ===
+
+impl Conn {
+    /// A connection from `client` to `target`, under `port`'s policy.
+    pub fn new(
+        port: PortPolicy,
+        client: Client,
+        target: SocketAddr,
+        metrics: &AuthzMetrics,
+    ) -> Self {
+        let metrics = metrics.conn(target, client.tls_label(), client.identity());
+        Self {
+            port,
+            client,
+            target,
+            metrics,
+        }
+    }
+
+    fn denied(&self, policy: &ServerPolicy) -> Denied {
+        Denied {
+            port: self.port.port(),
+            server: labels::name(&policy.meta),
+            client: self.client.to_string(),
+        }
+    }
+}
+
+/// Refuses, before detection, a connection under a policy that admits no
+/// one at all (`deny`): nothing the client could send would be allowed.
+/// Counted in `inbound_tcp_authz_deny_total`.
+pub fn refuse_before_detect(conn: &Conn) -> Result<Arc<ServerPolicy>, Denied> {
+    let policy = conn.port.current();
+    if policy.denies_all() {
+        conn.metrics
+            .tcp_deny(&labels::server(&policy.meta, conn.port.port()));
+        return Err(conn.denied(&policy));
+    }
+    Ok(policy)
+}
+
+/// Authorizes a connection that is not HTTP against the server's
+/// authorizations: counted as allowed or denied; an audit authorization
+/// lets it through, logged and counted as denied.
+pub fn authorize_tcp(conn: &Conn) -> Result<Arc<ServerPolicy>, Denied> {
+    let policy = conn.port.current();
+    let srv = labels::server(&policy.meta, conn.port.port());
+    match model::authorize(&policy.authorizations, &conn.client.as_model()) {
+        Verdict::Allow(authz) => {
+            conn.metrics.tcp_allow(&srv, &labels::authz(&authz.meta));
+            Ok(policy)
+        }
+        Verdict::Audit(_) => {
+            tracing::info!(
+                port = conn.port.port(), server = %srv.srv_name, client = %conn.client,
+                "audit: admitting a connection that the policy would refuse"
+            );
+            conn.metrics.tcp_deny(&srv);
+            Ok(policy)
+        }
+        Verdict::Deny => {
+            conn.metrics.tcp_deny(&srv);
+            Err(conn.denied(&policy))
+        }
+    }
+}
+
+/// Resolves when the port's policy changes so that it no longer admits
+/// the connection (counted in `inbound_tcp_authz_terminate_total`); the
+/// caller then resets it. Never resolves while it stays admitted.
+pub async fn revoked(conn: &mut Conn) -> Denied {
+    loop {
+        conn.port.changed().await;
+        let policy = conn.port.current();
+        if matches!(
+            model::authorize(&policy.authorizations, &conn.client.as_model()),
+            Verdict::Deny
+        ) {
+            conn.metrics
+                .tcp_terminate(&labels::server(&policy.meta, conn.port.port()));
+            return conn.denied(&policy);
+        }
+    }
+}
