@@ -154,7 +154,7 @@ async fn an_http_port_does_not_pass_a_slow_client_on_as_bytes() {
     let app = HttpServer::start().await;
     let port = app.addr.port();
     let plane = ControlPlane::start(&format!(
-        "{}workloads:\n  web:\n    ports:\n      {port}:\n        protocol: http1\n",
+        "{}workloads:\n  web:\n    ports:\n      {port}:\n        protocol: http1\n        authorizations: [{{unauthenticated: true}}]\n",
         tokens()
     ))
     .await;
