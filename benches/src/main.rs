@@ -127,6 +127,7 @@ enum Selected {
     Direct,
     Outbound,
     Mesh,
+    MeshAuthz,
     MeshBalanced,
     MeshLarge,
     Haproxy,
@@ -141,6 +142,7 @@ enum Scenario {
     Direct,
     Outbound,
     Mesh,
+    MeshAuthz,
     MeshBalanced,
     MeshLarge,
     Haproxy,
@@ -151,10 +153,11 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 10] = [
+    const ALL: [Scenario; 11] = [
         Scenario::Direct,
         Scenario::Outbound,
         Scenario::Mesh,
+        Scenario::MeshAuthz,
         Scenario::MeshBalanced,
         Scenario::MeshLarge,
         Scenario::Haproxy,
@@ -169,6 +172,7 @@ impl Scenario {
             Scenario::Direct => "direct",
             Scenario::Outbound => "outbound",
             Scenario::Mesh => "mesh",
+            Scenario::MeshAuthz => "mesh-authz",
             Scenario::MeshBalanced => "mesh-balanced",
             Scenario::MeshLarge => "mesh-large",
             Scenario::Haproxy => "haproxy",
@@ -184,6 +188,7 @@ impl Scenario {
             Scenario::Direct
             | Scenario::Outbound
             | Scenario::Mesh
+            | Scenario::MeshAuthz
             | Scenario::MeshBalanced
             | Scenario::MeshLarge
             | Scenario::Haproxy => Client::Http1,
@@ -198,6 +203,7 @@ impl Scenario {
         match self {
             Scenario::Outbound
             | Scenario::Mesh
+            | Scenario::MeshAuthz
             | Scenario::MeshBalanced
             | Scenario::MeshLarge
             | Scenario::Haproxy => Some(Scenario::Direct),
@@ -213,6 +219,7 @@ impl Scenario {
             (Selected::Direct, Scenario::Direct)
                 | (Selected::Outbound, Scenario::Outbound)
                 | (Selected::Mesh, Scenario::Mesh)
+                | (Selected::MeshAuthz, Scenario::MeshAuthz)
                 | (Selected::MeshBalanced, Scenario::MeshBalanced)
                 | (Selected::MeshLarge, Scenario::MeshLarge)
                 | (Selected::Haproxy, Scenario::Haproxy)
@@ -481,6 +488,13 @@ impl Harness {
             Scenario::GrpcDirect => Ok(Topology::direct(grpc()?)),
             Scenario::Outbound => Topology::linnet(&self.proxy, 1, http, &self.dirs),
             Scenario::Mesh | Scenario::Http2 => self.mesh(MeshKind::Http, http),
+            Scenario::MeshAuthz => {
+                let control = self
+                    .control
+                    .as_deref()
+                    .context("the policy mesh needs `linnet control`: build linnet")?;
+                Topology::linnet_mtls(&self.proxy, control, MeshKind::Authorized, http, &self.dirs)
+            }
             Scenario::Grpc => self.mesh(MeshKind::Http, grpc()?),
             Scenario::MeshBalanced | Scenario::MeshLarge => {
                 let control = self

@@ -407,6 +407,18 @@ impl Report {
                 &m.commit
             },
         );
+        if self.results.iter().any(|r| r.scenario == "mesh-authz") {
+            let _ = writeln!(
+                s,
+                "`mesh-authz` is `mesh` with the server sidecar following an inbound policy \
+                 (`LINKERD2_PROXY_POLICY_SVC_ADDR`) for the application's port: {} authorizations \
+                 by identity, the client's named by the last (so each request is checked against \
+                 all of them), and a local rate limit, total and per identity, too high to refuse \
+                 anything. `mesh`'s server sidecar has no policy service: its default policy \
+                 (`all-unauthenticated`, one authorization) applies.\n",
+                crate::topology::AUTHORIZATIONS,
+            );
+        }
         let fixed: Vec<&Row> = self.results.iter().filter(|r| r.rate.is_some()).collect();
         if !fixed.is_empty() {
             s.push_str("### Latency at fixed rates (ms)\n\n");

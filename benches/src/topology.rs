@@ -218,6 +218,31 @@ pub(crate) enum MeshKind {
     /// Opaque TCP: to the server side's inbound port with a transport
     /// header, inside mTLS.
     Opaque,
+    /// `Http`, with the server side following an inbound policy for the
+    /// application's port: [`AUTHORIZATIONS`] authorizations, the
+    /// client's identity named by the last, and a local rate limit (total
+    /// and per identity) too high to refuse anything: what checking
+    /// policy costs per request.
+    Authorized,
+}
+
+/// The authorizations of [`MeshKind::Authorized`]'s server.
+pub(crate) const AUTHORIZATIONS: usize = 100;
+
+/// The inbound policy of [`MeshKind::Authorized`]: the server's port
+/// admits [`CLIENT_ID`] by its last authorization.
+fn authorized_policy(port: u16) -> String {
+    let mut authz = String::new();
+    for i in 0..AUTHORIZATIONS - 1 {
+        authz.push_str(&format!(
+            "          - identities: [other-{i}.bench.serviceaccount.identity.linkerd.cluster.local]\n"
+        ));
+    }
+    authz.push_str(&format!("          - identities: [{CLIENT_ID}]\n"));
+    format!(
+        "workloads:\n  bench-server:\n    ports:\n      {port}:\n        protocol: detect\n\
+         \x20       rate_limit: {{total: 10000000, identity: 10000000}}\n        authorizations:\n{authz}"
+    )
 }
 
 const CLIENT_ID: &str = "client.bench.serviceaccount.identity.linkerd.cluster.local";
@@ -236,7 +261,7 @@ impl Topology {
         let inbound = procs::free_addr()?;
         let vip: SocketAddr = MESH_VIP.parse()?;
         let endpoint = match kind {
-            MeshKind::Http => {
+            MeshKind::Http | MeshKind::Authorized => {
                 format!("      - addr: \"{inbound}\"\n        identity: {SERVER_ID}\n")
             }
             MeshKind::Opaque => format!(
@@ -249,11 +274,15 @@ impl Topology {
         } else {
             ""
         };
+        let policy = match kind {
+            MeshKind::Authorized => authorized_policy(target.port()),
+            _ => String::new(),
+        };
         let plane = Control::start(
             control,
             &format!(
                 "identity:\n  tokens:\n    {CLIENT_ID}: client-token\n    {SERVER_ID}: server-token\n\
-                 services:\n  {MESH_SERVICE}:\n    addresses: [\"{vip}\"]\n{profile}    endpoints:\n{endpoint}"
+                 services:\n  {MESH_SERVICE}:\n    addresses: [\"{vip}\"]\n{profile}    endpoints:\n{endpoint}{policy}"
             ),
             dirs,
         )?;
@@ -261,16 +290,29 @@ impl Topology {
         // destination is the application); opaque traffic arrives on the
         // inbound port itself, with a transport header.
         let inbound_orig = match kind {
-            MeshKind::Http => Some(target),
+            MeshKind::Http | MeshKind::Authorized => Some(target),
             MeshKind::Opaque => None,
         };
+        let mut server_env = plane.identity("server", SERVER_ID);
+        if kind == MeshKind::Authorized {
+            server_env.extend([
+                (
+                    "LINKERD2_PROXY_POLICY_SVC_ADDR".into(),
+                    plane.grpc.to_string(),
+                ),
+                (
+                    "LINKERD2_PROXY_POLICY_WORKLOAD".into(),
+                    "bench-server".into(),
+                ),
+            ]);
+        }
         let (server, _, _) = start_proxy_with(
             cmd,
             &format!("inbound-{}", plane.n),
             Side::Inbound,
             Some(inbound),
             inbound_orig,
-            &plane.identity("server", SERVER_ID),
+            &server_env,
             dirs,
         )?;
         let mut env = plane.identity("client", CLIENT_ID);

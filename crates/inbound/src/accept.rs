@@ -8,12 +8,16 @@
 //! all; their requests are authorized one by one, per route
 //! ([`crate::authorize`]).
 
-use crate::{labels, policy::PortPolicy};
-use linnet_metrics::authz::{AuthzConn, AuthzMetrics};
+use crate::{labels, policy::PortPolicy, route::Matched};
+use linnet_metrics::{
+    authz::{AuthzConn, AuthzMetrics},
+    bounded::Series,
+    prometheus_client::metrics::counter::Counter,
+};
 use linnet_policy::inbound::{self as model, ServerPolicy, Verdict};
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 /// A client, as authorizations see it.
@@ -49,6 +53,21 @@ pub struct Conn {
     pub target: SocketAddr,
     /// Counts what the policy decides for it.
     pub metrics: AuthzConn,
+    /// The allow counter of the route and authorization that admitted the
+    /// connection's last request: most requests of a connection take the
+    /// same route, so the labels are resolved once, not per request.
+    last_allow: Mutex<Option<LastAllow>>,
+}
+
+/// A cached allow counter, and what it counts for.
+#[derive(Debug)]
+struct LastAllow {
+    /// The policy the route and authorization belong to, held so that
+    /// their addresses stay theirs.
+    policy: Arc<ServerPolicy>,
+    route: usize,
+    authz: usize,
+    counter: Series<Counter>,
 }
 
 /// The policy refused a connection.
@@ -121,7 +140,32 @@ impl Conn {
             client,
             target,
             metrics,
+            last_allow: Mutex::new(None),
         }
+    }
+
+    /// Counts a request that `authz` admitted on the route `m` matched.
+    pub(crate) fn count_allowed(&self, m: &Matched, authz: &model::Authorization) {
+        let authz_key = std::ptr::from_ref(authz) as usize;
+        let mut last = self.last_allow.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = last.as_ref() {
+            if Arc::ptr_eq(&l.policy, &m.policy) && l.route == m.route_key && l.authz == authz_key {
+                l.counter.inc();
+                return;
+            }
+        }
+        let counter = self.metrics.http_allow_series(
+            &m.server(),
+            &labels::route(&m.route),
+            &labels::authz(&authz.meta),
+        );
+        counter.inc();
+        *last = Some(LastAllow {
+            policy: m.policy.clone(),
+            route: m.route_key,
+            authz: authz_key,
+            counter,
+        });
     }
 
     fn denied(&self, policy: &ServerPolicy) -> Denied {

@@ -57,28 +57,26 @@ where
             }
             .into())));
         };
-        let route = labels::route(&m.route);
         match model::authorize(&m.authorizations, &conn.client.as_model()) {
-            Verdict::Allow(authz) => {
-                conn.metrics
-                    .http_allow(&m.server, &route, &labels::authz(&authz.meta));
-            }
+            Verdict::Allow(authz) => conn.count_allowed(m, authz),
             Verdict::Audit(_) => {
+                let (srv, route) = (m.server(), labels::route(&m.route));
                 tracing::info!(
-                    port = conn.port.port(), server = %m.server.srv_name, route = %route.route_name,
+                    port = conn.port.port(), server = %srv.srv_name, route = %route.route_name,
                     client = %conn.client,
                     "audit: admitting a request that the policy would refuse"
                 );
-                conn.metrics.http_deny(&m.server, &route);
+                conn.metrics.http_deny(&srv, &route);
             }
             Verdict::Deny => {
-                conn.metrics.http_deny(&m.server, &route);
+                let (srv, route) = (m.server(), labels::route(&m.route));
+                conn.metrics.http_deny(&srv, &route);
                 tracing::info!(
-                    port = conn.port.port(), server = %m.server.srv_name, route = %route.route_name,
+                    port = conn.port.port(), server = %srv.srv_name, route = %route.route_name,
                     client = %conn.client, "request refused by the route's authorizations"
                 );
                 return Either::Left(ready(Err(Unauthorized {
-                    server: m.server.srv_name.clone(),
+                    server: srv.srv_name,
                     route: route.route_name,
                     client: conn.client.to_string(),
                 }

@@ -43,8 +43,7 @@ where
             return self.inner.call(req).boxed();
         };
         let (outcome, response_filters) = match &m.filters {
-            RuleFilters::Http(f, _) if f.is_empty() => (filters::Outcome::Continue, None),
-            RuleFilters::Grpc(f) if f.is_empty() => (filters::Outcome::Continue, None),
+            RuleFilters::None => return self.inner.call(req).boxed(),
             RuleFilters::Http(f, prefix) => {
                 let outcome = filters::apply_request(f, prefix.as_deref(), &mut req);
                 let rsp = f

@@ -41,3 +41,6 @@ pub use self::{
     accept::{Client, ClientTls, Conn},
     policy::{Policies, PortPolicy},
 };
+
+#[cfg(test)]
+mod tests;

@@ -52,17 +52,16 @@ where
             Ok(admitted) => {
                 if admitted.keys_full {
                     conn.metrics
-                        .rate_limit_identities_full(&m.server, &labels::rate_limit(limit.meta()));
+                        .rate_limit_identities_full(&m.server(), &labels::rate_limit(limit.meta()));
                 }
                 Either::Right(self.inner.call(req))
             }
             Err(limited) => {
-                let rl = labels::rate_limit(limit.meta());
+                let (srv, rl) = (m.server(), labels::rate_limit(limit.meta()));
                 if limited.keys_full {
-                    conn.metrics.rate_limit_identities_full(&m.server, &rl);
+                    conn.metrics.rate_limit_identities_full(&srv, &rl);
                 }
-                conn.metrics
-                    .rate_limited(&m.server, &rl, limited.kind.as_str());
+                conn.metrics.rate_limited(&srv, &rl, limited.kind.as_str());
                 tracing::debug!(
                     port = conn.port.port(), client = %conn.client, limit = limited.kind.as_str(),
                     "request refused by the local rate limit"

@@ -27,10 +27,13 @@ pub struct Matched {
     /// The policy it was matched under (the same for every later layer,
     /// even if the policy changes meanwhile).
     pub policy: Arc<ServerPolicy>,
-    /// The server's labels.
-    pub server: ServerLabels,
+    /// The port.
+    pub port: u16,
     /// The route's description.
     pub route: Meta,
+    /// Which route of the policy it is (the address of its description
+    /// in `policy`, which the match keeps alive): a key for caches.
+    pub route_key: usize,
     /// Who the route admits.
     pub authorizations: Arc<[Authorization]>,
     /// The rule's filters.
@@ -40,6 +43,8 @@ pub struct Matched {
 /// A rule's filters, owned.
 #[derive(Clone, Debug)]
 pub enum RuleFilters {
+    /// None (the common case: nothing to do).
+    None,
     /// An HTTP rule's, with the path prefix it matched by (for redirects
     /// that replace it).
     Http(Arc<[HttpFilter]>, Option<Arc<str>>),
@@ -96,18 +101,28 @@ where
     }
 }
 
+impl Matched {
+    /// The server's labels.
+    pub fn server(&self) -> ServerLabels {
+        labels::server(&self.policy.meta, self.port)
+    }
+}
+
 /// The route `req` takes under `policy`, if any.
 fn matched<B>(policy: &Arc<ServerPolicy>, port: u16, req: &Request<B>) -> Option<Matched> {
     let http = policy.http()?;
     let grpc = matches!(policy.protocol, Protocol::Grpc(_));
     let sel = http.select(req, grpc)?;
     let filters = match sel.filters {
-        Filters::Http(f) => RuleFilters::Http(Arc::from(f), sel.prefix.map(Arc::from)),
-        Filters::Grpc(f) => RuleFilters::Grpc(Arc::from(f)),
+        Filters::Http(f) if f.is_empty() => RuleFilters::None,
+        Filters::Grpc(f) if f.is_empty() => RuleFilters::None,
+        Filters::Http(f) => RuleFilters::Http(f.clone(), sel.prefix.map(Arc::from)),
+        Filters::Grpc(f) => RuleFilters::Grpc(f.clone()),
     };
     Some(Matched {
-        server: labels::server(&policy.meta, port),
+        port,
         route: sel.meta.clone(),
+        route_key: std::ptr::from_ref(sel.meta) as usize,
         authorizations: sel.authorizations.clone(),
         filters,
         policy: policy.clone(),

@@ -13,7 +13,7 @@
 
 use crate::{
     AddrLabel,
-    bounded::{self, Bounded, Bounds, LabelValues, Text, Value},
+    bounded::{self, Bounded, Bounds, LabelValues, Series, Text, Value},
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -268,13 +268,25 @@ impl AuthzConn {
 
     /// A request that `authz` allowed on `route`.
     pub fn http_allow(&self, srv: &ServerLabels, route: &RouteLabels, authz: &AuthzLabels) {
+        self.http_allow_series(srv, route, authz).inc();
+    }
+
+    /// The series counting requests that `authz` allowed on `route`: a
+    /// connection whose requests keep taking one route keeps it, and
+    /// counts into it without resolving the labels again.
+    pub fn http_allow_series(
+        &self,
+        srv: &ServerLabels,
+        route: &RouteLabels,
+        authz: &AuthzLabels,
+    ) -> Series<Counter> {
         let labels = HttpAllowLabels {
             conn: self.labels.clone(),
             srv: srv.clone(),
             route: route.clone(),
             authz: authz.clone(),
         };
-        self.metrics.0.http_allow.get(&labels).inc();
+        self.metrics.0.http_allow.get(&labels)
     }
 
     /// A request that `route`'s policy refused.

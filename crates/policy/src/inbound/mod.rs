@@ -106,7 +106,7 @@ pub struct HttpRule {
     /// Any one of these must fit; empty: every request fits.
     pub matches: Vec<HttpMatch>,
     /// Applied in order before the request goes to the application.
-    pub filters: Vec<HttpFilter>,
+    pub filters: Arc<[HttpFilter]>,
 }
 
 /// An inbound gRPC route (`inbound.GrpcRoute`).
@@ -128,7 +128,7 @@ pub struct GrpcRule {
     /// Any one of these must fit; empty: every call fits.
     pub matches: Vec<GrpcMatch>,
     /// Applied in order before the call goes to the application.
-    pub filters: Vec<GrpcFilter>,
+    pub filters: Arc<[GrpcFilter]>,
 }
 
 // === impl ServerPolicy ===
@@ -227,7 +227,7 @@ impl HttpRoute {
                     path: Some(crate::outbound::PathMatch::prefix("/")),
                     ..Default::default()
                 }],
-                filters: Vec::new(),
+                filters: Arc::new([]),
             }],
         }
     }
@@ -245,7 +245,7 @@ impl GrpcRoute {
             authorizations,
             rules: vec![GrpcRule {
                 matches: vec![GrpcMatch::default()],
-                filters: Vec::new(),
+                filters: Arc::new([]),
             }],
         }
     }

@@ -318,7 +318,7 @@ fn http_rule(rule: api::http_route::Rule, cx: &mut Cx<'_>) -> Option<HttpRule> {
         .into_iter()
         .map(|m| shared::http_match(m, cx))
         .collect::<Option<Vec<_>>>()?;
-    let filters = rule
+    let filters: Vec<_> = rule
         .filters
         .into_iter()
         .filter_map(|f| match f.kind {
@@ -335,7 +335,10 @@ fn http_rule(rule: api::http_route::Rule, cx: &mut Cx<'_>) -> Option<HttpRule> {
             }
         })
         .collect();
-    Some(HttpRule { matches, filters })
+    Some(HttpRule {
+        matches,
+        filters: filters.into(),
+    })
 }
 
 fn grpc_rule(rule: api::grpc_route::Rule, cx: &mut Cx<'_>) -> Option<GrpcRule> {
@@ -345,7 +348,7 @@ fn grpc_rule(rule: api::grpc_route::Rule, cx: &mut Cx<'_>) -> Option<GrpcRule> {
         .into_iter()
         .map(|m| shared::grpc_match(m, cx))
         .collect::<Option<Vec<_>>>()?;
-    let filters = rule
+    let filters: Vec<_> = rule
         .filters
         .into_iter()
         .filter_map(|f| match f.kind {
@@ -359,7 +362,10 @@ fn grpc_rule(rule: api::grpc_route::Rule, cx: &mut Cx<'_>) -> Option<GrpcRule> {
             }
         })
         .collect();
-    Some(GrpcRule { matches, filters })
+    Some(GrpcRule {
+        matches,
+        filters: filters.into(),
+    })
 }
 
 // === rate limit ===

@@ -18,9 +18,9 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug)]
 pub enum Filters<'p> {
     /// An HTTP rule's.
-    Http(&'p [HttpFilter]),
+    Http(&'p Arc<[HttpFilter]>),
     /// A gRPC rule's.
-    Grpc(&'p [GrpcFilter]),
+    Grpc(&'p Arc<[GrpcFilter]>),
 }
 
 /// What a request's route decides: who may send it, and how it changes.

@@ -26,7 +26,7 @@ fn http_route(name: &str, hosts: Vec<HostMatch>, paths: &[PathMatch]) -> HttpRou
                     path: Some(p.clone()),
                     ..Default::default()
                 }],
-                filters: vec![HttpFilter::RequestHeaders(HeaderModifier::default())],
+                filters: vec![HttpFilter::RequestHeaders(HeaderModifier::default())].into(),
             })
             .collect(),
     }
@@ -90,7 +90,7 @@ fn selected_carries_the_route_authorizations_filters_and_prefix() {
     assert_eq!(s.prefix, Some("/api"));
     assert!(matches!(
         s.filters,
-        Filters::Http([HttpFilter::RequestHeaders(_)])
+        Filters::Http(f) if matches!(**f, [HttpFilter::RequestHeaders(_)])
     ));
     assert_eq!(p.select(&get("/e"), false).unwrap().prefix, None);
 }
@@ -106,7 +106,7 @@ fn the_default_route_takes_everything() {
     assert_eq!(s.prefix, Some("/"));
     let s = p.select(&get("/pkg.Svc/Method"), true).unwrap();
     assert_eq!(s.meta.name(), "default");
-    assert!(matches!(s.filters, Filters::Grpc([])));
+    assert!(matches!(s.filters, Filters::Grpc(f) if f.is_empty()));
     assert_eq!(s.prefix, None);
 }
 
@@ -118,7 +118,7 @@ fn grpc_routes_for_grpc_ports() {
             method: method.map(Into::into),
             headers: vec![],
         }],
-        filters: vec![],
+        filters: vec![].into(),
     };
     let route = |name: &str, rules| GrpcRoute {
         meta: Meta::Default { name: name.into() },
