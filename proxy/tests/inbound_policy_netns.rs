@@ -565,7 +565,6 @@ fn inbound_policy_matrix_with_real_interception() {
     // HTTP connection, to a new connection, and to an open opaque
     // connection, which is closed.
     switch(&pods, dir.path(), Policy::Network);
-    let server_ip = pods.server_ip.clone();
     let (tx, rx) = std::sync::mpsc::channel::<Instant>();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
