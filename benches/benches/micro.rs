@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the pieces every connection or request passes
-//! through: protocol detection, header hygiene, and metric recording.
+//! through: protocol detection, header hygiene, metric recording, and the
+//! inbound policy layers.
 //!
 //! ```text
 //! cargo bench -p linnet-bench --bench micro
@@ -126,5 +127,125 @@ fn metrics(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, detection, headers, metrics);
+/// A server policy for `/`: `n` authorizations by identity, the client's
+/// named by the last, and optionally a local rate limit too high to
+/// refuse anything.
+fn inbound_policy(n: usize, rate_limit: bool) -> linnet_policy::inbound::ServerPolicy {
+    use linnet_policy::{
+        inbound::{
+            Authentication, Authorization, HttpPolicy, LocalRateLimit, Network, Protocol,
+            ServerPolicy,
+        },
+        outbound::Meta,
+    };
+    use std::sync::Arc;
+    let authz: Arc<[Authorization]> = (0..n)
+        .map(|i| {
+            let id = if i + 1 == n {
+                INBOUND_CLIENT.to_string()
+            } else {
+                format!("other-{i}.ns.serviceaccount.identity.linkerd.cluster.local")
+            };
+            Authorization {
+                meta: Meta::Default {
+                    name: format!("authz-{i}").into(),
+                },
+                networks: Network::all().into(),
+                authentication: Authentication::TlsAuthenticated {
+                    identities: [Arc::from(id)].into(),
+                    suffixes: vec![],
+                },
+            }
+        })
+        .collect();
+    let mut http = HttpPolicy::default_routes(authz.clone());
+    if rate_limit {
+        let many = std::num::NonZeroU32::new(1_000_000_000);
+        http.rate_limit = Some(Arc::new(LocalRateLimit::new(
+            Meta::Default { name: "rl".into() },
+            many,
+            many,
+            vec![],
+        )));
+    }
+    ServerPolicy {
+        meta: Meta::Default { name: "web".into() },
+        protocol: Protocol::Http1(Arc::new(http)),
+        authorizations: authz,
+    }
+}
+
+const INBOUND_CLIENT: &str = "client.ns.serviceaccount.identity.linkerd.cluster.local";
+
+/// One request through the inbound stack's policy layers (route match,
+/// authorization, rate limit, filters) to a stand-in application, per
+/// policy shape.
+fn inbound(c: &mut Criterion) {
+    use linnet_inbound::{Client, ClientTls, Conn, PortPolicy};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut registry = linnet_metrics::registry();
+    let bounds = linnet_metrics::bounded::Bounds::register(&mut registry, Default::default());
+    let metrics = linnet_metrics::authz::AuthzMetrics::register(&mut registry, &bounds);
+    let mut g = c.benchmark_group("inbound");
+    // The floor: the stand-in application alone, called the same way.
+    let bare = linnet_http::HttpStack::new(tower::service_fn(
+        |_req: http::Request<linnet_http::BoxBody>| async {
+            Ok::<_, linnet_core::Error>(http::Response::new(linnet_http::BoxBody::default()))
+        },
+    ));
+    g.bench_function("application_alone", |b| {
+        b.iter(|| {
+            let req = http::Request::get("/api/items")
+                .header("host", "web.ns.svc.cluster.local")
+                .body(linnet_http::BoxBody::default())
+                .unwrap();
+            assert!(
+                rt.block_on(linnet_http::call_stack(bare.clone(), req))
+                    .is_ok()
+            );
+        })
+    });
+    for (name, n, rate_limit) in [
+        ("one_authorization", 1, false),
+        ("100_authorizations", 100, false),
+        ("100_authorizations_rate_limited", 100, true),
+    ] {
+        let conn = std::sync::Arc::new(Conn::new(
+            PortPolicy::fixed(8080, inbound_policy(n, rate_limit)),
+            Client {
+                addr: "10.0.0.9".parse().unwrap(),
+                tls: ClientTls::Mesh(INBOUND_CLIENT.into()),
+            },
+            "10.0.0.1:8080".parse().unwrap(),
+            &metrics,
+        ));
+        let app = tower::service_fn(|_req: http::Request<linnet_http::BoxBody>| async {
+            Ok::<_, linnet_core::Error>(http::Response::new(linnet_http::BoxBody::default()))
+        });
+        let stack = linnet_http::HttpStack::new(
+            tower::ServiceBuilder::new()
+                .layer(linnet_inbound::route::layer(conn.clone()))
+                .layer(linnet_inbound::authorize::layer(conn.clone()))
+                .layer(linnet_inbound::rate_limit::layer(conn))
+                .layer(linnet_inbound::filter::layer())
+                .service(app),
+        );
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let req = http::Request::get("/api/items")
+                    .header("host", "web.ns.svc.cluster.local")
+                    .body(linnet_http::BoxBody::default())
+                    .unwrap();
+                let rsp = rt.block_on(linnet_http::call_stack(stack.clone(), req));
+                assert!(rsp.is_ok());
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, detection, headers, metrics, inbound);
 criterion_main!(benches);

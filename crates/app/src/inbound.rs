@@ -113,6 +113,9 @@ impl Forward {
         // are not HTTP (or that took longer than the detect timeout to
         // look like it) never reach the application unread.
         let version = match &detected.protocol {
+            // A port whose policy says TLS (the application terminates
+            // it) has no routes: whatever comes is carried as bytes.
+            _ if matches!(policy.protocol, PortProtocol::Tls) => None,
             Protocol::Http1 => Some(linnet_http::Version::Http1),
             Protocol::Http2 => Some(linnet_http::Version::Http2),
             _ => None,

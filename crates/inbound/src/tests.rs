@@ -392,3 +392,49 @@ async fn a_policy_that_admits_no_one_refuses_before_detection() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_ports_kept_are_bounded() {
+    use linnet_policy::inbound::{DefaultPolicy, Defaults};
+    let mut registry = linnet_metrics::registry();
+    let defaults = Defaults {
+        policy: DefaultPolicy::Deny,
+        cluster_networks: vec![],
+        detect_timeout: std::time::Duration::from_secs(1),
+        opaque_ports: Default::default(),
+        require_identity_ports: Default::default(),
+        require_tls_ports: Default::default(),
+    };
+    let policies = crate::Policies::new(defaults, None, std::time::Duration::ZERO, &mut registry);
+    let extra = 44;
+    for port in 1..=u16::try_from(crate::policy::MAX_PORTS + extra).unwrap() {
+        // Every port still gets its policy, kept or not.
+        assert!(policies.get(port).await.current().denies_all());
+    }
+    // Ports already kept are not counted again.
+    policies.get(1).await;
+    let text = linnet_metrics::encode(&registry);
+    assert!(
+        text.contains(&format!("inbound_policy_ports_full_total {extra}")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_table_of_rate_limited_identities_is_counted() {
+    let h = Harness::new();
+    let limit =
+        LocalRateLimit::new(meta("rl"), None, NonZeroU32::new(100), vec![]).with_max_keys(1);
+    let p = policy(Some(limit));
+    let port = PortPolicy::fixed(8080, p);
+    let a = h.stack(h.conn(port.clone(), Some(A)));
+    let b = h.stack(h.conn(port, Some(B)));
+    call(&a, "/").await.unwrap();
+    // B is a second identity: the table (of one) is full.
+    call(&b, "/").await.unwrap();
+    let text = h.text();
+    assert!(
+        text.contains(r#"inbound_http_local_ratelimit_identities_full_total{srv_group="",srv_kind="default",srv_name="web",srv_port="8080",rl_group="",rl_kind="default",rl_name="rl"} 1"#),
+        "{text}"
+    );
+}

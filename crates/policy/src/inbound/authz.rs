@@ -115,8 +115,13 @@ impl Authorization {
     /// Whether `client` comes from one of the networks and is
     /// authenticated as required.
     pub fn permits(&self, client: &Client<'_>) -> bool {
+        // Authentication first: among many authorizations by identity, it
+        // is what rules most of them out.
+        if !self.authentication.permits(client.tls) {
+            return false;
+        }
         let addr = client.addr.to_canonical();
-        self.networks.iter().any(|n| n.contains(addr)) && self.authentication.permits(client.tls)
+        self.networks.iter().any(|n| n.contains(addr))
     }
 
     /// Whether this is an audit authorization (`Meta::Default{"audit"}`).
