@@ -23,8 +23,8 @@ use linnet_test_support::{
     http::HttpServer,
     is_root,
     metrics::{Scrape, http, try_http},
-    netns::{Netns, pod_init, pod_proxy},
-    process::{Process, world_executable_copy},
+    netns::{Netns, pod_control, pod_init, pod_proxy},
+    process::world_executable_copy,
     proxy::Proxy,
     tcp::{ExchangeServer, Stats, exchange, random_payload},
 };
@@ -124,33 +124,6 @@ fn mesh_file(server_ip: &str, policy: Policy) -> String {
         endpoint(OPAQUE_PORT, "        opaque_transport_port: 4143\n"),
         policy.yaml(),
     )
-}
-
-/// `linnet control` in `ns` on 127.0.0.1:8086, from `dir/mesh.yaml`,
-/// looking for changes every 100 ms.
-fn control(ns: &Netns, bin: &Path, dir: &Path, name: &str) -> Process {
-    let mut cmd = ns.command(bin.to_str().unwrap());
-    cmd.args(["control", "--config"])
-        .arg(dir.join("mesh.yaml"))
-        .args([
-            "--listen",
-            "127.0.0.1:8086",
-            "--admin-listen",
-            "127.0.0.1:9990",
-            "--reload-interval",
-            "100ms",
-        ]);
-    let p = Process::spawn(name, cmd);
-    for _ in 0..500 {
-        let ready = ns.block_on(async {
-            try_http("127.0.0.1:9990".parse().unwrap(), "GET", "/ready", "").await
-        });
-        if ready.is_ok_and(|(s, _)| s == 200) {
-            return p;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{name} never became ready:\n{}", p.log());
 }
 
 /// The identity settings of a proxy certified as `id` with `token`.
@@ -492,8 +465,20 @@ fn inbound_policy_matrix_with_real_interception() {
         mesh_file(&server_ip, Policy::AllowA),
     )
     .unwrap();
-    let _server_control = control(&server_pod, &bin, dir.path(), "policy-server-control");
-    let _client_control = control(&client_pod, &bin, dir.path(), "policy-client-control");
+    let _server_control = pod_control(
+        &server_pod,
+        &bin,
+        dir.path(),
+        "policy-server-control",
+        &["--reload-interval", "100ms"],
+    );
+    let _client_control = pod_control(
+        &client_pod,
+        &bin,
+        dir.path(),
+        "policy-client-control",
+        &["--reload-interval", "100ms"],
+    );
     let anchors = std::fs::read_to_string(dir.path().join("issuer.crt")).unwrap();
 
     // The server pod's applications.

@@ -17,8 +17,8 @@
 use linnet_test_support::{
     http::HttpServer,
     is_root,
-    metrics::{Scrape, http, try_http},
-    netns::{Netns, pod_init, pod_proxy},
+    metrics::{Scrape, http},
+    netns::{Netns, pod_control, pod_init, pod_proxy},
     process::{Process, world_executable_copy},
     tcp::{ExchangeServer, exchange, random_payload},
 };
@@ -129,30 +129,6 @@ impl Recorder {
             .iter()
             .find_map(|c| c.first().copied())
     }
-}
-
-/// `linnet control` in `ns` on 127.0.0.1:8086, from `dir/mesh.yaml`.
-fn control(ns: &Netns, bin: &Path, dir: &Path, name: &str) -> Process {
-    let mut cmd = ns.command(bin.to_str().unwrap());
-    cmd.args(["control", "--config"])
-        .arg(dir.join("mesh.yaml"))
-        .args([
-            "--listen",
-            "127.0.0.1:8086",
-            "--admin-listen",
-            "127.0.0.1:9990",
-        ]);
-    let p = Process::spawn(name, cmd);
-    for _ in 0..500 {
-        let ready = ns.block_on(async {
-            try_http("127.0.0.1:9990".parse().unwrap(), "GET", "/ready", "").await
-        });
-        if ready.is_ok_and(|(s, _)| s == 200) {
-            return p;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{name} never became ready:\n{}", p.log());
 }
 
 fn proxy_env<'a>(
@@ -285,8 +261,8 @@ fn meshed_pods_are_reached_over_mtls_or_not_at_all() {
     )
     .unwrap();
     std::fs::write(dir.path().join("mesh.yaml"), mesh_file(&server_ip)).unwrap();
-    let _server_control = control(&server_pod, &bin, dir.path(), "server-control");
-    let client_control = control(&client_pod, &bin, dir.path(), "client-control");
+    let _server_control = pod_control(&server_pod, &bin, dir.path(), "server-control", &[]);
+    let client_control = pod_control(&client_pod, &bin, dir.path(), "client-control", &[]);
     let anchors = std::fs::read_to_string(dir.path().join("issuer.crt")).unwrap();
 
     // The server pod's applications, and recorders on the ports its rules

@@ -234,3 +234,36 @@ pub fn pod_proxy(
     }
     panic!("{name} never became ready:\n{}", p.log());
 }
+
+/// `linnet control` (the binary at `bin`) inside `ns` on
+/// `127.0.0.1:8086` (admin `127.0.0.1:9990`), serving `dir/mesh.yaml`,
+/// plus `args`; returns once its `/ready` answers 200.
+pub fn pod_control(
+    ns: &Netns,
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+    args: &[&str],
+) -> crate::process::Process {
+    let mut cmd = ns.command(&bin.display().to_string());
+    cmd.args(["control", "--config"])
+        .arg(dir.join("mesh.yaml"))
+        .args([
+            "--listen",
+            "127.0.0.1:8086",
+            "--admin-listen",
+            "127.0.0.1:9990",
+        ])
+        .args(args);
+    let p = crate::process::Process::spawn(name, cmd);
+    for _ in 0..500 {
+        let ready = ns.block_on(async {
+            crate::metrics::try_http("127.0.0.1:9990".parse().unwrap(), "GET", "/ready", "").await
+        });
+        if ready.is_ok_and(|(s, _)| s == 200) {
+            return p;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{name} never became ready:\n{}", p.log());
+}
