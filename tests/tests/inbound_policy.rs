@@ -259,6 +259,40 @@ async fn a_route_admits_fewer_clients_than_its_server() {
     );
     let root_denied = [("route_name", "root")];
     assert_eq!(s.sum("inbound_http_authz_deny_total", &root_denied), 0.0);
+
+    // A request line the detector does not take for HTTP (two spaces; a
+    // lenient server would still read it) travels as bytes: B may not
+    // send those where a route refuses it, so the connection is reset
+    // and the application never sees it. A may.
+    let smuggled = b"GET  /admin HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n";
+    assert!(
+        refused(m.b.outbound, smuggled).await,
+        "B's bytes were relayed"
+    );
+    let s = metric_reaches(
+        &m.server,
+        "inbound_tcp_authz_deny_total",
+        &[("client_id", B)],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        s.sum("inbound_tcp_authz_allow_total", &[("client_id", B)]),
+        0.0
+    );
+    assert_eq!(m.seen_from(B, Some("/admin")), 0);
+    let mut conn = tokio::net::TcpStream::connect(m.a.outbound).await.unwrap();
+    conn.write_all(smuggled).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+    assert!(!answer.is_empty(), "A's bytes were not relayed");
+    metric_reaches(
+        &m.server,
+        "inbound_tcp_authz_allow_total",
+        &[("client_id", A)],
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -465,14 +465,42 @@ struct PortPolicies {
 
 impl watch::Apply<inbound::Server, Option<ServerPolicy>> for PortPolicies {
     fn message(&mut self, tx: &tw::Sender<Option<ServerPolicy>>, s: inbound::Server, _first: bool) {
+        use linnet_policy::inbound::{HttpPolicy, Protocol, ServerPolicy as Policy};
         let metrics = &self.metrics;
-        let mut policy = linnet_policy::inbound::proto::from_proto(s, &mut |reason| {
+        let converted = linnet_policy::inbound::proto::from_proto(s, &mut |reason| {
             tracing::warn!(
                 reason,
                 "control plane sent a malformed piece of an inbound server policy; skipped"
             );
             metrics.skipped(reason);
         });
+        let mut policy = match converted {
+            Ok(p) => p,
+            Err(error) => {
+                metrics.skipped("invalid_server_routes");
+                if tx.borrow().is_some() {
+                    tracing::warn!(%error, "keeping the port's previous policy");
+                    return;
+                }
+                // Nothing to keep: nobody is admitted rather than more
+                // than the control plane meant.
+                tracing::warn!(%error, "admitting no one on the port until a usable policy arrives");
+                Policy {
+                    meta: linnet_policy::outbound::Meta::Default {
+                        name: "invalid".into(),
+                    },
+                    protocol: Protocol::Detect {
+                        timeout: linnet_policy::inbound::DEFAULT_DETECT_TIMEOUT,
+                        http: Arc::new(HttpPolicy {
+                            http_routes: Vec::new(),
+                            grpc_routes: Vec::new(),
+                            rate_limit: None,
+                        }),
+                    },
+                    authorizations: Arc::from([]),
+                }
+            }
+        };
         if let Some(prev) = tx.borrow().as_ref() {
             policy.carry_state_from(prev);
         }

@@ -144,3 +144,49 @@ fn weighted_picks_follow_weights() {
     assert!((2700..3300).contains(&n), "{n}");
     assert_eq!(weighted(&BTreeMap::new()), None);
 }
+
+/// A server whose one HTTP route has the path regex `path`.
+fn server_with_route(path_regex: &str) -> inbound::Server {
+    use linkerd2_proxy_api::http_route as hr;
+    inbound::Server {
+        protocol: Some(inbound::ProxyProtocol {
+            kind: Some(inbound::proxy_protocol::Kind::Http1(
+                inbound::proxy_protocol::Http1 {
+                    routes: vec![inbound::HttpRoute {
+                        rules: vec![inbound::http_route::Rule {
+                            matches: vec![hr::HttpRouteMatch {
+                                path: Some(hr::PathMatch {
+                                    kind: Some(hr::path_match::Kind::Regex(path_regex.into())),
+                                }),
+                                ..Default::default()
+                            }],
+                            filters: vec![],
+                        }],
+                        ..Default::default()
+                    }],
+                    local_rate_limit: None,
+                },
+            )),
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_server_policy_with_malformed_routes_is_refused_whole() {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let mut apply = PortPolicies {
+        metrics: Metrics::default(),
+    };
+    // The first answer is unusable: nobody is admitted (not the default).
+    apply.message(&tx, server_with_route("("), true);
+    let first = rx.borrow().clone().unwrap();
+    assert!(first.denies_all(), "{first:?}");
+    // A usable one replaces it...
+    apply.message(&tx, server_with_route("/a.*"), false);
+    let good = rx.borrow().clone().unwrap();
+    assert_eq!(good.http().unwrap().http_routes.len(), 1);
+    // ...and a later unusable one leaves it in force.
+    apply.message(&tx, server_with_route("(("), false);
+    assert!(Arc::ptr_eq(&good, rx.borrow().as_ref().unwrap()));
+}

@@ -85,10 +85,19 @@ pub fn drop_untrusted_length(headers: &mut HeaderMap, exact_body_len: Option<u64
     }
 }
 
-/// Whether an HTTP/1 request asks to switch protocols (WebSocket).
+/// Whether an HTTP/1 request asks to switch protocols (WebSocket). Not
+/// `h2c`: an application switching a connection to HTTP/2 behind the
+/// proxy's back would carry every later request past the proxy's HTTP
+/// handling (policy, metrics); its `Upgrade` is dropped as hop-by-hop and
+/// the request goes on as plain HTTP/1.
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    let upgrade = req.headers().get_all(header::UPGRADE);
     req.version() <= http::Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && upgrade.iter().next().is_some()
+        && !upgrade
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")))
         && req
             .headers()
             .get_all(header::CONNECTION)
@@ -209,6 +218,18 @@ mod tests {
             .body(())
             .unwrap();
         assert!(!is_upgrade(&req));
+        // h2c is not passed on: the request goes on as HTTP/1, its
+        // `Upgrade` and `HTTP2-Settings` stripped.
+        let req = Request::get("/")
+            .header("connection", "Upgrade, HTTP2-Settings")
+            .header("upgrade", "h2c")
+            .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
+            .body(())
+            .unwrap();
+        assert!(!is_upgrade(&req));
+        let mut h = req.headers().clone();
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
         let req = Request::post("/x")
             .header("content-type", "application/grpc+proto")
             .body(())

@@ -157,6 +157,15 @@ fn policy_answer(error: &(dyn Error + 'static), grpc: bool) -> Option<Rescued> {
             grpc,
         ));
     }
+    if linnet_core::is_caused_by::<errors::HostMismatch>(error) {
+        return Some(respond(
+            StatusCode::BAD_REQUEST,
+            GRPC_INVALID_ARGUMENT,
+            "host_mismatch",
+            &message(),
+            grpc,
+        ));
+    }
     if linnet_core::is_caused_by::<errors::Unauthorized>(error) {
         return Some(respond(
             StatusCode::FORBIDDEN,

@@ -196,7 +196,7 @@ pub fn refuse_before_detect(conn: &Conn) -> Result<Arc<ServerPolicy>, Denied> {
 pub fn authorize_tcp(conn: &Conn) -> Result<Arc<ServerPolicy>, Denied> {
     let policy = conn.port.current();
     let srv = labels::server(&policy.meta, conn.port.port());
-    match model::authorize(&policy.authorizations, &conn.client.as_model()) {
+    match tcp_verdict(&policy, &conn.client.as_model()) {
         Verdict::Allow(authz) => {
             conn.metrics.tcp_allow(&srv, &labels::authz(&authz.meta));
             Ok(policy)
@@ -216,6 +216,29 @@ pub fn authorize_tcp(conn: &Conn) -> Result<Arc<ServerPolicy>, Denied> {
     }
 }
 
+/// The verdict on bytes that are not (or were not recognised as) HTTP:
+/// the server's authorizations decide; on a port that detects HTTP, every
+/// one of its HTTP routes must admit the client too, since bytes that
+/// were not recognised as a request (a request line split past the
+/// detect timeout, one a lenient server accepts but the detector does
+/// not) could still be one, for any route. (On a port that serves only
+/// HTTP such bytes are refused before this.)
+fn tcp_verdict<'p>(policy: &'p ServerPolicy, client: &model::Client<'_>) -> Verdict<'p> {
+    let verdict = model::authorize(&policy.authorizations, client);
+    if let (model::Protocol::Detect { http, .. }, false) =
+        (&policy.protocol, matches!(verdict, Verdict::Deny))
+    {
+        let every_route = http
+            .http_routes
+            .iter()
+            .all(|r| !matches!(model::authorize(&r.authorizations, client), Verdict::Deny));
+        if !every_route {
+            return Verdict::Deny;
+        }
+    }
+    verdict
+}
+
 /// Resolves when the port's policy changes so that it no longer admits
 /// the connection (counted in `inbound_tcp_authz_terminate_total`); the
 /// caller then resets it. Never resolves while it stays admitted.
@@ -223,10 +246,7 @@ pub async fn revoked(conn: &mut Conn) -> Denied {
     loop {
         conn.port.changed().await;
         let policy = conn.port.current();
-        if matches!(
-            model::authorize(&policy.authorizations, &conn.client.as_model()),
-            Verdict::Deny
-        ) {
+        if matches!(tcp_verdict(&policy, &conn.client.as_model()), Verdict::Deny) {
             conn.metrics
                 .tcp_terminate(&labels::server(&policy.meta, conn.port.port()));
             return conn.denied(&policy);

@@ -2,9 +2,10 @@
 //! or the default until it arrives and without a policy service.
 //!
 //! A port's policy is looked up when its first connection arrives, and
-//! that connection waits for the control plane's first answer for at most
-//! `DISCOVERY_INITIAL_WAIT`; after that the default applies until the
-//! answer comes (Linkerd's meaning of `INBOUND_DEFAULT_POLICY`). Once an
+//! connections wait for the control plane's first answer until
+//! `DISCOVERY_INITIAL_WAIT` after that; from then on the default applies
+//! until the answer comes (Linkerd's meaning of `INBOUND_DEFAULT_POLICY`),
+//! without delaying anyone. Once an
 //! answer has come, a later failure of the watch keeps the last answer.
 //!
 //! Ports are chosen by clients (any port of the pod can be dialled), so
@@ -48,6 +49,10 @@ pub struct PortPolicy {
     rx: Option<watch::Receiver<Option<ServerPolicy>>>,
     /// What applies until the first answer.
     default: Arc<Policy>,
+    /// Until when connections wait for the first answer: the first
+    /// connection's arrival and the initial wait. After that, one that
+    /// has not come (a policy service that is down) delays nobody.
+    deadline: tokio::time::Instant,
 }
 
 // === impl Policies ===
@@ -82,13 +87,11 @@ impl Policies {
     /// policy service waits up to the initial wait for its first answer.
     pub async fn get(&self, port: u16) -> PortPolicy {
         let mut policy = self.lookup(port);
+        let deadline = policy.deadline;
         if let Some(rx) = policy.rx.as_mut() {
-            if rx.borrow().is_none() {
+            if rx.borrow().is_none() && tokio::time::Instant::now() < deadline {
                 let wait = rx.wait_for(|p| p.is_some());
-                if tokio::time::timeout(self.inner.initial_wait, wait)
-                    .await
-                    .is_err()
-                {
+                if tokio::time::timeout_at(deadline, wait).await.is_err() {
                     tracing::info!(
                         port,
                         default = %policy.default_name(),
@@ -113,6 +116,7 @@ impl Policies {
                 .as_ref()
                 .and_then(|d| d.server_policy(port)),
             default: Arc::new(self.inner.defaults.for_port(port)),
+            deadline: tokio::time::Instant::now() + self.inner.initial_wait,
         };
         if ports.len() < MAX_PORTS {
             ports.insert(port, policy.clone());
@@ -133,6 +137,7 @@ impl PortPolicy {
             port,
             rx: None,
             default: Arc::new(policy),
+            deadline: tokio::time::Instant::now(),
         }
     }
 
@@ -142,6 +147,7 @@ impl PortPolicy {
             port,
             rx: Some(rx),
             default: Arc::new(default),
+            deadline: tokio::time::Instant::now(),
         }
     }
 

@@ -11,7 +11,7 @@ use http::{Request, Response};
 use linnet_http::BoxBody;
 use linnet_metrics::authz::ServerLabels;
 use linnet_policy::{
-    errors::NoRoute,
+    errors::{HostMismatch, NoRoute},
     inbound::{Authorization, Filters, Protocol, ServerPolicy},
     outbound::{GrpcFilter, HttpFilter, Meta},
 };
@@ -80,6 +80,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
+        if let Some(e) = host_mismatch(&req) {
+            return Either::Left(ready(Err(e.into())));
+        }
         let policy = self.conn.port.current();
         match matched(&policy, self.conn.port.port(), &req) {
             Some(m) => {
@@ -106,6 +109,19 @@ impl Matched {
     pub fn server(&self) -> ServerLabels {
         labels::server(&self.policy.meta, self.port)
     }
+}
+
+/// A request whose URI authority (HTTP/2 `:authority`, an absolute-form
+/// target) and `Host` header differ: routes match the first, and the
+/// application may read the second. (RFC 9113 §8.3.1 calls it malformed.)
+fn host_mismatch<B>(req: &Request<B>) -> Option<HostMismatch> {
+    let authority = req.uri().authority()?;
+    let host = req.headers().get(http::header::HOST)?;
+    let host = host.to_str().unwrap_or_default();
+    (!host.eq_ignore_ascii_case(authority.as_str())).then(|| HostMismatch {
+        authority: authority.to_string(),
+        host: host.to_string(),
+    })
 }
 
 /// The route `req` takes under `policy`, if any.

@@ -438,3 +438,50 @@ async fn a_full_table_of_rate_limited_identities_is_counted() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn bytes_on_a_detect_port_need_every_route() {
+    // The server admits A and B; `/admin` only A. Bytes that were not
+    // recognised as HTTP could be a request for `/admin`: B's are refused.
+    let h = Harness::new();
+    let mut p = policy(None);
+    let http = match &p.protocol {
+        Protocol::Http1(http) => http.clone(),
+        _ => unreachable!(),
+    };
+    p.protocol = Protocol::Detect {
+        timeout: std::time::Duration::from_secs(1),
+        http,
+    };
+    let port = PortPolicy::fixed(8080, p);
+    let client = |id: &str| Client {
+        addr: "10.0.0.9".parse().unwrap(),
+        tls: ClientTls::Mesh(id.into()),
+    };
+    let target = "10.0.0.1:8080".parse().unwrap();
+    let a = Conn::new(port.clone(), client(A), target, &h.metrics);
+    let b = Conn::new(port, client(B), target, &h.metrics);
+    assert!(accept::authorize_tcp(&a).is_ok());
+    assert!(accept::authorize_tcp(&b).is_err());
+}
+
+#[tokio::test]
+async fn a_host_that_is_not_the_authority_is_refused() {
+    let h = Harness::new();
+    let a = h.stack(h.conn(PortPolicy::fixed(8080, policy(None)), Some(A)));
+    let req = |host: &str| {
+        Request::get("http://public.example.com/admin")
+            .header("host", host)
+            .body(BoxBody::default())
+            .unwrap()
+    };
+    let e = linnet_http::call_stack(a.clone(), req("admin.example.com"))
+        .await
+        .unwrap_err();
+    let rescued = linnet_http::rescue::rescue(&*e, false);
+    assert_eq!(rescued.response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(h.served(), 0);
+    // The same authority, in any case, is fine.
+    let rsp = linnet_http::call_stack(a, req("Public.Example.com")).await;
+    assert!(rsp.is_ok());
+}

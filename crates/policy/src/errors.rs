@@ -47,3 +47,16 @@ pub struct Unauthorized {
     /// Who was refused, in words.
     pub client: String,
 }
+
+/// A request the inbound stack will not route: its `Host` names another
+/// authority than its URI (HTTP/2 `:authority`, or an absolute-form
+/// target), so routes and the application could read different hosts.
+/// 400, or gRPC INVALID_ARGUMENT.
+#[derive(Debug, thiserror::Error)]
+#[error("the Host header ({host}) differs from the request's authority ({authority})")]
+pub struct HostMismatch {
+    /// The URI's authority.
+    pub authority: String,
+    /// The `Host` header.
+    pub host: String,
+}

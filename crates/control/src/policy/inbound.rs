@@ -311,7 +311,7 @@ fn networks(a: &Authorization) -> Vec<inbound::Network> {
             except: a
                 .except
                 .iter()
-                .filter(|x| n.contains(*x))
+                .filter(|x| n.contains(*x) || x.contains(n))
                 .map(|x| IpNetwork::from(*x))
                 .collect(),
         })

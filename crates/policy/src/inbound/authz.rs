@@ -1,6 +1,7 @@
 //! Who may connect, and who may send a request: the authorizations of a
-//! server (checked once per connection, after accept and mesh TLS,
-//! before detection) and of each route (checked per request, after the
+//! server (checked for a connection that is not HTTP, after detection
+//! and mesh TLS, before the application is dialled, and again when the
+//! policy changes) and of each route (checked per request, after the
 //! route match, before the rate limit).
 //!
 //! An authorization names client networks and how the client must be

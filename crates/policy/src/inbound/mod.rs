@@ -1,9 +1,11 @@
 //! One inbound port's server policy, as the proxy acts on it.
 //!
-//! Where it sits on the inbound path: accept → mesh TLS or not → **the
-//! port's server policy** (this model, looked up once per connection) →
-//! connection authorization ([`authz`]) → protocol detection → HTTP
-//! server → route match ([`select`]) → route authorization ([`authz`]) →
+//! Where it sits on the inbound path: accept → **the port's server
+//! policy** (this model, read from the port's watch) → refused at once if
+//! it admits no one ([`ServerPolicy::denies_all`]) → protocol detection
+//! and mesh TLS → for bytes that are not HTTP, connection authorization
+//! against the server's authorizations ([`authz`]); for HTTP, per
+//! request: route match ([`select`]) → route authorization ([`authz`]) →
 //! rate limit ([`rate_limit`]) → client to the application.
 //!
 //! The model comes from the control plane's `InboundServerPolicies`
@@ -55,8 +57,10 @@ pub struct ServerPolicy {
 pub enum Protocol {
     /// Read the first bytes to tell HTTP from anything else.
     Detect {
-        /// How long to wait for enough bytes; then the connection is
-        /// handled as opaque.
+        /// How long the control plane says to wait for enough bytes.
+        /// (The proxy waits `INBOUND_DETECT_TIMEOUT`, its own setting,
+        /// before it knows the port's policy's protocol: this is kept for
+        /// completeness, not used.)
         timeout: Duration,
         /// The routes for detected HTTP (1 or 2).
         http: Arc<HttpPolicy>,
@@ -153,8 +157,10 @@ impl ServerPolicy {
     }
 
     /// Whether any authorization, server-level or in any route, permits
-    /// `client`. A connection for which this is false could be admitted
-    /// by no route, so it is refused before detection.
+    /// `client`: false means nothing the client could send would be
+    /// admitted. (The proxy refuses before detection only what
+    /// [`Self::denies_all`] says, so that a refused HTTP request gets its
+    /// 403 and the reason.)
     pub fn admits_somewhere(&self, client: &Client<'_>) -> bool {
         self.authorizations.iter().any(|a| a.permits(client))
             || self

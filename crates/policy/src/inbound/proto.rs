@@ -4,9 +4,11 @@
 //!
 //! Nothing here panics, whatever arrives, and nothing malformed widens
 //! what is admitted (fail closed): a malformed authorization is dropped
-//! (it admits no one), a malformed route is dropped (its requests get
-//! no route: 404), a network whose address or exception is malformed is
-//! dropped. Each is reported to the caller's `skipped` with a short
+//! (it admits no one), a network whose address or exception is malformed
+//! is dropped; a malformed piece of a route (host, match, rule, filter)
+//! refuses the whole policy ([`InvalidRoutes`]: dropping it alone could
+//! send its requests to a broader route, or skip a failure injection or
+//! redirect). Each is reported to the caller's `skipped` with a short
 //! reason, which the caller counts. The route pieces shared with
 //! outbound (hosts, matches, filters) are converted by the outbound code
 //! and report its reasons (`bad_regex`, `bad_header`, `bad_host`, ...:
@@ -24,9 +26,7 @@
 //! | `bad_rate_limit` | a rate-limit override with no limit or no identity |
 //!
 //! A server the control plane gives no routes gets the default route
-//! (the server's authorizations for every request); one whose routes
-//! were all malformed gets none, so that nothing is admitted that the
-//! control plane did not mean.
+//! (the server's authorizations for every request).
 
 use super::{
     Authentication, Authorization, DEFAULT_DETECT_TIMEOUT, GrpcRoute, GrpcRule, HttpPolicy,
@@ -50,25 +50,67 @@ pub const MAX_DETECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// reported to `skipped` with a short static reason (see the module
 /// docs). `server_ips` is not read: the proxy serves the pod's own
 /// addresses.
-pub fn from_proto(server: api::Server, skipped: &mut dyn FnMut(&'static str)) -> ServerPolicy {
-    let cx = &mut Cx(skipped);
+pub fn from_proto(
+    server: api::Server,
+    skipped: &mut dyn FnMut(&'static str),
+) -> Result<ServerPolicy, InvalidRoutes> {
+    let cx = &mut Cx {
+        skipped,
+        in_routes: false,
+        route_error: None,
+    };
     let meta = labels_meta(&server.labels);
     let authorizations = authorizations(server.authorizations, cx);
     let protocol = protocol(server.protocol.and_then(|p| p.kind), &authorizations, cx);
-    ServerPolicy {
+    if let Some(reason) = cx.route_error {
+        return Err(InvalidRoutes { reason });
+    }
+    Ok(ServerPolicy {
         meta,
         protocol,
         authorizations,
-    }
+    })
 }
 
-/// The caller's `skipped`, logging as it reports.
-struct Cx<'a>(&'a mut dyn FnMut(&'static str));
+/// A server policy whose routes (a host, a match, a rule, a filter) are
+/// malformed: refused as a whole. Dropping the piece alone could widen
+/// what is admitted (a request falling through to a broader route, a
+/// failure injection or redirect that no longer happens), so the caller
+/// keeps the policy it had (linkerd2-proxy refuses such an update too).
+#[derive(Debug, thiserror::Error)]
+#[error("the server policy's routes are malformed ({reason}): refused as a whole")]
+pub struct InvalidRoutes {
+    /// The first malformed piece's reason.
+    pub reason: &'static str,
+}
+
+/// The caller's `skipped`, logging as it reports; and whether anything
+/// dropped was part of a route (which refuses the whole policy).
+struct Cx<'a> {
+    skipped: &'a mut dyn FnMut(&'static str),
+    /// Converting a route's hosts, matches or filters.
+    in_routes: bool,
+    /// The first thing dropped while `in_routes`.
+    route_error: Option<&'static str>,
+}
 
 impl Skip for Cx<'_> {
     fn skip(&mut self, reason: &'static str) {
         tracing::debug!(reason, "dropped a malformed piece of an inbound policy");
-        (self.0)(reason);
+        if self.in_routes {
+            self.route_error.get_or_insert(reason);
+        }
+        (self.skipped)(reason);
+    }
+}
+
+impl Cx<'_> {
+    /// Runs `f` converting route pieces, or (`false`) not.
+    fn routes<T>(&mut self, in_routes: bool, f: impl FnOnce(&mut Self) -> T) -> T {
+        let was = std::mem::replace(&mut self.in_routes, in_routes);
+        let t = f(self);
+        self.in_routes = was;
+        t
     }
 }
 
@@ -244,20 +286,24 @@ fn http_routes(
     let http_routes = routes
         .into_iter()
         .filter_map(|r| {
-            let hosts = shared::hosts(r.hosts, cx)?;
-            let rules: Vec<HttpRule> = r
-                .rules
-                .into_iter()
-                .filter_map(|rule| http_rule(rule, cx))
-                .collect();
-            if rules.is_empty() {
-                cx.skip("no_rules");
-                return None;
-            }
+            let (hosts, rules) = cx.routes(true, |cx| {
+                let hosts = shared::hosts(r.hosts, cx)?;
+                let rules: Vec<HttpRule> = r
+                    .rules
+                    .into_iter()
+                    .filter_map(|rule| http_rule(rule, cx))
+                    .collect();
+                if rules.is_empty() {
+                    cx.skip("no_rules");
+                    return None;
+                }
+                Some((hosts, rules))
+            })?;
             Some(HttpRoute {
                 meta: shared::meta(r.metadata),
                 hosts,
-                authorizations: authorizations(r.authorizations, cx),
+                // (A malformed authorization only narrows the route.)
+                authorizations: cx.routes(false, |cx| authorizations(r.authorizations, cx)),
                 rules,
             })
         })
@@ -284,20 +330,24 @@ fn grpc_routes(
     let grpc_routes = routes
         .into_iter()
         .filter_map(|r| {
-            let hosts = shared::hosts(r.hosts, cx)?;
-            let rules: Vec<GrpcRule> = r
-                .rules
-                .into_iter()
-                .filter_map(|rule| grpc_rule(rule, cx))
-                .collect();
-            if rules.is_empty() {
-                cx.skip("no_rules");
-                return None;
-            }
+            let (hosts, rules) = cx.routes(true, |cx| {
+                let hosts = shared::hosts(r.hosts, cx)?;
+                let rules: Vec<GrpcRule> = r
+                    .rules
+                    .into_iter()
+                    .filter_map(|rule| grpc_rule(rule, cx))
+                    .collect();
+                if rules.is_empty() {
+                    cx.skip("no_rules");
+                    return None;
+                }
+                Some((hosts, rules))
+            })?;
             Some(GrpcRoute {
                 meta: shared::meta(r.metadata),
                 hosts,
-                authorizations: authorizations(r.authorizations, cx),
+                // (A malformed authorization only narrows the route.)
+                authorizations: cx.routes(false, |cx| authorizations(r.authorizations, cx)),
                 rules,
             })
         })

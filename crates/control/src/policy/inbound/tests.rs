@@ -344,3 +344,20 @@ async fn watch_port_follows_changes() {
         Some(in_proto::Kind::Opaque(_))
     ));
 }
+
+#[test]
+fn an_except_applies_to_every_network_it_overlaps() {
+    use crate::config::{Authorization, Clients};
+    let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+    let a = Authorization {
+        name: "a".into(),
+        networks: vec![net("10.0.0.0/8"), net("10.1.0.0/16"), net("192.168.0.0/16")],
+        except: vec![net("10.0.0.0/12")],
+        clients: Clients::Unauthenticated,
+    };
+    let nets = super::networks(&a);
+    let excepts: Vec<usize> = nets.iter().map(|n| n.except.len()).collect();
+    // The /16 lies inside the excepted /12: excluded there too; the
+    // unrelated network keeps everything.
+    assert_eq!(excepts, [1, 1, 0]);
+}

@@ -1,7 +1,7 @@
 use super::*;
 use crate::{
     inbound::{Client, ClientTls},
-    outbound::{HostMatch, HttpFilter, PathMatch},
+    outbound::{HostMatch, PathMatch},
 };
 use linkerd2_proxy_api::{
     grpc_route as gr, http_route as hr,
@@ -128,8 +128,14 @@ fn detect(routes: Vec<api::HttpRoute>) -> Option<pp::Kind> {
     }))
 }
 
-/// Converts, collecting the skip reasons.
+/// Converts a policy that must be accepted, collecting the skip reasons.
 fn convert(s: api::Server) -> (ServerPolicy, Vec<&'static str>) {
+    let (p, skipped) = try_convert(s);
+    (p.expect("an acceptable policy"), skipped)
+}
+
+/// Converts, collecting the skip reasons.
+fn try_convert(s: api::Server) -> (Result<ServerPolicy, InvalidRoutes>, Vec<&'static str>) {
     let mut skipped = Vec::new();
     let p = from_proto(s, &mut |r| skipped.push(r));
     (p, skipped)

@@ -120,7 +120,7 @@ fn bad_authentications() {
 }
 
 #[test]
-fn bad_routes_are_dropped_without_the_default_route() {
+fn a_bad_route_refuses_the_whole_policy() {
     let regex = hr::HttpRouteMatch {
         path: Some(hr::PathMatch {
             kind: Some(hr::path_match::Kind::Regex("(".into())),
@@ -133,62 +133,69 @@ fn bad_routes_are_dropped_without_the_default_route() {
     bad_host.hosts = vec![hr::HostMatch {
         r#match: Some(hr::host_match::Match::Exact("*.bad".into())),
     }];
-    let (p, skipped) = convert(server(
-        detect(vec![
-            http_route("bad-regex", vec![regex]),
-            no_rules,
-            bad_host,
-        ]),
-        vec![anyone("server")],
-    ));
-    assert_eq!(skipped, ["bad_regex", "no_rules", "no_rules", "bad_host"]);
-    let http = p.http().unwrap();
-    assert!(http.http_routes.is_empty());
-    let req = http::Request::get("/").body(()).unwrap();
-    assert!(
-        http.select(&req, false).is_none(),
-        "nothing admitted by default"
-    );
+    // Each alone, beside a good route that would take its requests if it
+    // were dropped alone.
+    for (bad, reason) in [
+        (http_route("bad-regex", vec![regex]), "bad_regex"),
+        (no_rules, "no_rules"),
+        (bad_host, "bad_host"),
+    ] {
+        let (p, skipped) = try_convert(server(
+            detect(vec![bad, http_route("root", vec![prefix("/")])]),
+            vec![anyone("server")],
+        ));
+        let e = p.expect_err("refused");
+        assert_eq!(e.reason, reason);
+        assert_eq!(skipped.first(), Some(&reason));
+    }
 }
 
 #[test]
-fn bad_filters_are_dropped_alone() {
+fn a_bad_filter_refuses_the_whole_policy() {
     use api::http_route::{Filter, filter::Kind as F};
+    for (filter, reason) in [
+        (Filter { kind: None }, "no_filter"),
+        (
+            Filter {
+                kind: Some(F::FailureInjector(hr::HttpFailureInjector {
+                    status: 1000,
+                    message: String::new(),
+                    ratio: None,
+                })),
+            },
+            "bad_failure_injector",
+        ),
+        (
+            Filter {
+                kind: Some(F::RequestHeaderModifier(hr::RequestHeaderModifier {
+                    add: None,
+                    set: None,
+                    remove: vec!["bad header".into(), "x-ok".into()],
+                })),
+            },
+            "bad_header",
+        ),
+    ] {
+        let mut route = http_route("r", vec![prefix("/")]);
+        route.rules[0].filters = vec![filter];
+        let (p, _) = try_convert(server(detect(vec![route]), vec![]));
+        assert_eq!(p.expect_err("refused").reason, reason);
+    }
+    // A host is normalised, not refused.
     let mut route = http_route("r", vec![prefix("/")]);
     route.hosts = vec![hr::HostMatch {
         r#match: Some(hr::host_match::Match::Exact("Web.Example.com.".into())),
     }];
-    route.rules[0].filters = vec![
-        Filter { kind: None },
-        Filter {
-            kind: Some(F::FailureInjector(hr::HttpFailureInjector {
-                status: 1000,
-                message: String::new(),
-                ratio: None,
-            })),
-        },
-        Filter {
-            kind: Some(F::RequestHeaderModifier(hr::RequestHeaderModifier {
-                add: None,
-                set: None,
-                remove: vec!["bad header".into(), "x-ok".into()],
-            })),
-        },
-    ];
     let (p, skipped) = convert(server(detect(vec![route]), vec![]));
-    assert_eq!(skipped, ["no_filter", "bad_failure_injector", "bad_header"]);
+    assert!(skipped.is_empty());
     let r = &p.http().unwrap().http_routes[0];
     assert_eq!(r.hosts, vec![HostMatch::Exact("web.example.com".into())]);
-    assert!(matches!(
-        &r.rules[0].filters[..],
-        [HttpFilter::RequestHeaders(m)] if m.remove.len() == 1
-    ));
 }
 
 #[test]
 fn bad_grpc_routes() {
     use api::grpc_route::{Filter, filter::Kind as F};
-    let route = api::GrpcRoute {
+    let route = |filters: Vec<Filter>| api::GrpcRoute {
         metadata: default_meta("g"),
         hosts: vec![],
         authorizations: vec![anyone("g"), authz("bad", vec![], unauthenticated())],
@@ -200,25 +207,23 @@ fn bad_grpc_routes() {
                 }),
                 headers: vec![],
             }],
-            filters: vec![Filter {
-                kind: Some(F::FailureInjector(gr::GrpcFailureInjector {
-                    code: 99,
-                    message: String::new(),
-                    ratio: None,
-                })),
-            }],
+            filters,
         }],
     };
-    let (p, skipped) = convert(server(
-        Some(pp::Kind::Grpc(pp::Grpc {
-            routes: vec![route],
+    let grpc = |r| server(Some(pp::Kind::Grpc(pp::Grpc { routes: vec![r] })), vec![]);
+    let (p, _) = try_convert(grpc(route(vec![Filter {
+        kind: Some(F::FailureInjector(gr::GrpcFailureInjector {
+            code: 99,
+            message: String::new(),
+            ratio: None,
         })),
-        vec![],
-    ));
-    assert_eq!(skipped, ["bad_failure_injector", "no_networks"]);
+    }])));
+    assert_eq!(p.expect_err("refused").reason, "bad_failure_injector");
+    // A malformed authorization of a route only narrows it: dropped alone.
+    let (p, skipped) = convert(grpc(route(vec![])));
+    assert_eq!(skipped, ["no_networks"]);
     let r = &p.http().unwrap().grpc_routes[0];
     assert_eq!(r.authorizations.len(), 1);
-    assert!(r.rules[0].filters.is_empty());
     assert!(!p.denies_all());
 }
 
