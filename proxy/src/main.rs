@@ -6,7 +6,10 @@
 //!   proxy;
 //! - `linnet control`: the embedded control plane, serving Linkerd's proxy
 //!   API from a mesh file;
-//! - `linnet demo`: a mesh on loopback in one command.
+//! - `linnet demo`: a mesh on loopback in one command;
+//! - `linnet inject`: adds the sidecar to Kubernetes workloads (YAML in,
+//!   YAML out), and `linnet wait-ready`, the hook it gives the proxy when
+//!   it is not a native sidecar.
 //!
 //! This file only parses the command line, sets up logging and the
 //! runtime, and maps failures to exit codes; the proxy itself is
@@ -14,7 +17,9 @@
 
 mod control;
 mod demo;
+mod inject;
 mod trace;
+mod wait_ready;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -45,6 +50,10 @@ enum Command {
     Control(control::ControlArgs),
     /// Run a small mesh on loopback: a control plane, two services with sidecars, a client sidecar.
     Demo(demo::DemoArgs),
+    /// Add the Linnet sidecar to the workloads of Kubernetes YAML (stdin or -f FILE) and print it.
+    Inject(Box<inject::InjectArgs>),
+    /// Wait until the local proxy reports ready (the injected postStart hook).
+    WaitReady(wait_ready::WaitReadyArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +62,8 @@ fn main() -> ExitCode {
         Command::Proxy => proxy(),
         Command::Control(args) => control::main(args),
         Command::Demo(args) => demo::main(args),
+        Command::Inject(args) => inject::main(*args),
+        Command::WaitReady(args) => wait_ready::main(args),
         Command::Init(args) => match linnet_init::run(&args) {
             Ok(outcome) => {
                 eprintln!("linnet init: {outcome}");

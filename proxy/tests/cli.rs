@@ -297,3 +297,86 @@ fn an_identity_that_cannot_be_set_up_stops_the_proxy() {
         assert!(!stderr.contains("listening"), "{var}: it served: {stderr}");
     }
 }
+
+#[test]
+fn inject_adds_the_sidecar_to_a_manifest() {
+    let input = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crates/inject/tests/golden/input/deployment.yaml"
+    );
+    let out = Command::new(BIN)
+        .args(["inject", "-f", input])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let objects = linnet_inject::parse(&text).unwrap();
+    let [linnet_inject::Object::Deployment(d)] = &objects[..] else {
+        panic!("{text}")
+    };
+    let spec = d.spec.template.spec.as_ref().unwrap();
+    let proxy = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "linnet-proxy")
+        .expect("the proxy is a native sidecar");
+    assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+
+    // From stdin, the first container with --native-sidecar=false.
+    let mut child = Command::new(BIN)
+        .args(["inject", "--native-sidecar=false"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        std::fs::read(input).unwrap().as_slice(),
+    )
+    .unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("- wait-ready"), "{text}");
+}
+
+#[test]
+fn inject_rejects_bad_input_with_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, "kind: ConfigMap\n---\nspec: [\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["inject", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("document 2: "), "{stderr}");
+}
+
+#[test]
+fn wait_ready_waits_for_the_proxy() {
+    let p = Process::spawn("wait-ready", proxy_cmd());
+    let admin = wait_ready(&p);
+    let status = Command::new(BIN)
+        .args(["wait-ready", "--timeout=10s", "--admin-addr"])
+        .arg(admin.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Nothing listening: gives up after the timeout.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let status = Command::new(BIN)
+        .args(["wait-ready", "--timeout=300ms", "--admin-addr"])
+        .arg(closed.to_string())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+}

@@ -1,0 +1,59 @@
+//! `linnet inject`: puts the Linnet sidecar into Kubernetes workloads.
+//!
+//! This sits before the request path: it rewrites a workload's pod
+//! template so that, once scheduled, the pod's TCP goes through a Linnet
+//! proxy. Per pod template it adds
+//! - the `linnet-init` init container, which runs `linnet init` once to
+//!   program the pod's iptables (`NET_ADMIN`, `NET_RAW`);
+//! - the `linnet-proxy` container, as a native sidecar (an init container
+//!   with `restartPolicy: Always`, Kubernetes ≥ 1.28) or, with
+//!   [`Options::native_sidecar`] off, as the first regular container with a
+//!   `postStart` hook that waits for the proxy to be ready;
+//! - the proxy's environment under Linkerd's names (`LINKERD2_PROXY_*`),
+//!   so a Linkerd control plane can drive it: identity from the pod's
+//!   service account through the downward API, a projected token, trust
+//!   anchors, the control plane's addresses and names;
+//! - Prometheus scrape annotations for the admin port, and annotations
+//!   that mark the template injected.
+//!
+//! [`inject`] is pure (objects in, objects out, no I/O), so the command
+//! line and an admission webhook share it; [`parse`] and [`to_yaml`] read
+//! and write multi-document YAML. Objects are handled as `k8s-openapi`
+//! types, never as string templates; kinds other than workloads pass
+//! through as they were read.
+
+mod annotations;
+mod error;
+mod object;
+mod options;
+mod pod;
+
+pub use error::Error;
+pub use object::{Object, parse, to_yaml};
+pub use options::{ControlPlaneService, Options, ProxyResources, TrustAnchors};
+
+/// Annotation marking a pod template as injected (value `"true"`); a
+/// template that carries it is left as it is, which makes injection
+/// idempotent.
+pub const INJECTED_ANNOTATION: &str = "linnet.io/injected";
+/// Annotation recording the version of `linnet inject` that injected the
+/// template.
+pub const PROXY_VERSION_ANNOTATION: &str = "linnet.io/proxy-version";
+/// Name of the proxy container.
+pub const PROXY_CONTAINER: &str = "linnet-proxy";
+/// Name of the init container that programs iptables.
+pub const INIT_CONTAINER: &str = "linnet-init";
+
+/// Injects the proxy into every workload among `objects` (including the
+/// items of `List` objects), leaving other kinds, workloads annotated
+/// `linnet.io/inject: disabled` (or Linkerd's `linkerd.io/inject`),
+/// host-network pods, and templates already injected as they are.
+///
+/// Fails, naming the workload, on a per-workload annotation whose value
+/// cannot be used (a malformed port list or resource quantity).
+pub fn inject(objects: Vec<Object>, options: &Options) -> Result<Vec<Object>, Error> {
+    objects
+        .into_iter()
+        .map(|o| pod::inject_object(o, options))
+        .collect()
+}

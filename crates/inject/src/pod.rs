@@ -1,0 +1,483 @@
+//! The transformation of one pod template: the init container, the proxy,
+//! its volumes and annotations.
+
+use crate::{
+    Error, INIT_CONTAINER, INJECTED_ANNOTATION, Object, Options, PROXY_CONTAINER,
+    PROXY_VERSION_ANNOTATION, TrustAnchors,
+    annotations::{Annotations, Overrides},
+};
+use k8s_openapi::{
+    api::core::v1::{
+        Capabilities, ConfigMapKeySelector, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+        EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+        PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+        SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+        VolumeProjection,
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity, apis::meta::v1::ObjectMeta, util::intstr::IntOrString,
+    },
+};
+use std::collections::BTreeMap;
+
+/// Linkerd's inbound port; its container port is named `linkerd-proxy`.
+const INBOUND_PORT: u16 = 4143;
+const OUTBOUND_PORT: u16 = 4140;
+/// Admin port (`/metrics`, `/live`, `/ready`), named `linkerd-admin`.
+const ADMIN_PORT: u16 = 4191;
+/// The uid the proxy runs as, which `linnet init` exempts from redirection.
+const PROXY_UID: i64 = 2102;
+/// The projected service-account token the identity service checks.
+const TOKEN_VOLUME: &str = "linkerd-identity-token";
+const TOKEN_DIR: &str = "/var/run/secrets/tokens";
+const TOKEN_AUDIENCE: &str = "identity.l5d.io";
+/// An emptyDir at `/run` for the xtables lock: the init container's root
+/// filesystem is read-only.
+const XTABLES_VOLUME: &str = "linnet-init-xtables-lock";
+const BINARY: &str = "/usr/bin/linnet";
+
+/// Injects every workload in `object`.
+pub(crate) fn inject_object(object: Object, opts: &Options) -> Result<Object, Error> {
+    let object = match object {
+        Object::Pod(mut pod) => {
+            let workload = name("Pod", &pod.metadata);
+            if let Some(spec) = pod.spec.as_mut() {
+                let annotations = Annotations {
+                    metas: [Some(&pod.metadata), None],
+                    workload: &workload,
+                };
+                if let Some(overrides) = wanted(&annotations, spec)? {
+                    inject_spec(&mut pod.metadata, spec, &overrides, opts);
+                }
+            }
+            Object::Pod(pod)
+        }
+        Object::Deployment(mut o) => {
+            template(
+                name("Deployment", &o.metadata),
+                &o.metadata,
+                &mut o.spec.template,
+                opts,
+            )?;
+            Object::Deployment(o)
+        }
+        Object::StatefulSet(mut o) => {
+            template(
+                name("StatefulSet", &o.metadata),
+                &o.metadata,
+                &mut o.spec.template,
+                opts,
+            )?;
+            Object::StatefulSet(o)
+        }
+        Object::DaemonSet(mut o) => {
+            template(
+                name("DaemonSet", &o.metadata),
+                &o.metadata,
+                &mut o.spec.template,
+                opts,
+            )?;
+            Object::DaemonSet(o)
+        }
+        Object::ReplicaSet(mut o) => {
+            if let Some(t) = o.spec.template.as_mut() {
+                template(name("ReplicaSet", &o.metadata), &o.metadata, t, opts)?;
+            }
+            Object::ReplicaSet(o)
+        }
+        Object::Job(mut o) => {
+            if let Some(spec) = o.spec.as_mut() {
+                template(
+                    name("Job", &o.metadata),
+                    &o.metadata,
+                    &mut spec.template,
+                    opts,
+                )?;
+            }
+            Object::Job(o)
+        }
+        Object::CronJob(mut o) => {
+            if let Some(spec) = o.spec.job_template.spec.as_mut() {
+                template(
+                    name("CronJob", &o.metadata),
+                    &o.metadata,
+                    &mut spec.template,
+                    opts,
+                )?;
+            }
+            Object::CronJob(o)
+        }
+        Object::List { fields, items } => Object::List {
+            fields,
+            items: crate::inject(items, opts)?,
+        },
+        other @ Object::Other(_) => other,
+    };
+    Ok(object)
+}
+
+/// `Kind namespace/name`, for errors.
+fn name(kind: &str, meta: &ObjectMeta) -> String {
+    let name = meta
+        .name
+        .as_deref()
+        .or(meta.generate_name.as_deref())
+        .unwrap_or("(unnamed)");
+    match &meta.namespace {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+fn template(
+    workload: String,
+    workload_meta: &ObjectMeta,
+    template: &mut PodTemplateSpec,
+    opts: &Options,
+) -> Result<(), Error> {
+    let Some(spec) = template.spec.as_mut() else {
+        return Ok(());
+    };
+    let annotations = Annotations {
+        metas: [template.metadata.as_ref(), Some(workload_meta)],
+        workload: &workload,
+    };
+    if let Some(overrides) = wanted(&annotations, spec)? {
+        let meta = template.metadata.get_or_insert_with(Default::default);
+        inject_spec(meta, spec, &overrides, opts);
+    }
+    Ok(())
+}
+
+/// The overrides to inject with, or `None` when the template is to be left
+/// as it is: injection disabled, already injected (by us or by Linkerd),
+/// or a host-network pod (whose iptables are the node's).
+fn wanted(annotations: &Annotations<'_>, spec: &PodSpec) -> Result<Option<Overrides>, Error> {
+    let injected = annotations.metas[0]
+        .and_then(|m| m.annotations.as_ref())
+        .is_some_and(|a| a.contains_key(INJECTED_ANNOTATION));
+    let has_proxy = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == PROXY_CONTAINER || c.name == "linkerd-proxy");
+    if injected || has_proxy || annotations.disabled() || spec.host_network == Some(true) {
+        return Ok(None);
+    }
+    annotations.overrides().map(Some)
+}
+
+fn inject_spec(meta: &mut ObjectMeta, spec: &mut PodSpec, o: &Overrides, opts: &Options) {
+    let annotations = meta.annotations.get_or_insert_with(Default::default);
+    // Scrape settings the user wrote are theirs; add only what is missing.
+    for (k, v) in [
+        ("prometheus.io/scrape", "true".to_string()),
+        ("prometheus.io/port", ADMIN_PORT.to_string()),
+        ("prometheus.io/path", "/metrics".to_string()),
+    ] {
+        annotations.entry(k.to_string()).or_insert(v);
+    }
+    annotations.insert(INJECTED_ANNOTATION.to_string(), "true".to_string());
+    annotations.insert(
+        PROXY_VERSION_ANNOTATION.to_string(),
+        opts.proxy_version.clone(),
+    );
+
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    volumes.push(token_volume());
+    volumes.push(Volume {
+        name: XTABLES_VOLUME.to_string(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    });
+
+    let init = init_container(o, opts);
+    let mut proxy = proxy_container(o, opts);
+    let inits = spec.init_containers.get_or_insert_with(Vec::new);
+    if opts.native_sidecar {
+        // First iptables, then the proxy, then the user's init containers,
+        // whose traffic is then meshed like the application's.
+        proxy.restart_policy = Some("Always".to_string());
+        // The next containers start once this probe passes.
+        proxy.startup_probe = Some(probe("/ready", 0, 1, 120));
+        inits.splice(0..0, [init, proxy]);
+    } else {
+        // Last, so that the user's init containers (which run before any
+        // proxy) still reach the network.
+        inits.push(init);
+        proxy.lifecycle = Some(Lifecycle {
+            post_start: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(strings(&[BINARY, "wait-ready", "--timeout=2m"])),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        if let Some(app) = spec.containers.first() {
+            // `kubectl logs` and `exec` keep meaning the application.
+            annotations
+                .entry("kubectl.kubernetes.io/default-container".to_string())
+                .or_insert_with(|| app.name.clone());
+        }
+        spec.containers.insert(0, proxy);
+    }
+}
+
+fn token_volume() -> Volume {
+    Volume {
+        name: TOKEN_VOLUME.to_string(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(TOKEN_AUDIENCE.to_string()),
+                    expiration_seconds: Some(86400),
+                    path: TOKEN_VOLUME.to_string(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn init_container(o: &Overrides, opts: &Options) -> Container {
+    let join = |default: &str, extra: &Option<String>| match extra.as_deref() {
+        Some(e) if !e.is_empty() => format!("{default},{e}"),
+        _ => default.to_string(),
+    };
+    // Linkerd's defaults, the same as `linnet init`'s: the admin and
+    // tap ports inbound, and 4567-4568 (Linkerd's multicluster gateway).
+    let inbound = join("4190,4191,4567,4568", &o.skip_inbound_ports);
+    let outbound = join("4567,4568", &o.skip_outbound_ports);
+    Container {
+        name: INIT_CONTAINER.to_string(),
+        image: Some(opts.init_image.clone()),
+        command: Some(strings(&[BINARY, "init"])),
+        args: Some(vec![
+            "--incoming-proxy-port".into(),
+            INBOUND_PORT.to_string(),
+            "--outgoing-proxy-port".into(),
+            OUTBOUND_PORT.to_string(),
+            "--proxy-uid".into(),
+            PROXY_UID.to_string(),
+            "--inbound-ports-to-ignore".into(),
+            inbound,
+            "--outbound-ports-to-ignore".into(),
+            outbound,
+        ]),
+        resources: Some(resources(&[
+            ("requests", "cpu", Some("10m")),
+            ("requests", "memory", Some("10Mi")),
+            ("limits", "cpu", Some("100m")),
+            ("limits", "memory", Some("50Mi")),
+        ])),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(strings(&["NET_ADMIN", "NET_RAW"])),
+                drop: Some(strings(&["ALL"])),
+            }),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            // iptables needs root (with the two capabilities above only).
+            run_as_non_root: Some(false),
+            run_as_user: Some(0),
+            seccomp_profile: Some(runtime_default()),
+            ..Default::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: XTABLES_VOLUME.to_string(),
+            mount_path: "/run".to_string(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+fn proxy_container(o: &Overrides, opts: &Options) -> Container {
+    let r = &opts.resources;
+    let pick = |a: &Option<String>, b: &Option<String>| a.clone().or_else(|| b.clone());
+    let (cpu_req, cpu_lim) = (
+        pick(&o.cpu_request, &r.cpu_request),
+        pick(&o.cpu_limit, &r.cpu_limit),
+    );
+    let (mem_req, mem_lim) = (
+        pick(&o.memory_request, &r.memory_request),
+        pick(&o.memory_limit, &r.memory_limit),
+    );
+    Container {
+        name: PROXY_CONTAINER.to_string(),
+        image: Some(opts.image.clone()),
+        command: Some(strings(&[BINARY, "proxy"])),
+        env: Some(env(o, opts)),
+        ports: Some(vec![
+            port("linkerd-proxy", INBOUND_PORT),
+            port("linkerd-admin", ADMIN_PORT),
+        ]),
+        liveness_probe: Some(probe("/live", 10, 10, 3)),
+        readiness_probe: Some(probe("/ready", 2, 10, 3)),
+        resources: Some(resources(&[
+            ("requests", "cpu", cpu_req.as_deref()),
+            ("requests", "memory", mem_req.as_deref()),
+            ("limits", "cpu", cpu_lim.as_deref()),
+            ("limits", "memory", mem_lim.as_deref()),
+        ])),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(strings(&["ALL"])),
+                ..Default::default()
+            }),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(PROXY_UID),
+            seccomp_profile: Some(runtime_default()),
+            ..Default::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TOKEN_VOLUME.to_string(),
+            mount_path: TOKEN_DIR.to_string(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+/// The proxy's environment, in Linkerd's names.
+fn env(o: &Overrides, opts: &Options) -> Vec<EnvVar> {
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let var = |name: &str, value: String| EnvVar {
+        name: format!("LINKERD2_PROXY_{name}"),
+        value: Some(value),
+        ..Default::default()
+    };
+    let mut env = vec![
+        // Downward API first: later values expand `$(_pod_ns)` and the like.
+        field("_pod_name", "metadata.name"),
+        field("_pod_ns", "metadata.namespace"),
+        field("_pod_nodeName", "spec.nodeName"),
+        field("_pod_sa", "spec.serviceAccountName"),
+        var(
+            "LOG",
+            o.log_level
+                .clone()
+                .unwrap_or_else(|| opts.log_level.clone()),
+        ),
+        var("OUTBOUND_LISTEN_ADDR", format!("127.0.0.1:{OUTBOUND_PORT}")),
+        var("INBOUND_LISTEN_ADDR", format!("0.0.0.0:{INBOUND_PORT}")),
+        // Not loopback: the kubelet's probes and Prometheus come from outside.
+        var("ADMIN_LISTEN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
+    ];
+    if let Some(ports) = &o.opaque_ports {
+        env.push(var(
+            "INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
+            ports.clone(),
+        ));
+    }
+    env.extend([
+        var("DESTINATION_SVC_ADDR", opts.destination.addr.clone()),
+        var("DESTINATION_SVC_NAME", opts.destination.name.clone()),
+        var(
+            "DESTINATION_CONTEXT",
+            r#"{"ns":"$(_pod_ns)","nodeName":"$(_pod_nodeName)","pod":"$(_pod_name)"}"#.to_string(),
+        ),
+        var("POLICY_SVC_ADDR", opts.policy.addr.clone()),
+        var("POLICY_SVC_NAME", opts.policy.name.clone()),
+        var(
+            "POLICY_WORKLOAD",
+            r#"{"ns":"$(_pod_ns)","pod":"$(_pod_name)"}"#.to_string(),
+        ),
+        var("IDENTITY_SVC_ADDR", opts.identity.addr.clone()),
+        var("IDENTITY_SVC_NAME", opts.identity.name.clone()),
+        var("IDENTITY_LOCAL_NAME", opts.local_identity()),
+        var("IDENTITY_TOKEN_FILE", format!("{TOKEN_DIR}/{TOKEN_VOLUME}")),
+    ]);
+    env.push(match &opts.trust_anchors {
+        TrustAnchors::Pem(pem) => var("IDENTITY_TRUST_ANCHORS", pem.clone()),
+        TrustAnchors::ConfigMap { name, key } => EnvVar {
+            name: "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS".to_string(),
+            value_from: Some(EnvVarSource {
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: name.clone(),
+                    key: key.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    });
+    env
+}
+
+fn port(name: &str, port: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: i32::from(port),
+        ..Default::default()
+    }
+}
+
+fn probe(path: &str, initial_delay: i32, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::Int(i32::from(ADMIN_PORT)),
+            ..Default::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(1),
+        ..Default::default()
+    }
+}
+
+/// Requests and limits from `(section, resource, quantity)`; unset
+/// quantities are left out.
+fn resources(items: &[(&str, &str, Option<&str>)]) -> ResourceRequirements {
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
+    for (section, resource, quantity) in items {
+        if let Some(q) = quantity {
+            let map = if *section == "requests" {
+                &mut requests
+            } else {
+                &mut limits
+            };
+            map.insert(resource.to_string(), Quantity(q.to_string()));
+        }
+    }
+    ResourceRequirements {
+        requests: (!requests.is_empty()).then_some(requests),
+        limits: (!limits.is_empty()).then_some(limits),
+        ..Default::default()
+    }
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_string(),
+        ..Default::default()
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}

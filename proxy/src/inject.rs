@@ -1,0 +1,175 @@
+//! `linnet inject`: reads Kubernetes YAML, adds the Linnet sidecar to its
+//! workloads (`linnet_inject`), and writes it to stdout.
+
+use crate::EXIT_CONFIG;
+use anyhow::Context as _;
+use clap::ArgAction;
+use linnet_inject::{Options, TrustAnchors};
+use std::{io::Read as _, path::PathBuf, process::ExitCode};
+
+/// `linnet inject` arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct InjectArgs {
+    /// The manifest to read (multi-document YAML); `-` reads stdin.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        default_value = "-"
+    )]
+    file: PathBuf,
+    /// Image of the proxy container.
+    #[arg(long, default_value_t = Options::default_image())]
+    image: String,
+    /// Image of the init container (it needs iptables: the Dockerfile's
+    /// `init` target).
+    #[arg(long, default_value_t = Options::default_init_image())]
+    init_image: String,
+    /// Run the proxy as a native sidecar (Kubernetes ≥ 1.28);
+    /// `--native-sidecar=false` makes it the first container instead, with
+    /// a postStart hook that waits for it to be ready.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = true,
+        default_missing_value = "true"
+    )]
+    native_sidecar: bool,
+    /// Namespace of the control plane, part of identity names.
+    #[arg(long, default_value = "linkerd")]
+    control_plane_namespace: String,
+    /// Trust domain of identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Destination service address [default: linkerd-dst-headless.<ns>.svc.cluster.local.:8086].
+    #[arg(long, value_name = "HOST:PORT")]
+    destination_addr: Option<String>,
+    /// Destination service identity [default: linkerd-destination.<ns>.serviceaccount.identity.<ns>.<trust-domain>].
+    #[arg(long, value_name = "NAME")]
+    destination_name: Option<String>,
+    /// Policy service address [default: linkerd-policy.<ns>.svc.cluster.local.:8090].
+    #[arg(long, value_name = "HOST:PORT")]
+    policy_addr: Option<String>,
+    /// Policy service identity [default: that of the destination service].
+    #[arg(long, value_name = "NAME")]
+    policy_name: Option<String>,
+    /// Identity service address [default: linkerd-identity-headless.<ns>.svc.cluster.local.:8080].
+    #[arg(long, value_name = "HOST:PORT")]
+    identity_addr: Option<String>,
+    /// Identity service identity [default: linkerd-identity.<ns>.serviceaccount.identity.<ns>.<trust-domain>].
+    #[arg(long, value_name = "NAME")]
+    identity_name: Option<String>,
+    /// ConfigMap (in the workload's namespace) holding the trust anchors.
+    #[arg(long, default_value = "linkerd-identity-trust-roots")]
+    trust_anchors_configmap: String,
+    /// Key of that ConfigMap holding the PEM bundle.
+    #[arg(long, default_value = "ca-bundle.crt")]
+    trust_anchors_key: String,
+    /// Write the trust anchors (PEM) from this file into the pod specs
+    /// instead of referring to a ConfigMap.
+    #[arg(long, value_name = "FILE")]
+    trust_anchors_file: Option<PathBuf>,
+    /// Default log filter of the proxy.
+    #[arg(long, default_value = "warn,linnet=info")]
+    proxy_log_level: String,
+    /// Default CPU request of the proxy (empty: none).
+    #[arg(long, default_value = "100m")]
+    proxy_cpu_request: String,
+    /// Default CPU limit of the proxy (empty: none).
+    #[arg(long, default_value = "1")]
+    proxy_cpu_limit: String,
+    /// Default memory request of the proxy (empty: none).
+    #[arg(long, default_value = "20Mi")]
+    proxy_memory_request: String,
+    /// Default memory limit of the proxy (empty: none).
+    #[arg(long, default_value = "250Mi")]
+    proxy_memory_limit: String,
+}
+
+pub(crate) fn main(args: InjectArgs) -> ExitCode {
+    let options = match options(&args) {
+        Ok(o) => o,
+        Err(error) => {
+            eprintln!("linnet inject: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let input = match read(&args.file) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("linnet inject: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let output = linnet_inject::parse(&input)
+        .and_then(|objects| linnet_inject::inject(objects, &options))
+        .and_then(|objects| linnet_inject::to_yaml(&objects));
+    match output {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error @ linnet_inject::Error::Write(_)) => {
+            eprintln!("linnet inject: {error}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            // The input is at fault (EX_USAGE, like a bad setting).
+            eprintln!("linnet inject: {}: {error}", args.file.display());
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn read(file: &PathBuf) -> anyhow::Result<String> {
+    if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read stdin")?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+    }
+}
+
+fn options(args: &InjectArgs) -> anyhow::Result<Options> {
+    let mut o = Options::new(
+        args.image.clone(),
+        args.init_image.clone(),
+        &args.control_plane_namespace,
+        &args.trust_domain,
+    );
+    o.native_sidecar = args.native_sidecar;
+    let set = |field: &mut String, value: &Option<String>| {
+        if let Some(v) = value {
+            field.clone_from(v);
+        }
+    };
+    set(&mut o.destination.addr, &args.destination_addr);
+    set(&mut o.destination.name, &args.destination_name);
+    set(&mut o.policy.addr, &args.policy_addr);
+    set(&mut o.policy.name, &args.policy_name);
+    set(&mut o.identity.addr, &args.identity_addr);
+    set(&mut o.identity.name, &args.identity_name);
+    o.trust_anchors = match &args.trust_anchors_file {
+        Some(path) => TrustAnchors::Pem(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        None => TrustAnchors::ConfigMap {
+            name: args.trust_anchors_configmap.clone(),
+            key: args.trust_anchors_key.clone(),
+        },
+    };
+    o.log_level.clone_from(&args.proxy_log_level);
+    let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+    o.resources.cpu_request = some(&args.proxy_cpu_request);
+    o.resources.cpu_limit = some(&args.proxy_cpu_limit);
+    o.resources.memory_request = some(&args.proxy_memory_request);
+    o.resources.memory_limit = some(&args.proxy_memory_limit);
+    Ok(o)
+}
