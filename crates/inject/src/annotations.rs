@@ -30,14 +30,6 @@ pub(crate) struct Annotations<'a> {
 }
 
 impl Annotations<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.metas
-            .iter()
-            .flatten()
-            .find_map(|m| m.annotations.as_ref()?.get(key))
-            .map(String::as_str)
-    }
-
     /// The first of `keys` set, with its key.
     fn first<'k>(&self, keys: &[&'k str]) -> Option<(&'k str, &str)> {
         // The template wins over the workload whatever the spelling, so
@@ -49,11 +41,12 @@ impl Annotations<'_> {
         })
     }
 
-    /// `linnet.io/inject: disabled` or Linkerd's `linkerd.io/inject: disabled`.
+    /// `linnet.io/inject: disabled` or Linkerd's `linkerd.io/inject:
+    /// disabled`; a template's `enabled` wins over its workload's
+    /// `disabled`.
     pub(crate) fn disabled(&self) -> bool {
-        ["linnet.io/inject", "linkerd.io/inject"]
-            .iter()
-            .any(|k| self.get(k).is_some_and(|v| v.trim() == "disabled"))
+        self.first(&["linnet.io/inject", "linkerd.io/inject"])
+            .is_some_and(|(_, v)| v.trim() == "disabled")
     }
 
     /// Reads and checks the overrides.

@@ -114,16 +114,57 @@ impl Object {
     }
 }
 
-fn typed<T: DeserializeOwned>(value: Value, kind: &str) -> Result<Box<T>, String> {
+/// Reads `value` as a `T`. A field the type does not know is an error, as
+/// with `kubectl apply`'s strict validation: written back, it would be
+/// silently lost.
+fn typed<T: DeserializeOwned + Serialize>(value: Value, kind: &str) -> Result<Box<T>, String> {
     let name = value
         .get("metadata")
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str)
         .unwrap_or("(unnamed)")
         .to_string();
-    yaml_serde::from_value(value)
-        .map(Box::new)
-        .map_err(|e| format!("{kind} {name}: {e}"))
+    let typed: T =
+        yaml_serde::from_value(value.clone()).map_err(|e| format!("{kind} {name}: {e}"))?;
+    let written = yaml_serde::to_value(&typed).map_err(|e| format!("{kind} {name}: {e}"))?;
+    if let Some(path) = lost_field(&value, &written, "") {
+        return Err(format!(
+            "{kind} {name}: unknown field {path} (misspelt, or newer than the Kubernetes API this linnet knows)"
+        ));
+    }
+    Ok(Box::new(typed))
+}
+
+/// The path of the first field set in `read` that is missing from
+/// `written`. Only structure is compared: scalars may be normalised (a
+/// quantity `1` is written `'1'`), and null fields are as good as absent.
+fn lost_field(read: &Value, written: &Value, path: &str) -> Option<String> {
+    match (read, written) {
+        (Value::Mapping(r), Value::Mapping(w)) => r.iter().find_map(|(k, v)| {
+            if v.is_null() {
+                return None;
+            }
+            let key = match k {
+                Value::String(s) => s.clone(),
+                other => format!("{other:?}"),
+            };
+            let path = if path.is_empty() {
+                key
+            } else {
+                format!("{path}.{key}")
+            };
+            match w.get(k) {
+                None => Some(path),
+                Some(w) => lost_field(v, w, &path),
+            }
+        }),
+        (Value::Sequence(r), Value::Sequence(w)) => r
+            .iter()
+            .zip(w)
+            .enumerate()
+            .find_map(|(i, (r, w))| lost_field(r, w, &format!("{path}[{i}]"))),
+        _ => None,
+    }
 }
 
 /// Reads the objects of a multi-document YAML text; empty documents are

@@ -301,6 +301,14 @@ fn disabled_host_network_and_other_kinds_pass_through() {
     let disabled_on_workload = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: x\n  annotations:\n    linnet.io/inject: disabled\nspec:\n  selector: {}\n  template:\n    spec:\n      containers: [{name: x, image: x}]\n";
     let input = parse(disabled_on_workload).unwrap();
     assert_eq!(inject(input.clone(), &options(true)).unwrap(), input);
+    // The template's own annotation wins over its workload's.
+    let enabled_on_template = disabled_on_workload.replace(
+        "  template:\n",
+        "  template:\n    metadata:\n      annotations:\n        linkerd.io/inject: enabled\n",
+    );
+    let input = parse(&enabled_on_template).unwrap();
+    let out = inject(input.clone(), &options(true)).unwrap();
+    assert!(proxy_of(&templates(&out[0])[0]).is_some());
 }
 
 #[test]
@@ -331,6 +339,15 @@ fn malformed_input_names_the_document() {
     let bad_type = "apiVersion: v1\nkind: ConfigMap\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {}\n  template:\n    spec:\n      containers: nope\n";
     let err = parse(bad_type).unwrap_err().to_string();
     assert!(err.starts_with("document 2: Deployment web: "), "{err}");
+
+    // A field the types do not know would be lost: refused, like
+    // `kubectl apply` does.
+    let typo = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, creationTimestamp: null}\nspec:\n  containers:\n  - name: a\n    image: a\n    imagePullPolicy: Always\n    imagePulPolicy: Never\n";
+    let err = parse(typo).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "document 1: Pod p: unknown field spec.containers[0].imagePulPolicy (misspelt, or newer than the Kubernetes API this linnet knows)"
+    );
 }
 
 #[test]
