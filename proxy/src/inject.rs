@@ -105,11 +105,16 @@ pub(crate) fn main(args: InjectArgs) -> ExitCode {
         }
     };
     let output = linnet_inject::parse(&input)
-        .and_then(|objects| linnet_inject::inject(objects, &options))
-        .and_then(|objects| linnet_inject::to_yaml(&objects));
+        .and_then(|objects| linnet_inject::inject_with_report(objects, &options))
+        .and_then(|(objects, report)| Ok((linnet_inject::to_yaml(&objects)?, report)));
     match output {
-        Ok(text) => {
+        Ok((text, report)) => {
             print!("{text}");
+            // Like `linkerd inject`: what happened to each, on stderr, so
+            // stdout stays a manifest.
+            for outcome in report {
+                eprintln!("{}: {}", outcome.workload, outcome.verdict);
+            }
             ExitCode::SUCCESS
         }
         Err(error @ linnet_inject::Error::Write(_)) => {

@@ -310,6 +310,7 @@ fn inject_adds_the_sidecar_to_a_manifest() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr, "Deployment demo/web: injected\n");
     let text = String::from_utf8(out.stdout).unwrap();
     let objects = linnet_inject::parse(&text).unwrap();
     let [linnet_inject::Object::Deployment(d)] = &objects[..] else {

@@ -52,8 +52,54 @@ pub const INIT_CONTAINER: &str = "linnet-init";
 /// Fails, naming the workload, on a per-workload annotation whose value
 /// cannot be used (a malformed port list or resource quantity).
 pub fn inject(objects: Vec<Object>, options: &Options) -> Result<Vec<Object>, Error> {
-    objects
+    inject_with_report(objects, options).map(|(objects, _)| objects)
+}
+
+/// [`inject`], also saying what it did with each workload, in order.
+pub fn inject_with_report(
+    objects: Vec<Object>,
+    options: &Options,
+) -> Result<(Vec<Object>, Vec<Outcome>), Error> {
+    let mut report = Vec::new();
+    let objects = objects
         .into_iter()
-        .map(|o| pod::inject_object(o, options))
-        .collect()
+        .map(|o| pod::inject_object(o, options, &mut report))
+        .collect::<Result<_, _>>()?;
+    Ok((objects, report))
+}
+
+/// What [`inject_with_report`] did with one workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The workload, as `Kind namespace/name`.
+    pub workload: String,
+    /// Injected, or why not.
+    pub verdict: Verdict,
+}
+
+/// Whether a workload was injected, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The proxy was added.
+    Injected,
+    /// Annotated `linnet.io/inject: disabled` (or `linkerd.io/inject`).
+    Disabled,
+    /// Injected already, by `linnet inject` or by Linkerd.
+    AlreadyInjected,
+    /// A host-network pod: its iptables would be the node's.
+    HostNetwork,
+    /// No pod spec to inject into.
+    NoPodSpec,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Injected => "injected",
+            Verdict::Disabled => "skipped: injection disabled by annotation",
+            Verdict::AlreadyInjected => "skipped: already injected",
+            Verdict::HostNetwork => "skipped: uses the host network",
+            Verdict::NoPodSpec => "skipped: no pod spec",
+        })
+    }
 }

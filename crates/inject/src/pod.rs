@@ -2,8 +2,8 @@
 //! its volumes and annotations.
 
 use crate::{
-    Error, INIT_CONTAINER, INJECTED_ANNOTATION, Object, Options, PROXY_CONTAINER,
-    PROXY_VERSION_ANNOTATION, TrustAnchors,
+    Error, INIT_CONTAINER, INJECTED_ANNOTATION, Object, Options, Outcome, PROXY_CONTAINER,
+    PROXY_VERSION_ANNOTATION, TrustAnchors, Verdict,
     annotations::{Annotations, Overrides},
 };
 use k8s_openapi::{
@@ -36,87 +36,76 @@ const TOKEN_AUDIENCE: &str = "identity.l5d.io";
 const XTABLES_VOLUME: &str = "linnet-init-xtables-lock";
 const BINARY: &str = "/usr/bin/linnet";
 
-/// Injects every workload in `object`.
-pub(crate) fn inject_object(object: Object, opts: &Options) -> Result<Object, Error> {
+/// Injects every workload in `object`, noting what it did with each in
+/// `report`.
+pub(crate) fn inject_object(
+    object: Object,
+    opts: &Options,
+    report: &mut Vec<Outcome>,
+) -> Result<Object, Error> {
+    let mut injector = Injector { opts, report };
     let object = match object {
         Object::Pod(mut pod) => {
             let workload = name("Pod", &pod.metadata);
-            if let Some(spec) = pod.spec.as_mut() {
-                let annotations = Annotations {
-                    metas: [Some(&pod.metadata), None],
-                    workload: &workload,
-                };
-                if let Some(overrides) = wanted(&annotations, spec)? {
-                    inject_spec(&mut pod.metadata, spec, &overrides, opts);
+            match pod.spec.as_mut() {
+                Some(spec) => {
+                    let annotations = Annotations {
+                        metas: [Some(&pod.metadata), None],
+                        workload: &workload,
+                    };
+                    if let Some(overrides) = injector.wanted(&annotations, spec)? {
+                        inject_spec(&mut pod.metadata, spec, &overrides, opts);
+                    }
                 }
+                None => injector.note(workload, Verdict::NoPodSpec),
             }
             Object::Pod(pod)
         }
         Object::Deployment(mut o) => {
-            template(
-                name("Deployment", &o.metadata),
-                &o.metadata,
-                &mut o.spec.template,
-                opts,
-            )?;
+            let workload = name("Deployment", &o.metadata);
+            injector.template(workload, &o.metadata, Some(&mut o.spec.template))?;
             Object::Deployment(o)
         }
         Object::StatefulSet(mut o) => {
-            template(
-                name("StatefulSet", &o.metadata),
-                &o.metadata,
-                &mut o.spec.template,
-                opts,
-            )?;
+            let workload = name("StatefulSet", &o.metadata);
+            injector.template(workload, &o.metadata, Some(&mut o.spec.template))?;
             Object::StatefulSet(o)
         }
         Object::DaemonSet(mut o) => {
-            template(
-                name("DaemonSet", &o.metadata),
-                &o.metadata,
-                &mut o.spec.template,
-                opts,
-            )?;
+            let workload = name("DaemonSet", &o.metadata);
+            injector.template(workload, &o.metadata, Some(&mut o.spec.template))?;
             Object::DaemonSet(o)
         }
         Object::ReplicaSet(mut o) => {
-            if let Some(t) = o.spec.template.as_mut() {
-                template(name("ReplicaSet", &o.metadata), &o.metadata, t, opts)?;
-            }
+            let workload = name("ReplicaSet", &o.metadata);
+            injector.template(workload, &o.metadata, o.spec.template.as_mut())?;
             Object::ReplicaSet(o)
         }
         Object::Job(mut o) => {
-            if let Some(spec) = o.spec.as_mut() {
-                template(
-                    name("Job", &o.metadata),
-                    &o.metadata,
-                    &mut spec.template,
-                    opts,
-                )?;
-            }
+            let workload = name("Job", &o.metadata);
+            let template = o.spec.as_mut().map(|s| &mut s.template);
+            injector.template(workload, &o.metadata, template)?;
             Object::Job(o)
         }
         Object::CronJob(mut o) => {
-            if let Some(spec) = o.spec.job_template.spec.as_mut() {
-                template(
-                    name("CronJob", &o.metadata),
-                    &o.metadata,
-                    &mut spec.template,
-                    opts,
-                )?;
-            }
+            let workload = name("CronJob", &o.metadata);
+            let template = o.spec.job_template.spec.as_mut().map(|s| &mut s.template);
+            injector.template(workload, &o.metadata, template)?;
             Object::CronJob(o)
         }
         Object::List { fields, items } => Object::List {
             fields,
-            items: crate::inject(items, opts)?,
+            items: items
+                .into_iter()
+                .map(|o| inject_object(o, opts, report))
+                .collect::<Result<_, _>>()?,
         },
         other @ Object::Other(_) => other,
     };
     Ok(object)
 }
 
-/// `Kind namespace/name`, for errors.
+/// `Kind namespace/name`, for errors and the report.
 fn name(kind: &str, meta: &ObjectMeta) -> String {
     let name = meta
         .name
@@ -129,42 +118,69 @@ fn name(kind: &str, meta: &ObjectMeta) -> String {
     }
 }
 
-fn template(
-    workload: String,
-    workload_meta: &ObjectMeta,
-    template: &mut PodTemplateSpec,
-    opts: &Options,
-) -> Result<(), Error> {
-    let Some(spec) = template.spec.as_mut() else {
-        return Ok(());
-    };
-    let annotations = Annotations {
-        metas: [template.metadata.as_ref(), Some(workload_meta)],
-        workload: &workload,
-    };
-    if let Some(overrides) = wanted(&annotations, spec)? {
-        let meta = template.metadata.get_or_insert_with(Default::default);
-        inject_spec(meta, spec, &overrides, opts);
-    }
-    Ok(())
+struct Injector<'a> {
+    opts: &'a Options,
+    report: &'a mut Vec<Outcome>,
 }
 
-/// The overrides to inject with, or `None` when the template is to be left
-/// as it is: injection disabled, already injected (by us or by Linkerd),
-/// or a host-network pod (whose iptables are the node's).
-fn wanted(annotations: &Annotations<'_>, spec: &PodSpec) -> Result<Option<Overrides>, Error> {
-    let injected = annotations.metas[0]
-        .and_then(|m| m.annotations.as_ref())
-        .is_some_and(|a| a.contains_key(INJECTED_ANNOTATION));
-    let has_proxy = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .any(|c| c.name == PROXY_CONTAINER || c.name == "linkerd-proxy");
-    if injected || has_proxy || annotations.disabled() || spec.host_network == Some(true) {
-        return Ok(None);
+impl Injector<'_> {
+    fn note(&mut self, workload: String, verdict: Verdict) {
+        self.report.push(Outcome { workload, verdict });
     }
-    annotations.overrides().map(Some)
+
+    fn template(
+        &mut self,
+        workload: String,
+        workload_meta: &ObjectMeta,
+        template: Option<&mut PodTemplateSpec>,
+    ) -> Result<(), Error> {
+        let Some((meta, spec)) = template.and_then(|t| Some((&mut t.metadata, t.spec.as_mut()?)))
+        else {
+            self.note(workload, Verdict::NoPodSpec);
+            return Ok(());
+        };
+        let annotations = Annotations {
+            metas: [meta.as_ref(), Some(workload_meta)],
+            workload: &workload,
+        };
+        if let Some(overrides) = self.wanted(&annotations, spec)? {
+            let meta = meta.get_or_insert_with(Default::default);
+            inject_spec(meta, spec, &overrides, self.opts);
+        }
+        Ok(())
+    }
+
+    /// The overrides to inject with, or `None` when the template is to be
+    /// left as it is: injection disabled, already injected (by us or by
+    /// Linkerd), or a host-network pod (whose iptables are the node's).
+    /// Notes the verdict either way.
+    fn wanted(
+        &mut self,
+        annotations: &Annotations<'_>,
+        spec: &PodSpec,
+    ) -> Result<Option<Overrides>, Error> {
+        let injected = annotations.metas[0]
+            .and_then(|m| m.annotations.as_ref())
+            .is_some_and(|a| a.contains_key(INJECTED_ANNOTATION));
+        let has_proxy = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .any(|c| c.name == PROXY_CONTAINER || c.name == "linkerd-proxy");
+        let verdict = if injected || has_proxy {
+            Verdict::AlreadyInjected
+        } else if annotations.disabled() {
+            Verdict::Disabled
+        } else if spec.host_network == Some(true) {
+            Verdict::HostNetwork
+        } else {
+            let overrides = annotations.overrides()?;
+            self.note(annotations.workload.to_string(), Verdict::Injected);
+            return Ok(Some(overrides));
+        };
+        self.note(annotations.workload.to_string(), verdict);
+        Ok(None)
+    }
 }
 
 fn inject_spec(meta: &mut ObjectMeta, spec: &mut PodSpec, o: &Overrides, opts: &Options) {

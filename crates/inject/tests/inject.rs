@@ -312,6 +312,27 @@ fn disabled_host_network_and_other_kinds_pass_through() {
 }
 
 #[test]
+fn the_report_says_what_happened_to_each_workload() {
+    let mut input = objects("mixed");
+    input.extend(objects("list"));
+    let (injected, report) = linnet_inject::inject_with_report(input, &options(true)).unwrap();
+    let report: Vec<_> = report
+        .iter()
+        .map(|o| format!("{}: {}", o.workload, o.verdict))
+        .collect();
+    assert_eq!(
+        report,
+        [
+            "Deployment demo/legacy: skipped: injection disabled by annotation",
+            "Pod monitoring/node-exporter: skipped: uses the host network",
+            "Deployment demo/web: injected",
+        ]
+    );
+    let (_, again) = linnet_inject::inject_with_report(injected, &options(true)).unwrap();
+    assert_eq!(again[2].verdict, linnet_inject::Verdict::AlreadyInjected);
+}
+
+#[test]
 fn a_list_is_injected_item_by_item() {
     let out = inject(objects("list"), &options(true)).unwrap();
     let Object::List { items, fields } = &out[0] else {
