@@ -44,22 +44,22 @@ pub(crate) struct InjectArgs {
     /// Trust domain of identities.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
-    /// Destination service address [default: linkerd-dst-headless.<ns>.svc.cluster.local.:8086].
+    /// Destination service address [default: linkerd-dst-headless.NS.svc.cluster.local.:8086].
     #[arg(long, value_name = "HOST:PORT")]
     destination_addr: Option<String>,
-    /// Destination service identity [default: linkerd-destination.<ns>.serviceaccount.identity.<ns>.<trust-domain>].
+    /// Destination service identity [default: linkerd-destination.NS.serviceaccount.identity.NS.TRUST_DOMAIN].
     #[arg(long, value_name = "NAME")]
     destination_name: Option<String>,
-    /// Policy service address [default: linkerd-policy.<ns>.svc.cluster.local.:8090].
+    /// Policy service address [default: linkerd-policy.NS.svc.cluster.local.:8090].
     #[arg(long, value_name = "HOST:PORT")]
     policy_addr: Option<String>,
     /// Policy service identity [default: that of the destination service].
     #[arg(long, value_name = "NAME")]
     policy_name: Option<String>,
-    /// Identity service address [default: linkerd-identity-headless.<ns>.svc.cluster.local.:8080].
+    /// Identity service address [default: linkerd-identity-headless.NS.svc.cluster.local.:8080].
     #[arg(long, value_name = "HOST:PORT")]
     identity_addr: Option<String>,
-    /// Identity service identity [default: linkerd-identity.<ns>.serviceaccount.identity.<ns>.<trust-domain>].
+    /// Identity service identity [default: linkerd-identity.NS.serviceaccount.identity.NS.TRUST_DOMAIN].
     #[arg(long, value_name = "NAME")]
     identity_name: Option<String>,
     /// ConfigMap (in the workload's namespace) holding the trust anchors.
