@@ -58,9 +58,8 @@ pub enum Protocol {
     /// Read the first bytes to tell HTTP from anything else.
     Detect {
         /// How long the control plane says to wait for enough bytes.
-        /// (The proxy waits `INBOUND_DETECT_TIMEOUT`, its own setting,
-        /// before it knows the port's policy's protocol: this is kept for
-        /// completeness, not used.)
+        /// (Kept, not used: the proxy waits `INBOUND_DETECT_TIMEOUT`, its
+        /// own setting, on every port.)
         timeout: Duration,
         /// The routes for detected HTTP (1 or 2).
         http: Arc<HttpPolicy>,
