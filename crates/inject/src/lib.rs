@@ -27,6 +27,7 @@ mod error;
 mod object;
 mod options;
 mod pod;
+pub mod webhook;
 
 pub use error::Error;
 pub use object::{Object, parse, to_yaml};
