@@ -4,9 +4,9 @@
 //! The API server sends each pod it is about to create as an
 //! `admission.k8s.io/v1` `AdmissionReview` (`POST /inject`, or `/`); the
 //! answer allows it, with a JSON patch (RFC 6902) that turns it into what
-//! [`crate::inject`] makes of it when it is to be injected
-//! ([`review`]: the logic; [`patch`]: the diff). Which pods are sent is
-//! the MutatingWebhookConfiguration's business: its namespaceSelector
+//! [`crate::inject`] makes of it when it is to be injected ([`answer`]:
+//! the logic, in `review.rs`; [`patch`]: the diff). Which pods are sent
+//! is the MutatingWebhookConfiguration's business: its namespaceSelector
 //! (or objectSelector) does a namespace's opt-in, and with
 //! [`WebhookOptions::inject_all`] every pod sent is injected; without it,
 //! only pods annotated `linnet.io/inject: enabled` (or
