@@ -193,7 +193,8 @@ fn serve(args: &InjectArgs, options: Options) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        tracing::info!(listen = %args.listen, fail_closed = options.fail_closed, inject_all = options.inject_all, "serving the injection webhook (POST /inject)");
+        let listen = listener.local_addr().unwrap_or(args.listen);
+        tracing::info!(%listen, fail_closed = options.fail_closed, inject_all = options.inject_all, "serving the injection webhook (POST /inject)");
         webhook::serve(listener, tls, options, shutdown).await;
         Ok(())
     })
