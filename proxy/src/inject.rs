@@ -1,11 +1,13 @@
 //! `linnet inject`: reads Kubernetes YAML, adds the Linnet sidecar to its
-//! workloads (`linnet_inject`), and writes it to stdout.
+//! workloads (`linnet_inject`), and writes it to stdout; with `--serve`,
+//! the same injection as a mutating admission webhook over HTTPS
+//! (`linnet_inject::webhook`).
 
 use crate::EXIT_CONFIG;
 use anyhow::Context as _;
 use clap::ArgAction;
 use linnet_inject::{Options, TrustAnchors};
-use std::{io::Read as _, path::PathBuf, process::ExitCode};
+use std::{io::Read as _, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 /// `linnet inject` arguments.
 #[derive(clap::Args, Debug)]
@@ -87,6 +89,28 @@ pub(crate) struct InjectArgs {
     /// Default memory limit of the proxy (empty: none).
     #[arg(long, default_value = "250Mi")]
     proxy_memory_limit: String,
+    /// Serve a mutating admission webhook over HTTPS (POST /inject)
+    /// instead of reading a manifest.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    serve: bool,
+    /// Address the webhook listens on.
+    #[arg(long, default_value = "0.0.0.0:8443", requires = "serve")]
+    listen: SocketAddr,
+    /// The webhook's certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "serve")]
+    tls_cert: Option<PathBuf>,
+    /// The webhook's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "serve")]
+    tls_key: Option<PathBuf>,
+    /// Deny a pod the webhook cannot inject instead of allowing it with a
+    /// warning.
+    #[arg(long, requires = "serve")]
+    fail_closed: bool,
+    /// Inject every pod the API server sends, not only those annotated
+    /// linnet.io/inject: enabled (the webhook configuration's
+    /// namespaceSelector then chooses the namespaces).
+    #[arg(long, requires = "serve")]
+    inject_all: bool,
 }
 
 pub(crate) fn main(args: InjectArgs) -> ExitCode {
@@ -97,6 +121,15 @@ pub(crate) fn main(args: InjectArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.serve {
+        return match serve(&args, options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("linnet inject: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let input = match read(&args.file) {
         Ok(text) => text,
         Err(error) => {
@@ -127,6 +160,44 @@ pub(crate) fn main(args: InjectArgs) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// Runs the webhook until SIGTERM or SIGINT.
+fn serve(args: &InjectArgs, options: Options) -> anyhow::Result<()> {
+    use crate::trace;
+    use linnet_config::{LogConfig, LogFormat};
+    use linnet_inject::webhook;
+    trace::init(&LogConfig {
+        filter: "info".to_string(),
+        format: LogFormat::Plain,
+    })
+    .context("cannot set up logging")?;
+    // clap requires both with --serve.
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        anyhow::bail!("--serve needs --tls-cert and --tls-key");
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let tls = webhook::tls_config(&read(cert)?, &read(key)?)?;
+    let mut options = webhook::WebhookOptions::new(options);
+    options.fail_closed = args.fail_closed;
+    options.inject_all = args.inject_all;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let shutdown = crate::signals().context("cannot install signal handlers")?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listen = listener.local_addr().unwrap_or(args.listen);
+        tracing::info!(%listen, fail_closed = options.fail_closed, inject_all = options.inject_all, "serving the injection webhook (POST /inject)");
+        webhook::serve(listener, tls, options, shutdown).await;
+        Ok(())
+    })
 }
 
 fn read(file: &PathBuf) -> anyhow::Result<String> {

@@ -17,7 +17,7 @@
 //!   that mark the template injected.
 //!
 //! [`inject`] is pure (objects in, objects out, no I/O), so the command
-//! line and an admission webhook share it; [`parse`] and [`to_yaml`] read
+//! line and the admission webhook ([`webhook`]) share it; [`parse`] and [`to_yaml`] read
 //! and write multi-document YAML. Objects are handled as `k8s-openapi`
 //! types, never as string templates; kinds other than workloads pass
 //! through as they were read.
@@ -27,6 +27,7 @@ mod error;
 mod object;
 mod options;
 mod pod;
+pub mod webhook;
 
 pub use error::Error;
 pub use object::{Object, parse, to_yaml};

@@ -1,0 +1,353 @@
+//! The injection webhook end to end: a real HTTPS client (rustls, trusting
+//! a test CA) posts AdmissionReviews to `linnet_inject::webhook::serve` on
+//! `127.0.0.1:0`, applies the patches it answers, and compares the pods
+//! with what `linnet_inject::inject` makes of them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Pod;
+use linnet_inject::{Object, webhook};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use serde_json::{Value, json};
+use std::{net::SocketAddr, sync::Arc};
+use tokio::sync::oneshot;
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{self, pki_types::ServerName},
+};
+
+/// A webhook served on loopback with a certificate from a fresh test CA.
+struct Webhook {
+    addr: SocketAddr,
+    client: TlsConnector,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Webhook {
+    async fn start(configure: impl FnOnce(&mut webhook::WebhookOptions)) -> Self {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = p.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(p, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["linnet-webhook.linkerd.svc".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let tls =
+            webhook::tls_config(leaf.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap();
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+        let mut options = webhook::WebhookOptions::new(support::options(true));
+        configure(&mut options);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(webhook::serve(listener, tls, options, async {
+            let _ = stopped.await;
+        }));
+        Webhook {
+            addr,
+            client: TlsConnector::from(Arc::new(client)),
+            _stop: stop,
+        }
+    }
+
+    /// POSTs `body` to `path` on a new connection: the status and body.
+    async fn post(&self, path: &str, body: Vec<u8>) -> (StatusCode, Bytes) {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = ServerName::try_from("linnet-webhook.linkerd.svc").unwrap();
+        let tls = self.client.connect(name, tcp).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::post(path)
+            .header("host", "linnet-webhook.linkerd.svc")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let rsp = sender.send_request(req).await.unwrap();
+        let status = rsp.status();
+        (status, rsp.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    /// Reviews `pod` (created in `namespace`): the answered `response`.
+    async fn review(&self, pod: Value, namespace: &str) -> Value {
+        let (status, body) = self
+            .post(
+                "/inject",
+                serde_json::to_vec(&review(pod, namespace)).unwrap(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(answer["kind"], "AdmissionReview");
+        answer["response"].clone()
+    }
+}
+
+/// An AdmissionReview for the creation of `pod` in `namespace`.
+fn review(pod: Value, namespace: &str) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "object": pod,
+        }
+    })
+}
+
+/// The golden input pod as JSON, with `annotations` added.
+fn pod(annotations: Value) -> Value {
+    let Object::Pod(pod) = support::objects("pod").remove(0) else {
+        panic!("the pod input is a Pod");
+    };
+    let mut pod = serde_json::to_value(pod).unwrap();
+    pod["metadata"]["annotations"] = annotations;
+    pod
+}
+
+/// What `linnet inject` makes of `pod`.
+fn injected(pod: &Value) -> Pod {
+    let object = Object::from_value(yaml_serde::to_value(pod).unwrap()).unwrap();
+    let mut out = linnet_inject::inject(vec![object], &support::options(true)).unwrap();
+    let Some(Object::Pod(pod)) = out.pop() else {
+        panic!("a Pod stays a Pod");
+    };
+    *pod
+}
+
+/// The decoded JSON patch of a response, which must be allowed.
+fn patch_of(response: &Value) -> Option<Vec<Value>> {
+    assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert_eq!(response["allowed"], true, "{response}");
+    let patch = response.get("patch")?.as_str().unwrap();
+    assert_eq!(response["patchType"], "JSONPatch");
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(patch)
+        .unwrap();
+    Some(serde_json::from_slice(&json).unwrap())
+}
+
+/// Applies a JSON patch (`add`, `replace`, `remove`; RFC 6902) to `doc`.
+fn apply(doc: &mut Value, ops: &[Value]) {
+    for op in ops {
+        let path = op["path"].as_str().unwrap();
+        let (parent, last) = path.rsplit_once('/').unwrap();
+        let last = last.replace("~1", "/").replace("~0", "~");
+        let target = doc.pointer_mut(parent).unwrap_or_else(|| panic!("{path}"));
+        match (op["op"].as_str().unwrap(), target) {
+            ("add" | "replace", Value::Object(map)) => {
+                if op["op"] == "replace" {
+                    assert!(map.contains_key(&last), "replace of a missing {path}");
+                }
+                map.insert(last, op["value"].clone());
+            }
+            ("remove", Value::Object(map)) => {
+                map.remove(&last).unwrap_or_else(|| panic!("remove {path}"));
+            }
+            ("replace", Value::Array(items)) => {
+                items[last.parse::<usize>().unwrap()] = op["value"].clone();
+            }
+            (op, _) => panic!("unexpected {op} at {path}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_opted_in_pod_gets_the_patch_that_makes_it_the_injected_pod() {
+    let webhook = Webhook::start(|_| {}).await;
+    let original = pod(json!({"linnet.io/inject": "enabled"}));
+    let response = webhook.review(original.clone(), "demo").await;
+    let ops = patch_of(&response).expect("a patch");
+    let mut patched = original.clone();
+    apply(&mut patched, &ops);
+    assert_eq!(
+        serde_json::from_value::<Pod>(patched).unwrap(),
+        injected(&original)
+    );
+    // Served at `/` too, alike.
+    let (status, body) = webhook
+        .post("/", serde_json::to_vec(&review(original, "demo")).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["response"], response);
+}
+
+#[tokio::test]
+async fn a_pod_without_name_or_namespace_takes_the_requests_namespace_unpatched() {
+    let webhook = Webhook::start(|_| {}).await;
+    let mut pod = pod(json!({"linkerd.io/inject": "enabled"}));
+    let metadata = pod["metadata"].as_object_mut().unwrap();
+    metadata.remove("name");
+    metadata.remove("namespace");
+    metadata.insert("generateName".to_string(), json!("curl-"));
+    let response = webhook.review(pod.clone(), "demo").await;
+    let ops = patch_of(&response).expect("a patch");
+    assert!(
+        ops.iter().all(|op| !op["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/metadata/namespace")),
+        "{ops:?}"
+    );
+    let mut expected_input = pod.clone();
+    expected_input["metadata"]["namespace"] = json!("demo");
+    apply(&mut pod, &ops);
+    assert!(pod["metadata"].get("namespace").is_none());
+    pod["metadata"]["namespace"] = json!("demo");
+    assert_eq!(
+        serde_json::from_value::<Pod>(pod).unwrap(),
+        injected(&expected_input)
+    );
+}
+
+#[tokio::test]
+async fn only_opted_in_pods_are_injected_unless_all_are() {
+    let webhook = Webhook::start(|_| {}).await;
+    let response = webhook.review(pod(json!({})), "demo").await;
+    assert_eq!(patch_of(&response), None);
+    assert!(response.get("warnings").is_none(), "{response}");
+
+    let all = Webhook::start(|o| o.inject_all = true).await;
+    let mut pod = pod(json!({}));
+    let ops = patch_of(&all.review(pod.clone(), "demo").await).expect("a patch");
+    let expected = injected(&pod);
+    apply(&mut pod, &ops);
+    assert_eq!(serde_json::from_value::<Pod>(pod).unwrap(), expected);
+}
+
+#[tokio::test]
+async fn disabled_and_injected_pods_are_allowed_unpatched() {
+    let webhook = Webhook::start(|o| o.inject_all = true).await;
+    let disabled = pod(json!({"linnet.io/inject": "disabled"}));
+    let response = webhook.review(disabled, "demo").await;
+    assert_eq!(patch_of(&response), None);
+    assert!(response.get("warnings").is_none(), "{response}");
+
+    let once = serde_json::to_value(injected(&pod(json!({})))).unwrap();
+    let response = webhook.review(once, "demo").await;
+    assert_eq!(patch_of(&response), None);
+    assert!(response.get("warnings").is_none(), "{response}");
+}
+
+/// Reviews the webhook cannot use, and the warning each is allowed with.
+fn malformed() -> Vec<(Value, &'static str)> {
+    let mut deployment = review(pod(json!({})), "demo");
+    deployment["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+    let mut unknown_field = review(pod(json!({"linnet.io/inject": "enabled"})), "demo");
+    unknown_field["request"]["object"]["spec"]["containerz"] = json!([]);
+    let mut not_an_object = review(json!("a pod"), "demo");
+    not_an_object["request"]["object"] = json!(["a pod"]);
+    vec![
+        (
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}),
+            "linnet inject: malformed AdmissionReview: no request",
+        ),
+        (deployment, "linnet inject: not a Pod: apps/Deployment"),
+        (unknown_field, "unknown field spec.containerz"),
+        (not_an_object, "not a Pod"),
+        (
+            json!({"apiVersion": "v1", "kind": "Pod"}),
+            "linnet inject: not an admission.k8s.io/v1 AdmissionReview",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_malformed_review_is_allowed_with_a_warning() {
+    let webhook = Webhook::start(|_| {}).await;
+    for (review, warning) in malformed() {
+        let (status, body) = webhook
+            .post("/inject", serde_json::to_vec(&review).unwrap())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let response = &serde_json::from_slice::<Value>(&body).unwrap()["response"];
+        assert_eq!(response["allowed"], true, "{response}");
+        assert!(response.get("patch").is_none(), "{response}");
+        let warnings = response["warnings"].as_array().unwrap();
+        assert_eq!(warnings.len(), 1);
+        let text = warnings[0].as_str().unwrap();
+        assert!(
+            text.starts_with("linnet inject: ") && text.contains(warning),
+            "{text:?} should say {warning:?}"
+        );
+        // The uid is answered when there is one.
+        assert_eq!(
+            response["uid"],
+            review["request"]["uid"].as_str().unwrap_or("")
+        );
+    }
+}
+
+#[tokio::test]
+async fn fail_closed_denies_a_malformed_review() {
+    let webhook = Webhook::start(|o| o.fail_closed = true).await;
+    for (review, warning) in malformed() {
+        let (status, body) = webhook
+            .post("/inject", serde_json::to_vec(&review).unwrap())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let response = &serde_json::from_slice::<Value>(&body).unwrap()["response"];
+        assert_eq!(response["allowed"], false, "{response}");
+        assert!(response.get("warnings").is_none(), "{response}");
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(warning),
+            "{message:?} should say {warning:?}"
+        );
+    }
+    // What it can serve, it still serves.
+    let response = webhook
+        .review(pod(json!({"linnet.io/inject": "enabled"})), "demo")
+        .await;
+    assert!(patch_of(&response).is_some());
+}
+
+#[tokio::test]
+async fn a_body_that_is_no_review_is_a_bad_request() {
+    let webhook = Webhook::start(|_| {}).await;
+    for body in [&b"not json"[..], b"[1, 2]", b""] {
+        let (status, text) = webhook.post("/inject", body.to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let text = String::from_utf8(text.to_vec()).unwrap();
+        assert!(text.contains("not an AdmissionReview"), "{text}");
+    }
+    let (status, _) = webhook.post("/elsewhere", b"{}".to_vec()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused() {
+    let webhook = Webhook::start(|o| o.max_body = 16 * 1024).await;
+    let mut pod = pod(json!({"linnet.io/inject": "enabled"}));
+    pod["metadata"]["annotations"]["padding"] = json!("x".repeat(32 * 1024));
+    let (status, _) = webhook
+        .post("/inject", serde_json::to_vec(&review(pod, "demo")).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
