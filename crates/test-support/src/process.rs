@@ -69,16 +69,32 @@ impl Drop for Process {
     }
 }
 
-/// A copy of `binary` in a fresh world-readable directory, so that a
-/// non-root user can run it whatever the permissions of the build tree.
+/// A copy of `binary` in a world-readable directory, so that a non-root
+/// user can run it whatever the permissions of the build tree. One copy
+/// per build of the binary (named by its size and modification time),
+/// shared by every test process: a copy per process would leave a
+/// hundred-odd megabytes in the temporary directory each run.
 pub fn world_executable_copy(binary: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("linnet-bin-{}", std::process::id()));
+    let meta = std::fs::metadata(binary).unwrap();
+    let stamp = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("linnet-bin-{}-{stamp}", meta.len()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let copy = dir.join("linnet");
-    std::fs::copy(binary, &copy).unwrap();
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if std::fs::metadata(&copy).is_ok_and(|m| m.len() == meta.len()) {
+        return copy;
+    }
+    // Copied under a name of its own, then renamed into place, so that
+    // tests running at once never run a half-written file.
+    let partial = dir.join(format!("linnet.{}", std::process::id()));
+    std::fs::copy(binary, &partial).unwrap();
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&partial, &copy).unwrap();
     copy
 }
 
