@@ -111,6 +111,10 @@ pub(crate) struct InjectArgs {
     /// namespaceSelector then chooses the namespaces).
     #[arg(long, requires = "serve")]
     inject_all: bool,
+    /// Connections the webhook serves at once; new ones beyond it are
+    /// closed at once.
+    #[arg(long, default_value_t = 1000, requires = "serve")]
+    max_connections: usize,
 }
 
 pub(crate) fn main(args: InjectArgs) -> ExitCode {
@@ -183,6 +187,7 @@ fn serve(args: &InjectArgs, options: Options) -> anyhow::Result<()> {
     let mut options = webhook::WebhookOptions::new(options);
     options.fail_closed = args.fail_closed;
     options.inject_all = args.inject_all;
+    options.max_connections = args.max_connections.max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -194,7 +199,7 @@ fn serve(args: &InjectArgs, options: Options) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let listen = listener.local_addr().unwrap_or(args.listen);
-        tracing::info!(%listen, fail_closed = options.fail_closed, inject_all = options.inject_all, "serving the injection webhook (POST /inject)");
+        tracing::info!(%listen, fail_closed = options.fail_closed, inject_all = options.inject_all, max_connections = options.max_connections, "serving the injection webhook (POST /inject)");
         webhook::serve(listener, tls, options, shutdown).await;
         Ok(())
     })

@@ -58,6 +58,12 @@ pub struct WebhookOptions {
     /// A connection with no request for this long is closed; also bounds
     /// a whole connection's life (HTTP/2 pings it meanwhile).
     pub idle_timeout: Duration,
+    /// The most connections served at once (TLS handshakes included);
+    /// beyond it a new connection is closed as soon as it is accepted.
+    /// The API server needs a handful; the bound keeps a flood of idle
+    /// clients from holding a task and a socket each until the process
+    /// runs out of file descriptors.
+    pub max_connections: usize,
 }
 
 impl WebhookOptions {
@@ -72,6 +78,7 @@ impl WebhookOptions {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
+            max_connections: 1000,
         }
     }
 }
@@ -106,7 +113,9 @@ pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerC
 }
 
 /// Serves the webhook on `listener` over TLS with `tls` until `shutdown`
-/// resolves; connections still open are then cut.
+/// resolves; connections still open are then cut. Beyond
+/// [`WebhookOptions::max_connections`] open at once, a new connection is
+/// closed at once, and counted in a log line.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -116,6 +125,8 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let options = Arc::new(options);
     let mut conns = tokio::task::JoinSet::new();
+    // Connections closed for the limit since the start, for the log.
+    let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -130,6 +141,18 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         while conns.try_join_next().is_some() {}
+        if conns.len() >= options.max_connections {
+            // Dropped before any TLS work: the client sees the close.
+            drop(stream);
+            refused += 1;
+            tracing::warn!(
+                %peer,
+                limit = options.max_connections,
+                refused,
+                "too many webhook connections; closed a new one"
+            );
+            continue;
+        }
         let (acceptor, options) = (acceptor.clone(), options.clone());
         conns.spawn(async move {
             let handshake =

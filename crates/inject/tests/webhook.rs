@@ -351,3 +351,38 @@ async fn an_oversized_body_is_refused() {
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_at_once() {
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt as _;
+    let webhook = Webhook::start(|o| o.max_connections = 1).await;
+    let (addr, client) = (webhook.addr, &webhook.client);
+    let connect = || {
+        let name = ServerName::try_from("linnet-webhook.linkerd.svc").unwrap();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            client.connect(name, tcp).await
+        }
+    };
+    // The first connection is served, and held open.
+    let first = connect().await.unwrap();
+    // A second one is accepted, then closed before any TLS.
+    let mut second = tokio::net::TcpStream::connect(webhook.addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .expect("closed at once, not left waiting");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Once the first is closed, a new connection is served again (its task
+    // is reaped when the next one is accepted, so allow a few tries).
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while connect().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot is never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
