@@ -163,8 +163,6 @@ fn the_services_are_where_injected_proxies_dial() {
             .unwrap();
         let labels = control
             .spec
-            .as_ref()
-            .unwrap()
             .template
             .metadata
             .as_ref()
@@ -219,14 +217,7 @@ fn linnet_control_reads_the_mounted_mesh_file() {
         .iter()
         .find(|d| d.metadata.name.as_deref() == Some("linnet-control"))
         .unwrap();
-    let pod = control
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
+    let pod = control.spec.template.spec.as_ref().unwrap();
     let container = &pod.containers[0];
     let config = container
         .args
