@@ -90,6 +90,42 @@ pub struct Identity {
     /// Proxies name one of them as `*_SVC_NAME`. By default Linkerd's:
     /// `linkerd-{identity,destination,policy}.linkerd.serviceaccount.identity.linkerd.<trust-domain>`.
     pub control_plane_identities: Vec<String>,
+    /// When set, an identity with no token in `tokens` is admitted by
+    /// having the Kubernetes API server review the token it presents (its
+    /// projected service-account token), as Linkerd's identity
+    /// controller does.
+    pub kubernetes: Option<Kubernetes>,
+}
+
+/// How to reach the Kubernetes API server for `TokenReview`s.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kubernetes {
+    /// The API server's base URL, `https://host[:port]`.
+    pub api_server: http::Uri,
+    /// The CA certificates (PEM) the API server's certificate must chain
+    /// to; read at each review.
+    pub ca_file: PathBuf,
+    /// The control plane's own bearer token for the API server; read at
+    /// each review, since the kubelet rotates it.
+    pub token_file: PathBuf,
+    /// The audience workload tokens must be issued for.
+    pub audience: String,
+    /// How long one review may take, connection included.
+    pub timeout: Duration,
+}
+
+impl Default for Kubernetes {
+    /// What a pod sees in a cluster: the in-cluster API server and its
+    /// mounted service-account files, and Linkerd's audience.
+    fn default() -> Self {
+        Self {
+            api_server: http::Uri::from_static("https://kubernetes.default.svc"),
+            ca_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"),
+            token_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+            audience: "identity.l5d.io".to_string(),
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Linkerd's control-plane identities in `trust_domain`.
@@ -114,6 +150,7 @@ impl Default for Identity {
             certificate_lifetime: Duration::from_secs(24 * 3600),
             clock_skew_allowance: Duration::from_secs(20),
             tokens: BTreeMap::new(),
+            kubernetes: None,
         }
     }
 }
@@ -284,6 +321,17 @@ struct FileIdentity {
     tokens: BTreeMap<String, FileToken>,
     trust_domain: Option<String>,
     control_plane_identities: Option<Vec<String>>,
+    kubernetes: Option<FileKubernetes>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileKubernetes {
+    api_server: Option<String>,
+    ca_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    audience: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -567,6 +615,42 @@ fn identity(id: FileIdentity, dir: &Path) -> Result<Identity, Error> {
             d.clock_skew_allowance,
         )?,
         tokens,
+        kubernetes: id.kubernetes.map(|k| kubernetes(k, dir)).transpose()?,
+    })
+}
+
+fn kubernetes(k: FileKubernetes, dir: &Path) -> Result<Kubernetes, Error> {
+    let d = Kubernetes::default();
+    let api_server = match k.api_server {
+        None => d.api_server,
+        Some(s) => {
+            let at = "identity.kubernetes.api_server";
+            let uri: http::Uri = s
+                .parse()
+                .map_err(|e| invalid(at, format!("{s:?} is not a URL: {e}")))?;
+            if uri.scheme_str() != Some("https") || uri.host().is_none() {
+                return Err(invalid(at, format!("{s:?} is not https://host[:port]")));
+            }
+            if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+                return Err(invalid(at, format!("{s:?}: give no path")));
+            }
+            uri
+        }
+    };
+    let audience = k.audience.unwrap_or(d.audience);
+    if audience.trim().is_empty() {
+        return Err(invalid("identity.kubernetes.audience", "empty"));
+    }
+    let timeout = dur(&k.timeout, "identity.kubernetes.timeout", d.timeout)?;
+    if timeout.is_zero() {
+        return Err(invalid("identity.kubernetes.timeout", "must not be 0"));
+    }
+    Ok(Kubernetes {
+        api_server,
+        ca_file: dir.join(k.ca_file.unwrap_or(d.ca_file)),
+        token_file: dir.join(k.token_file.unwrap_or(d.token_file)),
+        audience,
+        timeout,
     })
 }
 

@@ -1,5 +1,7 @@
 //! `Identity.Certify`: the mesh CA. A workload proves who it is with the
-//! token configured for its identity, sends a CSR for that identity, and
+//! token configured for its identity (or, in a cluster, with its
+//! service-account token, reviewed by the Kubernetes API server: see
+//! `token_review`), sends a CSR for that identity, and
 //! gets back a leaf certificate signed by the issuer, valid for the
 //! configured lifetime.
 //!
@@ -8,7 +10,7 @@
 //! generated and written there, and its certificate is the trust anchor
 //! proxies must be given.
 
-use crate::{Metrics, Store, config};
+use crate::{Metrics, Store, config, token_review};
 use linkerd2_proxy_api::identity::{CertifyRequest, CertifyResponse, identity_server};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -288,16 +290,67 @@ impl identity_server::Identity for IdentityService {
             );
         }
         let mesh = self.store.current();
-        let Some(token) = mesh.identity.tokens.get(&req.identity) else {
+        if let Some(token) = mesh.identity.tokens.get(&req.identity) {
+            // A static token takes precedence over a token review.
+            if !same(token.as_bytes(), trim_token(&req.token)) {
+                return refuse(
+                    "bad_token",
+                    Status::unauthenticated(format!("wrong token for {}", req.identity)),
+                );
+            }
+        } else if let Some(k8s) = &mesh.identity.kubernetes {
+            let Some((ns, sa)) =
+                token_review::service_account(&req.identity, &mesh.identity.trust_domain)
+            else {
+                return refuse(
+                    "unknown_identity",
+                    Status::permission_denied(format!(
+                        "no token is configured for {}, and it is not a service account's identity \
+                         (<sa>.<ns>.serviceaccount.identity.<control-ns>.{})",
+                        req.identity, mesh.identity.trust_domain
+                    )),
+                );
+            };
+            let Ok(token) = std::str::from_utf8(trim_token(&req.token)) else {
+                return refuse(
+                    "token_review_denied",
+                    Status::unauthenticated("the token is not UTF-8"),
+                );
+            };
+            match token_review::review(k8s, token, ns, sa).await {
+                Ok(()) => {}
+                Err(token_review::Refused::Unauthenticated(why)) => {
+                    return refuse(
+                        "token_review_denied",
+                        Status::unauthenticated(format!(
+                            "token review for {}: {why}",
+                            req.identity
+                        )),
+                    );
+                }
+                Err(token_review::Refused::Denied(why)) => {
+                    return refuse(
+                        "token_review_denied",
+                        Status::permission_denied(format!(
+                            "token review for {}: {why}",
+                            req.identity
+                        )),
+                    );
+                }
+                Err(token_review::Refused::Error(why)) => {
+                    return refuse(
+                        "token_review_error",
+                        Status::unavailable(format!(
+                            "cannot review the token for {}: {why}",
+                            req.identity
+                        )),
+                    );
+                }
+            }
+        } else {
             return refuse(
                 "unknown_identity",
                 Status::permission_denied(format!("no token is configured for {}", req.identity)),
-            );
-        };
-        if !same(token.as_bytes(), trim_token(&req.token)) {
-            return refuse(
-                "bad_token",
-                Status::unauthenticated(format!("wrong token for {}", req.identity)),
             );
         }
         let (leaf, valid_until) = match self.ca.sign(

@@ -27,6 +27,7 @@ mod policy;
 mod server;
 mod server_tls;
 mod store;
+mod token_review;
 
 pub use self::{
     config::Mesh,

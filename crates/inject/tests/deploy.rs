@@ -8,6 +8,7 @@ use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
     apps::v1::Deployment,
     core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use linnet_inject::{Object, Options};
 use serde::{Deserialize as _, Serialize, de::DeserializeOwned};
@@ -26,6 +27,8 @@ struct Manifests {
     config_maps: Vec<ConfigMap>,
     secrets: Vec<Secret>,
     webhooks: Vec<MutatingWebhookConfiguration>,
+    cluster_roles: Vec<ClusterRole>,
+    cluster_role_bindings: Vec<ClusterRoleBinding>,
     /// Every document as read, for `linnet inject`.
     values: Vec<Value>,
 }
@@ -73,6 +76,12 @@ fn manifests() -> Manifests {
                     m.webhooks
                         .push(strict(&value, &at("MutatingWebhookConfiguration")))
                 }
+                (Some("rbac.authorization.k8s.io/v1"), Some("ClusterRole")) => {
+                    m.cluster_roles.push(strict(&value, &at("ClusterRole")))
+                }
+                (Some("rbac.authorization.k8s.io/v1"), Some("ClusterRoleBinding")) => m
+                    .cluster_role_bindings
+                    .push(strict(&value, &at("ClusterRoleBinding"))),
                 other => panic!(
                     "{}: a kind this test does not know: {other:?}",
                     file.display()

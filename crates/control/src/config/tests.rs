@@ -188,6 +188,15 @@ fn errors_say_where() {
         ),
         ("identity:\n  tokens:\n    web: \"\"\n", "empty token"),
         (
+            "identity:\n  kubernetes: {api_server: \"http://k8s\"}\n",
+            "identity.kubernetes.api_server",
+        ),
+        (
+            "identity:\n  kubernetes: {audience: \"\"}\n",
+            "identity.kubernetes.audience",
+        ),
+        ("identity:\n  kubernetes: {tokn: x}\n", "unknown field"),
+        (
             "identity:\n  certificate_lifetime: forever\n",
             "identity.certificate_lifetime",
         ),
@@ -262,4 +271,20 @@ fn control_plane_identities() {
         let e = err(yaml);
         assert!(e.contains(at), "{yaml}: {e}");
     }
+}
+
+#[test]
+fn kubernetes_defaults() {
+    let m = Mesh::parse("identity:\n  kubernetes: {}\n", Path::new("/etc/linnet")).unwrap();
+    assert_eq!(m.identity.kubernetes, Some(Kubernetes::default()));
+    assert_eq!(Mesh::default().identity.kubernetes, None);
+    let m = Mesh::parse(
+        "identity:\n  kubernetes: {api_server: \"https://10.0.0.1:6443\", ca_file: ca.crt, timeout: 1s}\n",
+        Path::new("/etc/linnet"),
+    )
+    .unwrap();
+    let k = m.identity.kubernetes.unwrap();
+    assert_eq!(k.api_server.port_u16(), Some(6443));
+    assert_eq!(k.ca_file, Path::new("/etc/linnet/ca.crt"));
+    assert_eq!(k.timeout, Duration::from_secs(1));
 }
