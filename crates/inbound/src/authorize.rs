@@ -4,58 +4,40 @@
 //! audit authorization lets the request through, logged and counted as
 //! denied.
 
-use crate::{accept::Conn, labels, route::Matched};
-use futures_util::future::{Either, Ready, ready};
-use http::{Request, Response};
+use crate::{
+    accept::Conn,
+    guard::{self, Check, Guard},
+    labels,
+    route::Matched,
+};
+use http::Request;
 use linnet_http::BoxBody;
 use linnet_policy::{
     errors::Unauthorized,
     inbound::{self as model, Verdict},
 };
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
-use tower::Service;
+use std::sync::Arc;
 
 /// Admits the requests that their route's authorizations admit.
-#[derive(Clone, Debug)]
-pub struct Authorize<S> {
-    conn: Arc<Conn>,
-    inner: S,
-}
+#[derive(Clone, Copy, Debug)]
+pub struct Authorize;
 
 /// Route authorization for `conn`'s requests.
-pub fn layer<S>(conn: Arc<Conn>) -> impl tower::Layer<S, Service = Authorize<S>> + Clone {
-    tower::layer::layer_fn(move |inner| Authorize {
-        conn: conn.clone(),
-        inner,
-    })
+pub fn layer<S>(conn: Arc<Conn>) -> impl tower::Layer<S, Service = Guard<Authorize, S>> + Clone {
+    guard::layer(Authorize, conn)
 }
 
-impl<S> Service<Request<BoxBody>> for Authorize<S>
-where
-    S: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = linnet_core::Error>,
-{
-    type Response = Response<BoxBody>;
-    type Error = linnet_core::Error;
-    type Future = Either<Ready<Result<Response<BoxBody>, linnet_core::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
-        let conn = &self.conn;
+impl Check for Authorize {
+    fn check(&self, conn: &Conn, req: &mut Request<BoxBody>) -> Result<(), linnet_core::Error> {
         // Without a match (a stack assembled without route match) nothing
         // is known to admit the request: refused.
         let Some(m) = req.extensions().get::<Matched>() else {
-            return Either::Left(ready(Err(Unauthorized {
+            return Err(Unauthorized {
                 server: "unknown".into(),
                 route: "unknown".into(),
                 client: conn.client.to_string(),
             }
-            .into())));
+            .into());
         };
         match model::authorize(&m.authorizations, &conn.client.as_model()) {
             Verdict::Allow(authz) => conn.count_allowed(m, authz),
@@ -75,14 +57,14 @@ where
                     port = conn.port.port(), server = %srv.srv_name, route = %route.route_name,
                     client = %conn.client, "request refused by the route's authorizations"
                 );
-                return Either::Left(ready(Err(Unauthorized {
+                return Err(Unauthorized {
                     server: srv.srv_name,
                     route: route.route_name,
                     client: conn.client.to_string(),
                 }
-                .into())));
+                .into());
             }
         }
-        Either::Right(self.inner.call(req))
+        Ok(())
     }
 }

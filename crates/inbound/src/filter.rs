@@ -4,7 +4,10 @@
 //! them), and response header changes on the way back.
 
 use crate::route::{Matched, RuleFilters};
-use futures_util::{FutureExt, future::BoxFuture};
+use futures_util::{
+    FutureExt,
+    future::{BoxFuture, Either},
+};
 use http::{Request, Response};
 use linnet_http::BoxBody;
 use linnet_policy::{
@@ -32,7 +35,11 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = linnet_core::Error;
-    type Future = BoxFuture<'static, Result<Response<BoxBody>, linnet_core::Error>>;
+    /// The inner call's future as it is when the rule has no filters (the
+    /// common case: nothing allocated here); boxed when a filter answers
+    /// or changes the response.
+    type Future =
+        Either<S::Future, BoxFuture<'static, Result<Response<BoxBody>, linnet_core::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -40,10 +47,10 @@ where
 
     fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
         let Some(m) = req.extensions_mut().remove::<Matched>() else {
-            return self.inner.call(req).boxed();
+            return Either::Left(self.inner.call(req));
         };
         let (outcome, response_filters) = match &m.filters {
-            RuleFilters::None => return self.inner.call(req).boxed(),
+            RuleFilters::None => return Either::Left(self.inner.call(req)),
             RuleFilters::Http(f, prefix) => {
                 let outcome = filters::apply_request(f, prefix.as_deref(), &mut req);
                 let rsp = f
@@ -57,7 +64,8 @@ where
         match outcome {
             filters::Outcome::Continue => {}
             filters::Outcome::Respond(head) => {
-                return futures_util::future::ready(Ok(head.map(|()| BoxBody::default()))).boxed();
+                let rsp = Ok(head.map(|()| BoxBody::default()));
+                return Either::Right(futures_util::future::ready(rsp).boxed());
             }
             filters::Outcome::Fail {
                 status,
@@ -69,19 +77,20 @@ where
                     grpc_code,
                     message,
                 };
-                return futures_util::future::ready(Err(e.into())).boxed();
+                return Either::Right(futures_util::future::ready(Err(e.into())).boxed());
             }
         }
         let fut = self.inner.call(req);
         match response_filters {
-            None => fut.boxed(),
-            Some(f) => fut
-                .map(move |rsp| {
+            None => Either::Left(fut),
+            Some(f) => Either::Right(
+                fut.map(move |rsp| {
                     let (mut parts, body) = rsp?.into_parts();
                     filters::apply_response(&f, &mut parts);
                     Ok(Response::from_parts(parts, body))
                 })
                 .boxed(),
+            ),
         }
     }
 }

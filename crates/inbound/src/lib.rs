@@ -18,7 +18,8 @@
 //!    orig-proto downgrade);
 //! 5. [`http::stack`], per request: [`route`] match → route
 //!    [`authorize`] → [`rate_limit`] → the rule's [`filter`]s → the client
-//!    to the application.
+//!    to the application. The first three share one service shape,
+//!    [`guard::Guard`]; each is a [`guard::Check`] in its own module.
 //!
 //! Policy is read per request from the port's watch, so a change applies
 //! at once to new connections and to open connections' next request.
@@ -31,6 +32,7 @@
 pub mod accept;
 pub mod authorize;
 pub mod filter;
+pub mod guard;
 pub mod http;
 mod labels;
 pub mod policy;

@@ -3,50 +3,32 @@
 //! RESOURCE_EXHAUSTED, with `Retry-After`, counted in
 //! `inbound_http_local_ratelimit_total`.
 
-use crate::{accept::Conn, labels, route::Matched};
-use futures_util::future::{Either, Ready, ready};
-use http::{Request, Response};
-use linnet_http::BoxBody;
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
+use crate::{
+    accept::Conn,
+    guard::{self, Check, Guard},
+    labels,
+    route::Matched,
 };
-use tower::Service;
+use http::Request;
+use linnet_http::BoxBody;
+use std::sync::Arc;
 
 /// Admits requests within the server's rate limit.
-#[derive(Clone, Debug)]
-pub struct RateLimit<S> {
-    conn: Arc<Conn>,
-    inner: S,
-}
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimit;
 
 /// Rate limiting for `conn`'s requests.
-pub fn layer<S>(conn: Arc<Conn>) -> impl tower::Layer<S, Service = RateLimit<S>> + Clone {
-    tower::layer::layer_fn(move |inner| RateLimit {
-        conn: conn.clone(),
-        inner,
-    })
+pub fn layer<S>(conn: Arc<Conn>) -> impl tower::Layer<S, Service = Guard<RateLimit, S>> + Clone {
+    guard::layer(RateLimit, conn)
 }
 
-impl<S> Service<Request<BoxBody>> for RateLimit<S>
-where
-    S: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = linnet_core::Error>,
-{
-    type Response = Response<BoxBody>;
-    type Error = linnet_core::Error;
-    type Future = Either<Ready<Result<Response<BoxBody>, linnet_core::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
-        let conn = &self.conn;
+impl Check for RateLimit {
+    fn check(&self, conn: &Conn, req: &mut Request<BoxBody>) -> Result<(), linnet_core::Error> {
         let Some(m) = req.extensions().get::<Matched>() else {
-            return Either::Right(self.inner.call(req));
+            return Ok(());
         };
         let Some(limit) = m.policy.http().and_then(|h| h.rate_limit.as_ref()) else {
-            return Either::Right(self.inner.call(req));
+            return Ok(());
         };
         match limit.check(conn.client.identity()) {
             Ok(admitted) => {
@@ -54,7 +36,7 @@ where
                     conn.metrics
                         .rate_limit_identities_full(&m.server(), &labels::rate_limit(limit.meta()));
                 }
-                Either::Right(self.inner.call(req))
+                Ok(())
             }
             Err(limited) => {
                 let (srv, rl) = (m.server(), labels::rate_limit(limit.meta()));
@@ -66,7 +48,7 @@ where
                     port = conn.port.port(), client = %conn.client, limit = limited.kind.as_str(),
                     "request refused by the local rate limit"
                 );
-                Either::Left(ready(Err(limited.into())))
+                Err(limited.into())
             }
         }
     }

@@ -5,9 +5,12 @@
 //! What the later layers need of the match travels with the request as
 //! a [`Matched`] extension.
 
-use crate::{accept::Conn, labels};
-use futures_util::future::{Either, Ready, ready};
-use http::{Request, Response};
+use crate::{
+    accept::Conn,
+    guard::{self, Check, Guard},
+    labels,
+};
+use http::Request;
 use linnet_http::BoxBody;
 use linnet_metrics::authz::ServerLabels;
 use linnet_policy::{
@@ -15,11 +18,7 @@ use linnet_policy::{
     inbound::{Authorization, Filters, Protocol, ServerPolicy},
     outbound::{GrpcFilter, HttpFilter, Meta},
 };
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
-use tower::Service;
+use std::sync::Arc;
 
 /// The route a request took, for the layers below.
 #[derive(Clone, Debug)]
@@ -53,54 +52,33 @@ pub enum RuleFilters {
 }
 
 /// Matches each request to a route of the connection's port policy.
-#[derive(Clone, Debug)]
-pub struct Route<S> {
-    conn: Arc<Conn>,
-    inner: S,
-}
+#[derive(Clone, Copy, Debug)]
+pub struct RouteMatch;
 
 /// Route match for `conn`'s requests.
-pub fn layer<S>(conn: Arc<Conn>) -> impl tower::Layer<S, Service = Route<S>> + Clone {
-    tower::layer::layer_fn(move |inner| Route {
-        conn: conn.clone(),
-        inner,
-    })
+pub fn layer<S>(conn: Arc<Conn>) -> impl tower::Layer<S, Service = Guard<RouteMatch, S>> + Clone {
+    guard::layer(RouteMatch, conn)
 }
 
-impl<S> Service<Request<BoxBody>> for Route<S>
-where
-    S: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = linnet_core::Error>,
-{
-    type Response = Response<BoxBody>;
-    type Error = linnet_core::Error;
-    type Future = Either<Ready<Result<Response<BoxBody>, linnet_core::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
-        if let Some(e) = host_mismatch(&req) {
-            return Either::Left(ready(Err(e.into())));
+impl Check for RouteMatch {
+    fn check(&self, conn: &Conn, req: &mut Request<BoxBody>) -> Result<(), linnet_core::Error> {
+        if let Some(e) = host_mismatch(req) {
+            return Err(e.into());
         }
-        let policy = self.conn.port.current();
-        match matched(&policy, self.conn.port.port(), &req) {
-            Some(m) => {
-                req.extensions_mut().insert(m);
-                Either::Right(self.inner.call(req))
+        let policy = conn.port.current();
+        let Some(m) = matched(&policy, conn.port.port(), req) else {
+            tracing::debug!(
+                port = conn.port.port(),
+                path = req.uri().path(),
+                "no inbound route matches"
+            );
+            return Err(NoRoute {
+                parent: labels::name(&policy.meta),
             }
-            None => {
-                tracing::debug!(
-                    port = self.conn.port.port(),
-                    path = req.uri().path(),
-                    "no inbound route matches"
-                );
-                Either::Left(ready(Err(NoRoute {
-                    parent: labels::name(&policy.meta),
-                }
-                .into())))
-            }
-        }
+            .into());
+        };
+        req.extensions_mut().insert(m);
+        Ok(())
     }
 }
 
