@@ -29,8 +29,8 @@
 //! (the server's authorizations for every request).
 
 use super::{
-    Authentication, Authorization, DEFAULT_DETECT_TIMEOUT, GrpcRoute, GrpcRule, HttpPolicy,
-    HttpRoute, HttpRule, LocalRateLimit, Meta, Network, Protocol, ServerPolicy, Suffix,
+    Authentication, Authorization, DEFAULT_DETECT_TIMEOUT, GrpcRoute, GrpcRule, HostMatch,
+    HttpPolicy, HttpRoute, HttpRule, LocalRateLimit, Meta, Network, Protocol, ServerPolicy, Suffix,
 };
 use crate::outbound::proto::{self as shared, Skip};
 use linkerd2_proxy_api::inbound as api;
@@ -286,24 +286,18 @@ fn http_routes(
     let http_routes = routes
         .into_iter()
         .filter_map(|r| {
-            let (hosts, rules) = cx.routes(true, |cx| {
-                let hosts = shared::hosts(r.hosts, cx)?;
-                let rules: Vec<HttpRule> = r
-                    .rules
-                    .into_iter()
-                    .filter_map(|rule| http_rule(rule, cx))
-                    .collect();
-                if rules.is_empty() {
-                    cx.skip("no_rules");
-                    return None;
-                }
-                Some((hosts, rules))
-            })?;
+            let (meta, hosts, authorizations, rules) = route_parts(
+                r.metadata,
+                r.hosts,
+                r.authorizations,
+                r.rules,
+                http_rule,
+                cx,
+            )?;
             Some(HttpRoute {
-                meta: shared::meta(r.metadata),
+                meta,
                 hosts,
-                // (A malformed authorization only narrows the route.)
-                authorizations: cx.routes(false, |cx| authorizations(r.authorizations, cx)),
+                authorizations,
                 rules,
             })
         })
@@ -330,24 +324,18 @@ fn grpc_routes(
     let grpc_routes = routes
         .into_iter()
         .filter_map(|r| {
-            let (hosts, rules) = cx.routes(true, |cx| {
-                let hosts = shared::hosts(r.hosts, cx)?;
-                let rules: Vec<GrpcRule> = r
-                    .rules
-                    .into_iter()
-                    .filter_map(|rule| grpc_rule(rule, cx))
-                    .collect();
-                if rules.is_empty() {
-                    cx.skip("no_rules");
-                    return None;
-                }
-                Some((hosts, rules))
-            })?;
+            let (meta, hosts, authorizations, rules) = route_parts(
+                r.metadata,
+                r.hosts,
+                r.authorizations,
+                r.rules,
+                grpc_rule,
+                cx,
+            )?;
             Some(GrpcRoute {
-                meta: shared::meta(r.metadata),
+                meta,
                 hosts,
-                // (A malformed authorization only narrows the route.)
-                authorizations: cx.routes(false, |cx| authorizations(r.authorizations, cx)),
+                authorizations,
                 rules,
             })
         })
@@ -357,6 +345,34 @@ fn grpc_routes(
         grpc_routes,
         rate_limit: None,
     }
+}
+
+/// A route's description, hosts, authorizations and rules.
+type RouteParts<R> = (Meta, Vec<HostMatch>, Arc<[Authorization]>, Vec<R>);
+
+/// What an HTTP or gRPC route is made of, converted: `None` (counted as a
+/// route error, which refuses the policy) when its hosts or a rule are
+/// malformed, or no rule is left. Its authorizations are not route
+/// errors: a malformed one only narrows the route.
+fn route_parts<P, R>(
+    metadata: Option<linkerd2_proxy_api::meta::Metadata>,
+    hosts: Vec<linkerd2_proxy_api::http_route::HostMatch>,
+    authzs: Vec<api::Authz>,
+    rules: Vec<P>,
+    rule: fn(P, &mut Cx<'_>) -> Option<R>,
+    cx: &mut Cx<'_>,
+) -> Option<RouteParts<R>> {
+    let (hosts, rules) = cx.routes(true, |cx| {
+        let hosts = shared::hosts(hosts, cx)?;
+        let rules: Vec<R> = rules.into_iter().filter_map(|r| rule(r, cx)).collect();
+        if rules.is_empty() {
+            cx.skip("no_rules");
+            return None;
+        }
+        Some((hosts, rules))
+    })?;
+    let authorizations = cx.routes(false, |cx| authorizations(authzs, cx));
+    Some((shared::meta(metadata), hosts, authorizations, rules))
 }
 
 /// A rule; `None` (counted) when one of its matches is unusable. A
