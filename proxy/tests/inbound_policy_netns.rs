@@ -23,10 +23,10 @@ use linnet_test_support::{
     http::HttpServer,
     is_root,
     metrics::{Scrape, http, try_http},
-    netns::{Netns, pod_control, pod_init, pod_proxy},
+    netns::{Netns, pod_apps, pod_control, pod_init, pod_proxy},
     process::world_executable_copy,
     proxy::Proxy,
-    tcp::{ExchangeServer, Stats, exchange, random_payload},
+    tcp::{Stats, exchange, random_payload},
 };
 use std::{
     net::{IpAddr, SocketAddr},
@@ -482,23 +482,8 @@ fn inbound_policy_matrix_with_real_interception() {
     let anchors = std::fs::read_to_string(dir.path().join("issuer.crt")).unwrap();
 
     // The server pod's applications.
-    let http_listener =
-        server_pod.run(|| std::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).unwrap());
-    let opaque_listener =
-        server_pod.run(|| std::net::TcpListener::bind(("0.0.0.0", OPAQUE_PORT)).unwrap());
-    http_listener.set_nonblocking(true).unwrap();
-    opaque_listener.set_nonblocking(true).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let _apps = server_pod.spawn(async move {
-        let app = HttpServer::start_on(tokio::net::TcpListener::from_std(http_listener).unwrap());
-        let exchange = ExchangeServer::start_on(
-            tokio::net::TcpListener::from_std(opaque_listener).unwrap(),
-            4096,
-        );
-        tx.send((Arc::new(app), exchange.stats())).unwrap();
-        std::future::pending::<()>().await;
-    });
-    let (app, exchanged) = rx.recv().unwrap();
+    let (app, exchanged) = pod_apps(&server_pod, HTTP_PORT, OPAQUE_PORT);
+    let app = Arc::new(app);
 
     let mut env = identity_env(dir.path(), SERVER, "s", &anchors);
     env.extend([

@@ -15,12 +15,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use linnet_test_support::{
-    http::HttpServer,
     is_root,
     metrics::{Scrape, http},
-    netns::{Netns, pod_control, pod_init, pod_proxy},
+    netns::{Netns, pod_apps, pod_control, pod_init, pod_proxy},
     process::{Process, world_executable_copy},
-    tcp::{ExchangeServer, exchange, random_payload},
+    tcp::{exchange, random_payload},
 };
 use std::{
     io::Read,
@@ -267,23 +266,7 @@ fn meshed_pods_are_reached_over_mtls_or_not_at_all() {
 
     // The server pod's applications, and recorders on the ports its rules
     // leave alone.
-    let http_listener =
-        server_pod.run(|| std::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).unwrap());
-    let opaque_listener =
-        server_pod.run(|| std::net::TcpListener::bind(("0.0.0.0", OPAQUE_PORT)).unwrap());
-    http_listener.set_nonblocking(true).unwrap();
-    opaque_listener.set_nonblocking(true).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let _apps = server_pod.spawn(async move {
-        let app = HttpServer::start_on(tokio::net::TcpListener::from_std(http_listener).unwrap());
-        let exchange = ExchangeServer::start_on(
-            tokio::net::TcpListener::from_std(opaque_listener).unwrap(),
-            4096,
-        );
-        tx.send((app, exchange.stats())).unwrap();
-        std::future::pending::<()>().await;
-    });
-    let (app, exchanged) = rx.recv().unwrap();
+    let (app, exchanged) = pod_apps(&server_pod, HTTP_PORT, OPAQUE_PORT);
     let impostor = Recorder::start(&server_pod, HANDSHAKE_PORT);
     let bad_id = Recorder::start(&server_pod, BAD_ID_PORT);
     let late = Recorder::start(&server_pod, LATE_PORT);

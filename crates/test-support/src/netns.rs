@@ -267,3 +267,32 @@ pub fn pod_control(
     }
     panic!("{name} never became ready:\n{}", p.log());
 }
+
+/// A pod's applications, inside `ns` on all its addresses: an HTTP server
+/// on `http_port` and a checked-exchange server on `opaque_port`, run on
+/// a thread of their own for the rest of the test. Returns the HTTP
+/// server (what it saw) and the exchange server's counts.
+pub fn pod_apps(
+    ns: &Netns,
+    http_port: u16,
+    opaque_port: u16,
+) -> (crate::http::HttpServer, crate::tcp::Stats) {
+    let bind = |port: u16| {
+        let l = ns.run(|| std::net::TcpListener::bind(("0.0.0.0", port)).unwrap());
+        l.set_nonblocking(true).unwrap();
+        l
+    };
+    let (http, opaque) = (bind(http_port), bind(opaque_port));
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.spawn(async move {
+        let app =
+            crate::http::HttpServer::start_on(tokio::net::TcpListener::from_std(http).unwrap());
+        let exchange = crate::tcp::ExchangeServer::start_on(
+            tokio::net::TcpListener::from_std(opaque).unwrap(),
+            4096,
+        );
+        tx.send((app, exchange.stats())).unwrap();
+        std::future::pending::<()>().await;
+    });
+    rx.recv().unwrap()
+}
