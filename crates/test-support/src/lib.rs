@@ -4,6 +4,10 @@
 //!   injected original-destination lookup;
 //! - [`tcp`]: servers and clients that check every byte with SHA-256;
 //! - [`control`]: `linnet control` in-process, killable;
+//! - [`fault`]: a TCP relay that injects faults (pauses, resets, cuts,
+//!   trickles, a crash and a restart) and records how connections ended;
+//! - [`sidecar`]: `linnet proxy` as its own process (memory, descriptors,
+//!   resource limits, signals);
 //! - [`grpc`]: a raw-bytes gRPC codec;
 //! - [`metrics`]: scraping `/metrics` and reading samples;
 //! - [`netns`]: network namespaces for interception tests (root only);
@@ -15,12 +19,14 @@
 pub mod addr;
 pub mod backend;
 pub mod control;
+pub mod fault;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod netns;
 pub mod process;
 pub mod proxy;
+pub mod sidecar;
 pub mod tcp;
 
 use std::{future::Future, time::Duration};
