@@ -1,1 +1,226 @@
-//! TODO
+//! 10,000 idle connections through `linnet proxy` as its own process
+//! (one core): 4,000 HTTP/1.1 keep-alive and 4,000 HTTP/2 connections,
+//! each idle after one request (their requests share the proxy's pooled
+//! connections to the application), and 2,000 opaque TCP connections
+//! relayed to an echo server (one byte there and back, then nothing).
+//! While they are open, new connections of every kind are served and the
+//! admin server answers. The proxy's memory per idle connection (growth
+//! of `VmRSS`, after a warm-up round of each kind opened and closed) is
+//! printed, per kind and overall, and bounded.
+//!
+//! Descriptors: the test process holds one per connection (two per
+//! opaque one, with the echo server's end) and the proxy one per HTTP
+//! connection, two per opaque one: about 12,000 each, within
+//! `RLIMIT_NOFILE` once the soft limit is raised to it (beyond the hard
+//! limit needs root and `CAP_SYS_RESOURCE`).
+
+use crate::traffic::{self, App, Got, Kind, Transfer};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use linnet_test_support::{
+    eventually, is_root,
+    sidecar::{Sidecar, raise_nofile},
+};
+use std::{net::SocketAddr, time::Duration};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinSet,
+};
+
+/// Idle connections of each kind.
+const HTTP1: usize = 4_000;
+const HTTP2: usize = 4_000;
+const OPAQUE: usize = 2_000;
+/// Descriptors the test process and the proxy need, with room to spare.
+const NOFILE: u64 = 15_000;
+/// The most the proxy's memory may grow per idle connection.
+const MAX_PER_CONNECTION: u64 = 64 * 1024;
+/// Connections opened at once.
+const BATCH: usize = 250;
+
+/// The digest of nothing: an empty upload to the HTTP application.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// An idle connection, kept open.
+#[allow(dead_code)]
+enum Idle {
+    /// HTTP/1.1 keep-alive and opaque TCP: the socket.
+    Socket(TcpStream),
+    /// HTTP/2: the client's handle (its connection task runs on).
+    Http2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+/// Echoes every connection's bytes back.
+async fn echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// One connection of `kind` through `proxy`, used once, then idle.
+async fn one(kind: Kind, proxy: SocketAddr) -> Idle {
+    let mut s = TcpStream::connect(proxy).await.expect("connect");
+    match kind {
+        Kind::Tcp => {
+            s.write_all(b"\x00").await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.expect("the echo");
+            Idle::Socket(s)
+        }
+        Kind::Http1 => {
+            let req = format!(
+                "GET /transfer?down=0 HTTP/1.1\r\nhost: app.test\r\nx-sha256: {EMPTY_SHA256}\r\nx-len: 0\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 512];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut b).await.unwrap();
+                assert!(n > 0, "closed before the response");
+                head.extend_from_slice(&b[..n]);
+            }
+            assert!(head.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&head));
+            Idle::Socket(s)
+        }
+        _ => {
+            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::get("http://app.test/transfer?down=0")
+                .header("x-sha256", EMPTY_SHA256)
+                .header("x-len", "0")
+                .body(Empty::new())
+                .unwrap();
+            let rsp = send.send_request(req).await.unwrap();
+            assert_eq!(rsp.status(), 200);
+            Idle::Http2(send)
+        }
+    }
+}
+
+/// Opens `n` idle connections of `kind` through `proxy`.
+async fn open(kind: Kind, proxy: SocketAddr, n: usize) -> Vec<Idle> {
+    let mut all = Vec::with_capacity(n);
+    for batch in 0..n.div_ceil(BATCH) {
+        let mut set = JoinSet::new();
+        for _ in 0..BATCH.min(n - batch * BATCH) {
+            set.spawn(one(kind, proxy));
+        }
+        while let Some(c) = set.join_next().await {
+            all.push(c.unwrap());
+        }
+    }
+    all
+}
+
+async fn open_connections(proxy: &Sidecar) -> f64 {
+    proxy
+        .metrics()
+        .await
+        .sum("tcp_open_connections", &[("peer", "src")])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_connections() {
+    if !raise_nofile(NOFILE) {
+        assert!(!is_root(), "root, yet RLIMIT_NOFILE cannot be raised to {NOFILE}");
+        println!("SKIPPED ten_thousand_idle_connections: needs root");
+        return;
+    }
+    let (echo, app) = (echo().await, App::start(Kind::Http1).await);
+    let (e, a) = (echo.to_string(), app.addr.to_string());
+    // HTTP through the outbound listener, opaque TCP through the inbound.
+    let proxy = Sidecar::start_limited(
+        "idle",
+        &[
+            ("LINNET_OUTBOUND_ORIG_DST_ADDR", &a),
+            ("LINNET_INBOUND_ORIG_DST_ADDR", &e),
+            ("LINNET_CORES", "1"),
+        ],
+        Some(NOFILE),
+    )
+    .await;
+    let via = |kind: Kind| {
+        if kind == Kind::Tcp {
+            proxy.inbound
+        } else {
+            proxy.outbound
+        }
+    };
+    let kinds = [(Kind::Http1, HTTP1), (Kind::Http2, HTTP2), (Kind::Tcp, OPAQUE)];
+
+    // A warm-up round of each kind, opened and closed: what the
+    // allocator keeps from it is not growth.
+    for (kind, n) in kinds {
+        drop(open(kind, via(kind), n / 4).await);
+    }
+    eventually("the warm-up closed", Duration::from_secs(20), || async {
+        (open_connections(&proxy).await == 0.0).then_some(())
+    })
+    .await;
+
+    let base = proxy.rss();
+    let mut rss = base;
+    let mut idle = Vec::new();
+    for (kind, n) in kinds {
+        idle.extend(open(kind, via(kind), n).await);
+        let now = proxy.rss();
+        println!(
+            "{n} idle {kind:?} connections: VmRSS +{} KiB, {:.1} KiB per connection",
+            now.saturating_sub(rss) / 1024,
+            now.saturating_sub(rss) as f64 / n as f64 / 1024.0
+        );
+        rss = now;
+    }
+    let total = idle.len();
+    assert_eq!(total, HTTP1 + HTTP2 + OPAQUE);
+    assert_eq!(open_connections(&proxy).await, total as f64);
+    let per = rss.saturating_sub(base) / total as u64;
+    println!(
+        "{total} idle connections: VmRSS {} KiB before, {} KiB with them open: {:.1} KiB per idle connection ({} descriptors)",
+        base / 1024,
+        rss / 1024,
+        rss.saturating_sub(base) as f64 / total as f64 / 1024.0,
+        proxy.fds()
+    );
+
+    // New connections of every kind are served meanwhile (opaque TCP
+    // goes to the echo server: what comes back is what went).
+    let t = Transfer {
+        up: 64 * 1024,
+        down: 64 * 1024,
+    };
+    for kind in [Kind::Http1, Kind::Http2, Kind::Grpc, Kind::WebSocket] {
+        let end = traffic::run(kind, via(kind), t).await;
+        assert_eq!(end.got, Got::Complete, "{kind:?} beside {total} idle connections");
+    }
+    let payload = linnet_test_support::tcp::random_payload(64 * 1024);
+    let mut s = TcpStream::connect(proxy.inbound).await.unwrap();
+    s.write_all(&payload).await.unwrap();
+    let mut back = vec![0u8; payload.len()];
+    s.read_exact(&mut back).await.unwrap();
+    assert!(back == payload, "opaque TCP beside {total} idle connections");
+    // And idle ones still work.
+    for c in idle.iter_mut().step_by(total / 20) {
+        if let Idle::Socket(s) = c {
+            if s.peer_addr().unwrap() == proxy.inbound {
+                s.write_all(b"\x01").await.unwrap();
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await.unwrap();
+                assert_eq!(b, [1]);
+            }
+        }
+    }
+    assert!(per <= MAX_PER_CONNECTION, "{per} bytes per idle connection");
+}

@@ -11,6 +11,8 @@ pub struct ControlPlane {
     /// Where it serves.
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
+    /// The trust anchors of the issuer it serves with (PEM).
+    anchors: String,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -28,6 +30,7 @@ impl ControlPlane {
         let mut plane = Self {
             addr,
             dir,
+            anchors: String::new(),
             tasks: Vec::new(),
         };
         plane.serve().await;
@@ -41,6 +44,7 @@ impl ControlPlane {
     async fn serve(&mut self) {
         let mesh = Mesh::load(&self.path()).unwrap();
         let ca = Arc::new(Ca::load_or_generate(&mesh.identity).unwrap());
+        self.anchors = ca.trust_anchors_pem().to_string();
         let mut registry = prometheus_client_registry();
         let metrics = Metrics::register(&mut registry);
         let store = Store::new(mesh);
@@ -59,9 +63,10 @@ impl ControlPlane {
         )));
     }
 
-    /// The trust anchors proxies need (the generated issuer), PEM.
+    /// The trust anchors proxies need, PEM: the generated issuer, or the
+    /// anchors the mesh file names.
     pub fn trust_anchors(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("issuer.crt")).unwrap()
+        self.anchors.clone()
     }
 
     /// The directory holding the mesh file (for token files and such).

@@ -75,6 +75,9 @@ pub enum Action {
     Reset,
     /// Close both sides with a FIN, as if the stream were complete.
     Cut,
+    /// Stop reading in the trigger's direction, on every connection, as
+    /// [`FaultProxy::pause`] does.
+    Pause,
 }
 
 /// The relay's standing settings, applied to every connection at once.
@@ -84,6 +87,13 @@ struct Settings {
     pause_down: bool,
     /// Writes of at most this many bytes, with a yield between them.
     max_write: Option<usize>,
+    /// Each connection stops reading up after relaying this many more
+    /// bytes up (counted from the last change of `stall_epoch`).
+    stall_up_after: Option<u64>,
+    /// The same, down.
+    stall_down_after: Option<u64>,
+    /// Counts the calls to [`FaultProxy::stall_after`].
+    stall_epoch: u64,
 }
 
 impl Settings {
@@ -92,6 +102,23 @@ impl Settings {
             Dir::Up => self.pause_up,
             Dir::Down => self.pause_down,
         }
+    }
+
+    fn stall_after(&self, dir: Dir) -> Option<u64> {
+        match dir {
+            Dir::Up => self.stall_up_after,
+            Dir::Down => self.stall_down_after,
+        }
+    }
+
+    /// How many bytes a connection that has relayed `sent` in `dir` may
+    /// read now (0: it waits).
+    fn allowance(&self, dir: Dir, sent: u64) -> u64 {
+        if self.paused(dir) {
+            return 0;
+        }
+        self.stall_after(dir)
+            .map_or(u64::MAX, |n| n.saturating_sub(sent))
     }
 }
 
@@ -184,6 +211,27 @@ impl FaultProxy {
         });
     }
 
+    /// Stalls every connection (open and new) in `dir` once it has relayed
+    /// `n` more bytes that way: a writer that stops mid-stream and holds
+    /// its stream open. [`FaultProxy::unstall`] lets them go on.
+    pub fn stall_after(&self, dir: Dir, n: u64) {
+        self.shared.settings.send_modify(|s| {
+            s.stall_epoch += 1;
+            match dir {
+                Dir::Up => s.stall_up_after = Some(n),
+                Dir::Down => s.stall_down_after = Some(n),
+            }
+        });
+    }
+
+    /// Ends [`FaultProxy::stall_after`].
+    pub fn unstall(&self, dir: Dir) {
+        self.shared.settings.send_modify(|s| match dir {
+            Dir::Up => s.stall_up_after = None,
+            Dir::Down => s.stall_down_after = None,
+        });
+    }
+
     /// Writes at most `n` bytes at a time (a peer that trickles), or
     /// whatever was read (`None`).
     pub fn trickle(&self, n: Option<usize>) {
@@ -212,6 +260,13 @@ impl FaultProxy {
         });
     }
 
+    /// After `n` more bytes in `dir`, pauses `dir` (see
+    /// [`FaultProxy::pause`]): a reader that stops once a stream is under
+    /// way. One-shot.
+    pub fn pause_after(&self, dir: Dir, n: u64) {
+        self.arm(dir, n, Action::Pause);
+    }
+
     /// Whether an armed trigger has fired.
     pub fn fired(&self) -> bool {
         self.shared.trigger.lock().unwrap().is_none()
@@ -232,6 +287,13 @@ impl FaultProxy {
             let _ = task.await;
         }
         self.shared.epochs.send_modify(|e| e.kill += 1);
+    }
+
+    /// Dies like a process killed with unread bytes in every socket:
+    /// every open connection is reset, and new ones are refused.
+    pub async fn crash(&mut self) {
+        self.reset_all();
+        self.kill().await;
     }
 
     /// Listens again on the same address (after [`FaultProxy::kill`]).
@@ -432,12 +494,12 @@ async fn relay(
                         break Then::Die;
                     }
                     let now = *epochs.borrow_and_update();
-                    if now.kill != start.kill {
-                        break Then::Die;
-                    }
                     if now.reset != start.reset {
                         ended.fault = Some(Action::Reset);
                         break Then::Reset;
+                    }
+                    if now.kill != start.kill {
+                        break Then::Die;
                     }
                 }
             }
@@ -478,10 +540,26 @@ where
         Dir::Up => &shared.up,
         Dir::Down => &shared.down,
     };
+    // Bytes relayed since the stall settings last changed.
+    let mut sent = 0u64;
+    let mut epoch = settings.borrow().stall_epoch;
     loop {
-        // Paused: read nothing, so that the writer feels it.
-        let _ = settings.wait_for(|s| !s.paused(dir)).await;
-        let n = match r.read(&mut buf).await {
+        // Paused or stalled: read nothing, so that the writer feels it.
+        let allowance = match settings
+            .wait_for(|s| {
+                if s.stall_epoch != epoch {
+                    epoch = s.stall_epoch;
+                    sent = 0;
+                }
+                s.allowance(dir, sent) > 0
+            })
+            .await
+        {
+            Ok(s) => s.allowance(dir, sent),
+            Err(_) => u64::MAX,
+        };
+        let room = buf.len().min(usize::try_from(allowance).unwrap_or(usize::MAX));
+        let n = match r.read(&mut buf[..room]).await {
             Ok(0) => {
                 let at = tick();
                 let _ = w.shutdown().await;
@@ -500,7 +578,17 @@ where
                         let left = t.remaining as usize;
                         let action = t.action;
                         *trigger = None;
-                        (left, Some(action))
+                        if action == Action::Pause {
+                            // Taken at once, so that no other connection
+                            // reads on; what was read is relayed whole.
+                            shared.settings.send_modify(|s| match dir {
+                                Dir::Up => s.pause_up = true,
+                                Dir::Down => s.pause_down = true,
+                            });
+                            (n, Some(action))
+                        } else {
+                            (left, Some(action))
+                        }
                     } else {
                         t.remaining -= n as u64;
                         (n, None)
@@ -514,12 +602,14 @@ where
                 return Stop::WriteFailed(end_of(&e), tick());
             }
             counter.fetch_add(piece.len() as u64, Ordering::SeqCst);
+            sent += piece.len() as u64;
             if max_write.is_some() {
                 tokio::task::yield_now().await;
             }
         }
-        if let Some(action) = fault {
-            return Stop::Fault(action);
+        match fault {
+            Some(Action::Pause) | None => {}
+            Some(action) => return Stop::Fault(action),
         }
     }
 }

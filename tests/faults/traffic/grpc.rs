@@ -37,10 +37,11 @@ impl StreamingService<Msg> for Transfers {
         let mut incoming = req.into_inner();
         let upload = {
             let log = log.clone();
+            // Dropped before the upload ended (the call was cancelled, even
+            // before the response was first polled): that is how the
+            // application sees it fail.
+            let guard = Cancelled(Some(log.clone()));
             async move {
-                // Dropped before the upload ended (the call was cancelled):
-                // that is how the application sees it fail.
-                let guard = Cancelled(Some(log.clone()));
                 let mut d = Digesting::default();
                 let got = loop {
                     match incoming.message().await {

@@ -32,16 +32,52 @@ pub(super) async fn serve(listener: TcpListener, log: Arc<AppLog>) {
                 async move {
                     Ok::<_, Infallible>(if req.uri().path() == super::grpc::PATH {
                         super::grpc::serve(req, log).await
+                    } else if req.headers().contains_key("sec-websocket-key") {
+                        websocket(req, log)
                     } else {
                         transfer(req, log).await
                     })
                 }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+/// A WebSocket transfer, served on the same port as the others.
+fn websocket(mut req: Request<Incoming>, log: Arc<AppLog>) -> Response<tonic::body::Body> {
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role};
+    let down: usize = req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("down="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let accept = derive_accept_key(header(req.headers(), "sec-websocket-key").as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(up) => {
+                let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(up),
+                    Role::Server,
+                    None,
+                )
+                .await;
+                super::ws::session(ws, down, log).await;
+            }
+            Err(e) => log.upload(Got::Error(format!("upgrade: {e}"))),
+        }
+    });
+    let mut rsp = Response::new(tonic::body::Body::empty());
+    *rsp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = rsp.headers_mut();
+    h.insert("connection", "upgrade".parse().unwrap());
+    h.insert("upgrade", "websocket".parse().unwrap());
+    h.insert("sec-websocket-accept", accept.parse().unwrap());
+    rsp
 }
 
 fn header<'a>(req: &'a http::HeaderMap, name: &str) -> &'a str {

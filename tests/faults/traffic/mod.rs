@@ -168,7 +168,8 @@ pub struct App {
 }
 
 impl App {
-    /// Starts an application of `kind` on `127.0.0.1:0`.
+    /// Starts an application of `kind` on `127.0.0.1:0`. The HTTP
+    /// application (any HTTP kind) serves every kind but opaque TCP.
     pub async fn start(kind: Kind) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -77,13 +77,22 @@ pub(super) async fn serve(listener: TcpListener, log: Arc<AppLog>) {
                     .unwrap_or(0);
                 Ok(rsp)
             };
-            let ws = match tokio_tungstenite::accept_hdr_async(stream, cb).await {
-                Ok(ws) => ws,
-                Err(e) => {
-                    log.upload(Got::Error(format!("handshake: {e}")));
-                    return;
-                }
-            };
+            match tokio_tungstenite::accept_hdr_async(stream, cb).await {
+                Ok(ws) => session(ws, down, log).await,
+                Err(e) => log.upload(Got::Error(format!("handshake: {e}"))),
+            }
+        });
+    }
+}
+
+/// The application's side of a transfer on an open WebSocket.
+pub(super) async fn session<S>(
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    down: usize,
+    log: Arc<AppLog>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
             let (data, digest) = payload(down);
             let (mut sink, mut stream) = ws.split();
             let (sent, (got, _)) = tokio::join!(send(&mut sink, data, digest), receive(&mut stream, None));
@@ -99,8 +108,6 @@ pub(super) async fn serve(listener: TcpListener, log: Arc<AppLog>) {
                 }
             }
             let _ = sink.close().await;
-        });
-    }
 }
 
 pub(super) async fn run(addr: SocketAddr, t: Transfer) -> ClientEnd {
