@@ -460,3 +460,75 @@ async fn an_idle_http_connection_is_closed_gracefully_and_counted() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn http2_clients_are_told_the_stream_limit_and_held_to_it() {
+    // The application holds every request until told to answer.
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = {
+        let started = started.clone();
+        backend(move |mut s| {
+            let mut release = release_rx.clone();
+            let started = started.clone();
+            async move {
+                read_head(&mut s).await;
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = release.wait_for(|r| *r).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let _ = read_to_end(&mut s).await;
+            }
+        })
+        .await
+    };
+    let proxy = Proxy::start(
+        OrigDst::Fixed(app),
+        &[("LINNET_HTTP2_MAX_CONCURRENT_STREAMS", "2")],
+    )
+    .await;
+    let tcp = TcpStream::connect(proxy.outbound).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let request = || {
+        http::Request::builder()
+            .uri("http://app/")
+            .body(())
+            .unwrap()
+    };
+    // The first stream carries the server's settings back.
+    let (first, _) = client.send_request(request(), true).unwrap();
+    eventually("the proxy's settings arrive", WAIT, || async {
+        (client.current_max_send_streams() == 2).then_some(())
+    })
+    .await;
+    // A client that ignores the limit: a third stream at once is refused
+    // by the proxy, and only two reach the application.
+    let mut client = client.ready().await.unwrap();
+    let (second, _) = client.send_request(request(), true).unwrap();
+    eventually("two requests reach the application", WAIT, || async {
+        (started.load(std::sync::atomic::Ordering::SeqCst) == 2).then_some(())
+    })
+    .await;
+    // A third waits for a free stream: it never reaches the application
+    // while two are open...
+    let third = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let mut c = client.ready().await.unwrap();
+            let (rsp, _) = c.send_request(request(), true).unwrap();
+            rsp.await.unwrap().status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // ...and goes once they end.
+    release_tx.send(true).unwrap();
+    for rsp in [first, second] {
+        assert_eq!(rsp.await.unwrap().status(), 200);
+    }
+    assert_eq!(third.await.unwrap(), 200);
+    assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
