@@ -79,7 +79,11 @@ async fn control_plane_fails(stand: Stand) {
     let contacts = Arc::new(AtomicUsize::new(0));
     let stand_in = match stand {
         Stand::Nothing => None,
-        _ => Some(tokio::spawn(serve(bind(plane.addr).await, stand, contacts.clone()))),
+        _ => Some(tokio::spawn(serve(
+            bind(plane.addr).await,
+            stand,
+            contacts.clone(),
+        ))),
     };
     // Traffic flows while the proxy tries the control plane again and
     // again (its backoff starts at 100ms).
@@ -87,13 +91,22 @@ async fn control_plane_fails(stand: Stand) {
     while rounds < 5 || (stand_in.is_some() && contacts.load(Ordering::SeqCst) < 3) {
         round(&proxy).await;
         rounds += 1;
-        assert!(rounds < 1000, "the proxy never came back to the control plane");
+        assert!(
+            rounds < 1000,
+            "the proxy never came back to the control plane"
+        );
         // Pacing, not a wait: the rounds spread over the proxy's retries.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(second.uploads().is_empty(), "traffic moved without the control plane");
+    assert!(
+        second.uploads().is_empty(),
+        "traffic moved without the control plane"
+    );
     let served = first.uploads().len();
-    assert!(served >= 1 + 3 * (rounds + 1), "{served} transfers at the endpoint");
+    assert!(
+        served > 3 * (rounds + 1),
+        "{served} transfers at the endpoint"
+    );
     if let Some(s) = stand_in {
         s.abort();
         let _ = s.await;
@@ -113,7 +126,11 @@ async fn control_plane_fails(stand: Stand) {
     .await;
     let before = first.uploads().len();
     round(&proxy).await;
-    assert_eq!(first.uploads().len(), before, "traffic still went to the old endpoint");
+    assert_eq!(
+        first.uploads().len(),
+        before,
+        "traffic still went to the old endpoint"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,9 +160,11 @@ async fn answering_undecodable_messages() {
 
 /// Binds `addr` once the killed control plane has let it go.
 async fn bind(addr: SocketAddr) -> TcpListener {
-    eventually("the control plane's port", Duration::from_secs(5), || async {
-        TcpListener::bind(addr).await.ok()
-    })
+    eventually(
+        "the control plane's port",
+        Duration::from_secs(5),
+        || async { TcpListener::bind(addr).await.ok() },
+    )
     .await
 }
 

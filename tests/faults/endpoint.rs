@@ -72,7 +72,11 @@ async fn endpoint_killed_and_restarted(kind: Kind) {
     .await;
     for i in 0..5 {
         let end = traffic::run(kind, entry, t).await;
-        assert_eq!(end.got, Got::Complete, "{kind:?}: transfer {i} after the restart");
+        assert_eq!(
+            end.got,
+            Got::Complete,
+            "{kind:?}: transfer {i} after the restart"
+        );
     }
 }
 per_kind!(endpoint_killed_and_restarted);

@@ -1,14 +1,17 @@
 //! File-descriptor exhaustion: `linnet proxy` runs with a low
 //! `RLIMIT_NOFILE` (set with `prlimit`), and a flood of connections that
-//! send nothing holds the inbound listener until the proxy has no
-//! descriptor left. Meanwhile:
+//! send nothing (each holds what the proxy gives it while it waits to
+//! detect the protocol) hits the inbound listener. Meanwhile:
 //! - a new inbound connection fails at once (refused or reset), rather
 //!   than waiting in the accept queue for a descriptor;
-//! - the failure is counted (`tcp_accept_errors_total`, or the refusal
-//!   metric of an inbound connection limit);
+//! - the failure is counted: `tcp_accept_errors_total` when the proxy ran
+//!   out of descriptors, or `tcp_connection_limit_total` when the
+//!   listener's connection limit (fitted to the open-file limit) refused
+//!   it first;
 //! - the admin server (`/ready`, `/metrics`) and the outbound listener
-//!   keep working;
-//! and once the flood ends, the inbound listener serves again.
+//!   keep working.
+//!
+//! Once the flood ends, the inbound listener serves again.
 //!
 //! Every check runs, and the test fails listing those that did not hold.
 
@@ -21,7 +24,7 @@ use tokio::{
 };
 
 /// The proxy's `RLIMIT_NOFILE`.
-const NOFILE: u64 = 128;
+const NOFILE: u64 = 256;
 /// Connections in the flood: more than the proxy can hold.
 const FLOOD: usize = 2 * NOFILE as usize;
 /// How long a check may take before it counts as hanging.
@@ -51,10 +54,11 @@ async fn refused(addr: SocketAddr) -> Result<(), String> {
     match tokio::time::timeout(HANG, attempt).await {
         Err(_) => Err(format!("neither refused nor reset within {HANG:?}")),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(e)) if matches!(
-            e.kind(),
-            io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
-        ) =>
+        Ok(Ok(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+            ) =>
         {
             Ok(())
         }
@@ -76,7 +80,10 @@ async fn descriptors_exhausted_by_an_inbound_flood() {
         Some(NOFILE),
     )
     .await;
-    assert_eq!(traffic::run(Kind::Http1, proxy.inbound, T).await.got, Got::Complete);
+    assert_eq!(
+        traffic::run(Kind::Http1, proxy.inbound, T).await.got,
+        Got::Complete
+    );
     let counted_before = refusals(&proxy).await;
 
     // The flood: connections that send nothing, so that each holds a
@@ -88,10 +95,22 @@ async fn descriptors_exhausted_by_an_inbound_flood() {
             _ => break,
         }
     }
-    eventually("the proxy out of descriptors", Duration::from_secs(10), || async {
-        (proxy.fds() as u64 >= NOFILE - 2).then_some(())
+    // The flood has reached the proxy: out of descriptors, or refused by
+    // its connection limit.
+    let admin = proxy.admin;
+    eventually("the flood refused", Duration::from_secs(10), || async {
+        if proxy.fds() as u64 >= NOFILE - 2 {
+            return Some(());
+        }
+        let (_, body) = try_http(admin, "GET", "/metrics", "").await.ok()?;
+        (refused_in(&linnet_test_support::metrics::Scrape(body)) > counted_before).then_some(())
     })
     .await;
+    println!(
+        "a flood of {} connections: the proxy holds {} descriptors of {NOFILE}",
+        flood.len(),
+        proxy.fds()
+    );
 
     let mut failed = Vec::new();
     if let Err(e) = refused(proxy.inbound).await {
@@ -109,7 +128,9 @@ async fn descriptors_exhausted_by_an_inbound_flood() {
     }
     match tokio::time::timeout(HANG, refusals(&proxy)).await {
         Ok(n) if n > counted_before => {}
-        other => failed.push(format!("refusals counted: {other:?} (before {counted_before})")),
+        other => failed.push(format!(
+            "refusals counted: {other:?} (before {counted_before})"
+        )),
     }
 
     drop(flood);
@@ -124,6 +145,10 @@ async fn descriptors_exhausted_by_an_inbound_flood() {
 
 /// Inbound connections the proxy counted as refused or failed to accept.
 async fn refusals(proxy: &Sidecar) -> f64 {
-    let m = proxy.metrics().await;
-    m.sum("tcp_accept_errors_total", &[("direction", "inbound")])
+    refused_in(&proxy.metrics().await)
+}
+
+fn refused_in(m: &linnet_test_support::metrics::Scrape) -> f64 {
+    let inbound = [("direction", "inbound")];
+    m.sum("tcp_accept_errors_total", &inbound) + m.sum("tcp_connection_limit_total", &inbound)
 }

@@ -28,7 +28,11 @@ async fn recovers(path: &Path, kind: Kind) {
 fn client_saw_an_error(kind: Kind, end: &traffic::ClientEnd) {
     assert!(end.got.is_error(), "{kind:?}: the client saw {:?}", end.got);
     if kind.is_tunnel() {
-        assert!(end.reset, "{kind:?}: the client saw {:?}, not a reset", end.got);
+        assert!(
+            end.reset,
+            "{kind:?}: the client saw {:?}, not a reset",
+            end.got
+        );
     }
 }
 

@@ -149,7 +149,12 @@ async fn certificates_and_issuer_rotate_under_load() {
         tcp_server.inbound.port(),
     ));
     let http_client = plane
-        .meshed_proxy(CLIENT, "c", OrigDst::Fixed(HTTP_VIP.parse().unwrap()), &fast)
+        .meshed_proxy(
+            CLIENT,
+            "c",
+            OrigDst::Fixed(HTTP_VIP.parse().unwrap()),
+            &fast,
+        )
         .await;
     let tcp_client = plane
         .meshed_proxy(CLIENT, "c", OrigDst::Fixed(TCP_VIP.parse().unwrap()), &fast)
@@ -169,10 +174,14 @@ async fn certificates_and_issuer_rotate_under_load() {
         eventually(
             &format!("{kind:?} across the mesh"),
             Duration::from_secs(10),
-            || async { (traffic::run(kind, entry(kind), small).await.got == Got::Complete).then_some(()) },
+            || async {
+                (traffic::run(kind, entry(kind), small).await.got == Got::Complete).then_some(())
+            },
         )
         .await;
     }
+
+    let warm_up = [http_app.uploads().len(), tcp_app.uploads().len()];
 
     // Long-lived transfers, held mid-upload for the whole rotation.
     let mut holds = Vec::new();
@@ -199,7 +208,10 @@ async fn certificates_and_issuer_rotate_under_load() {
             while !stop.load(Ordering::SeqCst) {
                 let end = traffic::run(kind, to, small).await;
                 if end.got != Got::Complete {
-                    failures.lock().unwrap().push(format!("{kind:?}: {:?}", end.got));
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{kind:?}: {:?}", end.got));
                 }
                 done += 1;
             }
@@ -210,9 +222,11 @@ async fn certificates_and_issuer_rotate_under_load() {
 
     // Leaves rotate under the first issuer.
     for p in proxies {
-        eventually("three certificates each", Duration::from_secs(20), || async {
-            (certified(p).await >= 3.0).then_some(())
-        })
+        eventually(
+            "three certificates each",
+            Duration::from_secs(20),
+            || async { (certified(p).await >= 3.0).then_some(()) },
+        )
         .await;
     }
     assert_eq!(chain_of(http_server.inbound, &root.pem).await[1], first.der);
@@ -253,7 +267,18 @@ async fn certificates_and_issuer_rotate_under_load() {
         hold.unstall(Dir::Up);
     }
     for (kind, t) in long {
-        assert_eq!(t.await.unwrap().got, Got::Complete, "{kind:?}: a long-lived transfer");
+        assert_eq!(
+            t.await.unwrap().got,
+            Got::Complete,
+            "{kind:?}: a long-lived transfer"
+        );
     }
-    let _ = (&http_app, &tcp_app);
+    // And the applications saw every upload since the warm-up whole.
+    for (app, skip) in [&http_app, &tcp_app].into_iter().zip(warm_up) {
+        let uploads = app.uploads();
+        assert!(
+            uploads[skip..].iter().all(|u| *u == Got::Complete),
+            "{uploads:?}"
+        );
+    }
 }

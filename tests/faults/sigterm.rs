@@ -68,13 +68,23 @@ async fn sigterm_drains_then_resets() {
     let mut remaining = Vec::new();
     for kind in Kind::ALL {
         let (_, _, from_client) = &sides[side(kind)];
-        finishing.push((kind, tokio::spawn(traffic::run(kind, from_client.0.addr, t))));
-        remaining.push((kind, tokio::spawn(traffic::run(kind, from_client.1.addr, t))));
+        finishing.push((
+            kind,
+            tokio::spawn(traffic::run(kind, from_client.0.addr, t)),
+        ));
+        remaining.push((
+            kind,
+            tokio::spawn(traffic::run(kind, from_client.1.addr, t)),
+        ));
     }
     // Every request reached its application (4 HTTP kinds twice, TCP twice).
     apps[0].wait_uploads(8).await;
     apps[1].wait_uploads(2).await;
-    assert!(apps.iter().flat_map(|a| a.uploads()).all(|u| u == Got::Complete));
+    assert!(
+        apps.iter()
+            .flat_map(|a| a.uploads())
+            .all(|u| u == Got::Complete)
+    );
 
     for (proxy, _, _) in &sides {
         proxy.sigterm();
@@ -87,12 +97,16 @@ async fn sigterm_drains_then_resets() {
         })
         .await;
         for listener in [proxy.outbound, proxy.inbound] {
-            eventually("new connections refused", Duration::from_secs(5), || async {
-                match tokio::net::TcpStream::connect(listener).await {
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
-                    _ => None,
-                }
-            })
+            eventually(
+                "new connections refused",
+                Duration::from_secs(5),
+                || async {
+                    match tokio::net::TcpStream::connect(listener).await {
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+                        _ => None,
+                    }
+                },
+            )
             .await;
         }
     }
@@ -102,7 +116,11 @@ async fn sigterm_drains_then_resets() {
         to_app.0.unstall(Dir::Down);
     }
     for (kind, t) in finishing {
-        assert_eq!(t.await.unwrap().got, Got::Complete, "{kind:?} let go after SIGTERM");
+        assert_eq!(
+            t.await.unwrap().got,
+            Got::Complete,
+            "{kind:?} let go after SIGTERM"
+        );
     }
 
     // The inbound group is still held when the grace period ends.
@@ -110,7 +128,10 @@ async fn sigterm_drains_then_resets() {
     for (kind, t) in remaining {
         let end = t.await.unwrap();
         if !end.got.is_error() || (kind.is_tunnel() && !end.reset) {
-            failed.push(format!("{kind:?}: the client saw {:?} (reset: {})", end.got, end.reset));
+            failed.push(format!(
+                "{kind:?}: the client saw {:?} (reset: {})",
+                end.got, end.reset
+            ));
         }
     }
     // Opaque TCP: how the proxy ended the client's connection and its
@@ -118,13 +139,17 @@ async fn sigterm_drains_then_resets() {
     let (_, to_app, from_client) = &sides[side(Kind::Tcp)];
     for e in from_client.1.ended() {
         if e.target != Some(End::Reset) {
-            failed.push(format!("opaque TCP: the client's connection ended with {e:?}"));
+            failed.push(format!(
+                "opaque TCP: the client's connection ended with {e:?}"
+            ));
         }
     }
     // (It passed on the client's FIN after the complete upload first.)
     for e in to_app.1.ended() {
         if !e.client_reset {
-            failed.push(format!("opaque TCP: the connection to the application ended with {e:?}"));
+            failed.push(format!(
+                "opaque TCP: the connection to the application ended with {e:?}"
+            ));
         }
     }
     for (proxy, _, _) in &mut sides {

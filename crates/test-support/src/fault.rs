@@ -364,6 +364,8 @@ fn listen(addr: SocketAddr, buffer: Option<u32>) -> TcpListener {
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
+            // Out of descriptors, say: try again in a moment.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         shared.accepted.fetch_add(1, Ordering::SeqCst);
@@ -558,7 +560,9 @@ where
             Ok(s) => s.allowance(dir, sent),
             Err(_) => u64::MAX,
         };
-        let room = buf.len().min(usize::try_from(allowance).unwrap_or(usize::MAX));
+        let room = buf
+            .len()
+            .min(usize::try_from(allowance).unwrap_or(usize::MAX));
         let n = match r.read(&mut buf[..room]).await {
             Ok(0) => {
                 let at = tick();
@@ -569,7 +573,11 @@ where
             Err(e) => return Stop::ReadFailed(end_of(&e), tick()),
         };
         // A pause that came while reading holds what was read.
-        let max_write = settings.wait_for(|s| !s.paused(dir)).await.ok().and_then(|s| s.max_write);
+        let max_write = settings
+            .wait_for(|s| !s.paused(dir))
+            .await
+            .ok()
+            .and_then(|s| s.max_write);
         let (n, fault) = {
             let mut trigger = shared.trigger.lock().unwrap();
             match *trigger {

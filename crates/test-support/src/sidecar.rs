@@ -204,7 +204,11 @@ fn newest_source(root: &Path) -> Option<(PathBuf, SystemTime)> {
             }
         }
     }
-    fn consider(path: PathBuf, meta: &std::fs::Metadata, newest: &mut Option<(PathBuf, SystemTime)>) {
+    fn consider(
+        path: PathBuf,
+        meta: &std::fs::Metadata,
+        newest: &mut Option<(PathBuf, SystemTime)>,
+    ) {
         if let Ok(t) = meta.modified() {
             if newest.as_ref().is_none_or(|(_, n)| t > *n) {
                 *newest = Some((path, t));
@@ -253,4 +257,10 @@ pub fn raise_nofile(n: u64) -> bool {
         },
     )
     .is_ok()
+}
+
+/// This process's `RLIMIT_NOFILE`, soft and hard (`None`: unlimited).
+pub fn nofile() -> (Option<u64>, Option<u64>) {
+    let l = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    (l.current, l.maximum)
 }

@@ -48,7 +48,12 @@ impl StreamingService<Msg> for Transfers {
                         Ok(Some(m)) => d.update(&m),
                         Ok(None) => {
                             let n = d.len;
-                            break Got::check(n, hex(&d.finish()).as_bytes(), expected.as_bytes(), None);
+                            break Got::check(
+                                n,
+                                hex(&d.finish()).as_bytes(),
+                                expected.as_bytes(),
+                                None,
+                            );
                         }
                         Err(s) => break Got::Error(format!("{:?}: {}", s.code(), s.message())),
                     }
@@ -63,7 +68,9 @@ impl StreamingService<Msg> for Transfers {
             if complete {
                 Box::pin(Download::new(data.clone(), log.clone()).map(|b| Ok(b.to_vec())))
             } else {
-                Box::pin(stream::once(async { Err(Status::data_loss("the upload failed")) }))
+                Box::pin(stream::once(async {
+                    Err(Status::data_loss("the upload failed"))
+                }))
             }
         });
         Box::pin(async move {
@@ -143,7 +150,12 @@ pub(super) async fn run(addr: SocketAddr, t: Transfer) -> ClientEnd {
         }
     }
     let n = d.len;
-    match Got::check(n, hex(&d.finish()).as_bytes(), expected.as_bytes(), Some(t.down)) {
+    match Got::check(
+        n,
+        hex(&d.finish()).as_bytes(),
+        expected.as_bytes(),
+        Some(t.down),
+    ) {
         Got::Complete => ClientEnd::complete(),
         other => ClientEnd {
             got: other,
@@ -151,4 +163,3 @@ pub(super) async fn run(addr: SocketAddr, t: Transfer) -> ClientEnd {
         },
     }
 }
-

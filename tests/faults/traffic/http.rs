@@ -239,7 +239,12 @@ pub(super) async fn run(addr: SocketAddr, t: Transfer, h2: bool) -> ClientEnd {
         }
     }
     let n = d.len;
-    match Got::check(n, hex(&d.finish()).as_bytes(), expected.as_bytes(), Some(t.down)) {
+    match Got::check(
+        n,
+        hex(&d.finish()).as_bytes(),
+        expected.as_bytes(),
+        Some(t.down),
+    ) {
         Got::Complete => ClientEnd::complete(),
         other => ClientEnd {
             got: other,

@@ -106,7 +106,8 @@ impl Got {
 
 /// How a client saw a transfer end: its download, or the error that
 /// ended the whole transfer. `reset` says whether the error was a TCP
-/// reset of the client's connection (what a tunnel must see).
+/// reset of the client's connection (what a tunnel must see; see
+/// [`is_reset`]).
 #[derive(Clone, Debug)]
 pub struct ClientEnd {
     /// The download (or the error).
@@ -271,12 +272,17 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Whether an error, or any error in its chain, is `ECONNRESET`.
+/// Whether an error, or any error in its chain, says the connection was
+/// reset: `ECONNRESET`, or `EPIPE` (the kernel reports a reset once; a
+/// later write sees `EPIPE`).
 pub fn is_reset(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionReset {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) {
                 return true;
             }
         }

@@ -11,11 +11,16 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::{Error, Message};
 
+/// What went wrong, and whether it says the connection was reset (the
+/// kernel reports a reset once: a later write sees `EPIPE`).
 fn describe(e: &Error) -> (String, bool) {
     match e {
         Error::Io(io) => (
             format!("io {:?}: {io}", io.kind()),
-            io.kind() == std::io::ErrorKind::ConnectionReset,
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
         ),
         other => (other.to_string(), false),
     }
@@ -27,7 +32,8 @@ where
     S: futures_util::Sink<Message, Error = Error> + Unpin,
 {
     for chunk in data.chunks(CHUNK) {
-        sink.send(Message::binary(Bytes::copy_from_slice(chunk))).await?;
+        sink.send(Message::binary(Bytes::copy_from_slice(chunk)))
+            .await?;
     }
     sink.send(Message::text(format!("end {}", hex(&digest))))
         .await
@@ -41,7 +47,12 @@ where
     let mut d = Digesting::default();
     loop {
         match stream.next().await {
-            None => return (Got::Error("ended without a closing handshake".into()), false),
+            None => {
+                return (
+                    Got::Error("ended without a closing handshake".into()),
+                    false,
+                );
+            }
             Some(Err(e)) => {
                 let (what, reset) = describe(&e);
                 return (Got::Error(what), reset);
@@ -56,13 +67,18 @@ where
                 );
             }
             Some(Ok(Message::Close(c))) => {
-                return (Got::Corrupt(format!("closed early after {} bytes: {c:?}", d.len)), false);
+                return (
+                    Got::Corrupt(format!("closed early after {} bytes: {c:?}", d.len)),
+                    false,
+                );
             }
             Some(Ok(_)) => {}
         }
     }
 }
 
+// The handshake callback's error type is tungstenite's, and large.
+#[allow(clippy::result_large_err)]
 pub(super) async fn serve(listener: TcpListener, log: Arc<AppLog>) {
     while let Ok((stream, _)) = listener.accept().await {
         let log = log.clone();
@@ -93,21 +109,21 @@ pub(super) async fn session<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-            let (data, digest) = payload(down);
-            let (mut sink, mut stream) = ws.split();
-            let (sent, (got, _)) = tokio::join!(send(&mut sink, data, digest), receive(&mut stream, None));
-            log.upload(got);
-            log.download(match sent {
-                Ok(()) => Got::Complete,
-                Err(e) => Got::Error(describe(&e).0),
-            });
-            // The client closes; answer it.
-            while let Some(Ok(m)) = stream.next().await {
-                if m.is_close() {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
+    let (data, digest) = payload(down);
+    let (mut sink, mut stream) = ws.split();
+    let (sent, (got, _)) = tokio::join!(send(&mut sink, data, digest), receive(&mut stream, None));
+    log.upload(got);
+    log.download(match sent {
+        Ok(()) => Got::Complete,
+        Err(e) => Got::Error(describe(&e).0),
+    });
+    // The client closes; answer it.
+    while let Some(Ok(m)) = stream.next().await {
+        if m.is_close() {
+            break;
+        }
+    }
+    let _ = sink.close().await;
 }
 
 pub(super) async fn run(addr: SocketAddr, t: Transfer) -> ClientEnd {
@@ -125,7 +141,10 @@ pub(super) async fn run(addr: SocketAddr, t: Transfer) -> ClientEnd {
     };
     let (up, digest) = payload(t.up);
     let (mut sink, mut stream) = ws.split();
-    let (sent, (got, reset)) = tokio::join!(send(&mut sink, up, digest), receive(&mut stream, Some(t.down)));
+    let (sent, (got, reset)) = tokio::join!(
+        send(&mut sink, up, digest),
+        receive(&mut stream, Some(t.down))
+    );
     match (got, sent) {
         (Got::Complete, Ok(())) => {
             // Close politely; how that ends does not change the outcome.
