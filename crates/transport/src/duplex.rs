@@ -128,7 +128,11 @@ where
         moved: 0,
     });
     poll_fn(|cx| {
-        // Poll both directions every time, so neither starves the other.
+        // Poll both directions every time, so neither starves the other. A
+        // failure is taken note of before the other direction is polled:
+        // the kernel reports a reset once, to whichever call comes first,
+        // so after a write took it the other direction reads a plain end
+        // of stream from the same socket, which must not pass for a FIN.
         let up_result = up.poll(
             cx,
             &mut *src.io,
@@ -136,6 +140,7 @@ where
             &mut *dst.io,
             dst.write_bytes,
         );
+        note_failure(up_result, &mut failure, [&mut up, &mut down]);
         let down_result = down.poll(
             cx,
             &mut *dst.io,
@@ -143,16 +148,7 @@ where
             &mut *src.io,
             src.write_bytes,
         );
-        for result in [up_result, down_result] {
-            if let Poll::Ready(Err(e)) = result {
-                if failure.is_none() {
-                    // The other direction may still hold the peer's last
-                    // words (a server's error reply to an upload it
-                    // refused): let it finish, for a moment.
-                    failure = Some((e, Box::pin(tokio::time::sleep(LINGER_AFTER_ERROR))));
-                }
-            }
-        }
+        note_failure(down_result, &mut failure, [&mut up, &mut down]);
         if let (None, Some(check)) = (&failure, &mut idle) {
             if check.poll_idle(cx, up.bytes + down.bytes).is_ready() {
                 return Poll::Ready(Err(CopyError {
@@ -180,6 +176,25 @@ where
         }
     })
     .await
+}
+
+/// Keeps the first failure. The other direction may still hold the
+/// peer's last words (a server's error reply to an upload it refused): it
+/// may finish, for a moment, but its end is no longer passed on as a FIN,
+/// since the copy as a whole has failed and both sides will be reset.
+fn note_failure(
+    result: Poll<Result<(), CopyError>>,
+    failure: &mut Option<(CopyError, Pin<Box<tokio::time::Sleep>>)>,
+    halves: [&mut Half; 2],
+) {
+    if let Poll::Ready(Err(e)) = result {
+        if failure.is_none() {
+            *failure = Some((e, Box::pin(tokio::time::sleep(LINGER_AFTER_ERROR))));
+            for half in halves {
+                half.fin = false;
+            }
+        }
+    }
 }
 
 /// The idle timeout's state.
@@ -229,6 +244,9 @@ struct Half {
     /// Written since the last flush: a buffering writer (TLS) must be
     /// flushed before this direction waits for more input.
     need_flush: bool,
+    /// Whether the end of this direction's input is passed on as a FIN
+    /// (not once the other direction has failed).
+    fin: bool,
 }
 
 impl Half {
@@ -242,6 +260,7 @@ impl Half {
             state: State::Copying,
             bytes: 0,
             need_flush: false,
+            fin: true,
         }
     }
 
@@ -316,7 +335,12 @@ impl Half {
                         }
                         let n = rb.filled().len();
                         if n == 0 {
-                            self.state = State::ShuttingDown;
+                            if self.fin {
+                                self.state = State::ShuttingDown;
+                            } else {
+                                self.buf = None;
+                                self.state = State::Done;
+                            }
                             continue;
                         }
                         read_bytes.inc_by(n as u64);
@@ -413,6 +437,120 @@ mod tests {
             }
         );
         assert_eq!(counts, vec![300_000, 5, 5, 300_000]);
+    }
+
+    /// A peer that has reset the connection, as the kernel tells it: a
+    /// write fails with `ECONNRESET`, after which reads return what had
+    /// arrived before the reset, then a plain end of stream.
+    struct ResetPeer {
+        last_words: Vec<u8>,
+    }
+
+    impl AsyncRead for ResetPeer {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = self.last_words.len().min(buf.remaining());
+            buf.put_slice(&self.last_words[..n]);
+            self.last_words.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for ResetPeer {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A client with bytes to send that keeps its connection open; it
+    /// records what it receives and whether it was sent a FIN.
+    #[derive(Default)]
+    struct Client {
+        to_send: Vec<u8>,
+        received: Vec<u8>,
+        fin: bool,
+    }
+
+    impl AsyncRead for Client {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.to_send.is_empty() {
+                return Poll::Pending;
+            }
+            let n = self.to_send.len().min(buf.remaining());
+            buf.put_slice(&self.to_send[..n]);
+            self.to_send.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Client {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.received.extend_from_slice(b);
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.fin = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_taken_by_a_write_is_not_passed_on_as_a_fin() {
+        let mut client = Client {
+            to_send: b"upload".to_vec(),
+            ..Client::default()
+        };
+        let mut target = ResetPeer {
+            last_words: b"partial reply".to_vec(),
+        };
+        let c: Vec<Counter> = (0..4).map(|_| Counter::default()).collect();
+        let result = duplex(
+            Side {
+                io: &mut client,
+                read_bytes: &c[0],
+                write_bytes: &c[1],
+            },
+            Side {
+                io: &mut target,
+                read_bytes: &c[2],
+                write_bytes: &c[3],
+            },
+            None,
+        )
+        .await;
+        let e = result.expect_err("the copy failed");
+        assert_eq!((e.side, e.op), (Peer::Dst, Op::Write));
+        // The target's last words went through, but not as a complete
+        // stream: the caller resets the client next.
+        assert_eq!(client.received, b"partial reply");
+        assert!(
+            !client.fin,
+            "the failed target's end was passed on as a FIN"
+        );
     }
 
     #[tokio::test]
