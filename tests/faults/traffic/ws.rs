@@ -159,6 +159,11 @@ pub(super) async fn run(addr: SocketAddr, t: Transfer) -> ClientEnd {
             let (what, reset) = describe(&e);
             ClientEnd::error(format!("sending: {what}"), reset)
         }
-        (got, _) => ClientEnd { got, reset },
+        // The kernel reports a reset to one call: the sending half may have
+        // taken it, leaving the receiving half a plain end of stream.
+        (got, sent) => ClientEnd {
+            got,
+            reset: reset || sent.as_ref().err().is_some_and(|e| describe(e).1),
+        },
     }
 }
