@@ -7,7 +7,7 @@
 
 use crate::{
     Path, per_kind,
-    traffic::{self, Got, Kind, Transfer},
+    traffic::{self, ClientEnd, Got, Kind, Transfer},
 };
 use linnet_app::OrigDst;
 use linnet_test_support::{
@@ -77,23 +77,46 @@ async fn app_resets_mid_response(kind: Kind) {
 }
 per_kind!(app_resets_mid_response);
 
+/// Starts `t`, lets it get 128 KiB up through `tap` and reach the
+/// application, then resets it 16 KiB later: mid-request.
+async fn reset_mid_request(path: &Path, tap: &FaultProxy, kind: Kind, t: Transfer) -> ClientEnd {
+    tap.pause_after(Dir::Up, 128 * KIB as u64);
+    let transfer = tokio::spawn(traffic::run(kind, path.entry(), t));
+    path.app.wait_started(1).await;
+    linnet_test_support::eventually(
+        "128 KiB of the request through",
+        std::time::Duration::from_secs(10),
+        || async { tap.fired().then_some(()) },
+    )
+    .await;
+    tap.reset_after(Dir::Up, 16 * KIB as u64);
+    tap.resume(Dir::Up);
+    transfer.await.unwrap()
+}
+
 async fn app_resets_mid_request(kind: Kind) {
     let path = Path::start(kind).await;
-    path.app_tap.reset_after(Dir::Up, 128 * KIB as u64);
     let t = Transfer {
         up: 4 * MIB,
         down: 64 * KIB,
     };
-    let end = traffic::run(kind, path.entry(), t).await;
+    if kind.is_tunnel() {
+        // A tunnel carries both directions at once: the application's
+        // reply is held after its first KiB (past a WebSocket's
+        // handshake), so that the client is still reading when the reset
+        // comes, and has something left to fail.
+        path.app_tap.stall_after(Dir::Down, KIB as u64);
+    }
+    let end = reset_mid_request(&path, &path.app_tap, kind, t).await;
     assert!(path.app_tap.fired(), "the fault never fired");
     client_saw_an_error(kind, &end);
     let uploads = path.app.wait_uploads(1).await;
     assert!(uploads[0].is_error(), "the application saw {uploads:?}");
     if kind.is_tunnel() {
-        // The proxy reset the client's connection (after passing on the
-        // FIN of the application's complete reply, if it came first).
+        // The proxy reset the client's connection, with no FIN first.
         let ended = path.client_tap.wait_ended(1).await;
-        assert!(ended[0].target_reset, "{ended:?}");
+        assert_eq!(ended[0].target, Some(End::Reset), "{ended:?}");
+        path.app_tap.unstall(Dir::Down);
     }
     recovers(&path, kind).await;
 }
@@ -101,12 +124,13 @@ per_kind!(app_resets_mid_request);
 
 async fn client_resets_mid_request(kind: Kind) {
     let path = Path::start(kind).await;
-    path.client_tap.reset_after(Dir::Up, 128 * KIB as u64);
+    // A tunnel's download is still being written when the reset comes
+    // (see `app_resets_mid_response`).
     let t = Transfer {
         up: 4 * MIB,
-        down: 64 * KIB,
+        down: 4 * MIB,
     };
-    let end = traffic::run(kind, path.entry(), t).await;
+    let end = reset_mid_request(&path, &path.client_tap, kind, t).await;
     assert!(path.client_tap.fired(), "the fault never fired");
     assert!(end.got.is_error(), "the client saw {:?}", end.got);
     // The application saw its request fail, not end.
@@ -131,7 +155,13 @@ async fn client_resets_mid_response(kind: Kind) {
     let end = traffic::run(kind, path.entry(), t).await;
     assert!(path.client_tap.fired(), "the fault never fired");
     assert!(end.got.is_error(), "the client saw {:?}", end.got);
-    assert_eq!(path.app.wait_uploads(1).await, vec![Got::Complete]);
+    let uploads = path.app.wait_uploads(1).await;
+    if kind.is_tunnel() {
+        // Both directions run at once: the reset may cut the upload too.
+        assert!(!matches!(uploads[0], Got::Corrupt(_)), "{uploads:?}");
+    } else {
+        assert_eq!(uploads, vec![Got::Complete]);
+    }
     // The application's response was cut off, not taken whole.
     let downloads = path.app.wait_downloads(1).await;
     assert!(downloads[0].is_error(), "the application saw {downloads:?}");

@@ -24,6 +24,7 @@ impl StreamingService<Msg> for Transfers {
 
     fn call(&mut self, req: Request<Streaming<Msg>>) -> Self::Future {
         let log = self.0.clone();
+        log.started();
         let meta = |name: &str| {
             req.metadata()
                 .get(name)

@@ -85,6 +85,7 @@ fn header<'a>(req: &'a http::HeaderMap, name: &str) -> &'a str {
 }
 
 async fn transfer(req: Request<Incoming>, log: Arc<AppLog>) -> Response<tonic::body::Body> {
+    log.started();
     let down: usize = req
         .uri()
         .query()

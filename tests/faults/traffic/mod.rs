@@ -142,6 +142,9 @@ impl ClientEnd {
 /// What an application saw of its transfers.
 #[derive(Debug, Default)]
 pub struct AppLog {
+    /// Transfers that reached it (a connection, a request, a call, a
+    /// WebSocket handshake).
+    started: std::sync::atomic::AtomicUsize,
     /// How each upload ended.
     uploads: Mutex<Vec<Got>>,
     /// How each download ended at the application's end: `Complete`
@@ -150,6 +153,11 @@ pub struct AppLog {
 }
 
 impl AppLog {
+    fn started(&self) {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn upload(&self, g: Got) {
         self.uploads.lock().unwrap().push(g);
     }
@@ -183,6 +191,18 @@ impl App {
             Kind::WebSocket => tokio::spawn(ws::serve(listener, log.clone())),
         };
         Self { addr, log, task }
+    }
+
+    /// Waits until `n` transfers have reached it.
+    pub async fn wait_started(&self, n: usize) {
+        linnet_test_support::eventually(
+            &format!("{n} transfers reached the application"),
+            std::time::Duration::from_secs(10),
+            || async {
+                (self.log.started.load(std::sync::atomic::Ordering::SeqCst) >= n).then_some(())
+            },
+        )
+        .await
     }
 
     /// How its uploads ended so far.

@@ -37,6 +37,7 @@ fn classify(received: &io::Result<Vec<u8>>, sent: &io::Result<()>) -> Got {
 pub(super) async fn serve(listener: TcpListener, log: Arc<AppLog>) {
     while let Ok((stream, _)) = listener.accept().await {
         let log = log.clone();
+        log.started();
         tokio::spawn(async move {
             let (mut r, mut w) = stream.into_split();
             let mut want = [0u8; 8];

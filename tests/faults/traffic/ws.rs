@@ -109,6 +109,7 @@ pub(super) async fn session<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    log.started();
     let (data, digest) = payload(down);
     let (mut sink, mut stream) = ws.split();
     let (sent, (got, _)) = tokio::join!(send(&mut sink, data, digest), receive(&mut stream, None));
