@@ -59,6 +59,8 @@ pub(crate) struct Forward {
     pub(crate) orig_dst: OrigDst,
     pub(crate) metrics: TcpMetrics,
     pub(crate) http_metrics: HttpMetrics,
+    /// Names resolved in explicit proxy mode.
+    pub(crate) resolve_metrics: linnet_metrics::resolve::ResolveMetrics,
     /// Refusals of meshed targets that mTLS could not prove.
     pub(crate) mesh_metrics: MeshMetrics,
     /// Where meshed workloads may be (`DESTINATION_PROFILE_NETWORKS`):

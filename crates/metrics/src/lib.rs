@@ -13,6 +13,7 @@ pub mod bounded;
 pub mod http;
 pub mod mesh;
 pub mod process;
+pub mod resolve;
 pub mod route;
 pub mod tcp;
 
