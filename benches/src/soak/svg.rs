@@ -1,5 +1,6 @@
 //! `soak.svg`: three panels over the soak's time, one above the other:
-//! each proxy's RSS, each proxy's CPU share, and the load's p99 (samples
+//! each proxy's RSS (its axis starting near the lowest value, so that
+//! growth shows), each proxy's CPU share, and the load's p99 (samples
 //! with errors marked in red). Endpoint changes are grey dashed lines and
 //! certificate renewals green dotted ones, across all three panels.
 //! Written by hand: a few lines and polylines need no plotting library.
@@ -84,17 +85,26 @@ pub(crate) fn chart(r: &SoakReport) -> String {
         name: "p99".into(),
         points: r.samples.iter().map(|x| (x.t_s, x.p99_ms)).collect(),
     }];
-    panel(&mut s, r, 0, "RSS (MiB)", &rss, tmax);
-    panel(&mut s, r, 1, "CPU (% of a core, per sample)", &cpu, tmax);
-    let y0 = panel(&mut s, r, 2, "p99 latency (ms)", &p99, tmax);
+    panel(&mut s, r, 0, "RSS (MiB)", &rss, Axis::of(&rss, false), tmax);
+    let cpu_axis = Axis::of(&cpu, true);
+    panel(
+        &mut s,
+        r,
+        1,
+        "CPU (% of a core, per sample)",
+        &cpu,
+        cpu_axis,
+        tmax,
+    );
+    let p99_axis = Axis::of(&p99, true);
+    let y0 = panel(&mut s, r, 2, "p99 latency (ms)", &p99, p99_axis, tmax);
     // Samples with errors, on the p99 line.
-    let ymax = axis_max(&p99);
     for x in r.samples.iter().filter(|x| x.error_count() > 0) {
         let _ = writeln!(
             s,
             r##"<circle cx="{:.1}" cy="{:.1}" r="4" fill="#d62728"><title>{:.0} s: {} errors</title></circle>"##,
             xpos(x.t_s, tmax),
-            ypos(x.p99_ms, ymax, y0),
+            p99_axis.ypos(x.p99_ms, y0),
             x.t_s,
             x.error_count()
         );
@@ -121,17 +131,35 @@ fn xpos(t: f64, tmax: f64) -> f64 {
     LEFT + t / tmax * (RIGHT - LEFT)
 }
 
-fn ypos(v: f64, ymax: f64, y0: f64) -> f64 {
-    y0 + PLOT_H - v / ymax * PLOT_H
+/// A value axis: from `lo` to `hi` in steps of `step`.
+#[derive(Clone, Copy, Debug)]
+struct Axis {
+    lo: f64,
+    hi: f64,
+    step: f64,
 }
 
-fn axis_max(lines: &[Line]) -> f64 {
-    let max = lines
-        .iter()
-        .flat_map(|l| l.points.iter().map(|p| p.1))
-        .fold(0.0_f64, f64::max);
-    let step = nice_step(max / 4.0);
-    (max / step).ceil().max(1.0) * step
+impl Axis {
+    /// Round figures around `lines`' values, from zero when `from_zero`,
+    /// else from a little below the lowest.
+    fn of(lines: &[Line], from_zero: bool) -> Self {
+        let values = || lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
+        let max = values().fold(0.0_f64, f64::max);
+        let min = if from_zero {
+            0.0
+        } else {
+            values().fold(f64::MAX, f64::min).min(max)
+        };
+        let step = nice_step(((max - min) / 4.0).max(max * 0.01));
+        let lo = ((min / step).floor() - 1.0).max(0.0) * step;
+        let hi = ((max / step).ceil() * step).max(lo + step);
+        Self { lo, hi, step }
+    }
+
+    /// Where `v` is drawn, in a plot area whose top is `y0`.
+    fn ypos(&self, v: f64, y0: f64) -> f64 {
+        y0 + PLOT_H - (v - self.lo) / (self.hi - self.lo) * PLOT_H
+    }
 }
 
 /// Draws panel `index`: title, grid, time axis, the soak's events and
@@ -142,6 +170,7 @@ fn panel(
     index: usize,
     title: &str,
     lines: &[Line],
+    axis: Axis,
     tmax: f64,
 ) -> f64 {
     let y0 = plot_top(index);
@@ -162,11 +191,9 @@ fn panel(
             l.name
         );
     }
-    let ymax = axis_max(lines);
-    let step = nice_step(ymax / 4.0);
-    let mut v = 0.0;
-    while v <= ymax + step / 2.0 {
-        let y = ypos(v, ymax, y0);
+    let mut v = axis.lo;
+    while v <= axis.hi + axis.step / 2.0 {
+        let y = axis.ypos(v, y0);
         let _ = writeln!(
             s,
             r##"<line x1="{LEFT}" x2="{RIGHT}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
@@ -174,7 +201,7 @@ fn panel(
             y + 4.0,
             trim(v)
         );
-        v += step;
+        v += axis.step;
     }
     let tstep = nice_step(tmax / 8.0);
     let mut t = 0.0;
@@ -208,7 +235,7 @@ fn panel(
         let points: Vec<String> = l
             .points
             .iter()
-            .map(|(t, v)| format!("{:.1},{:.1}", xpos(*t, tmax), ypos(*v, ymax, y0)))
+            .map(|(t, v)| format!("{:.1},{:.1}", xpos(*t, tmax), axis.ypos(*v, y0)))
             .collect();
         let _ = writeln!(
             s,
@@ -226,4 +253,43 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(values: &[f64]) -> Vec<Line> {
+        vec![Line {
+            name: "x".into(),
+            points: values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i as f64, *v))
+                .collect(),
+        }]
+    }
+
+    #[test]
+    fn the_rss_axis_starts_near_the_lowest_value_so_that_growth_shows() {
+        let rss = line(&[16.86, 17.1, 17.45]);
+        let a = Axis::of(&rss, false);
+        assert!(a.lo > 10.0 && a.lo <= 16.86, "{a:?}");
+        assert!(a.hi >= 17.45 && a.hi < 20.0, "{a:?}");
+        // The growth spans a good part of the plot's height.
+        let (y0, top) = (0.0, 100.0);
+        assert!(
+            a.ypos(16.86, y0) - a.ypos(17.45, y0) > PLOT_H / 10.0,
+            "{a:?}"
+        );
+        let from_zero = Axis::of(&line(&[0.7, 1.35]), true);
+        assert_eq!(from_zero.lo, 0.0);
+        assert!(from_zero.hi >= 1.35, "{from_zero:?}");
+        assert!(a.ypos(a.hi, top) <= a.ypos(a.lo, top));
+        // Flat or empty series still make an axis.
+        let flat = Axis::of(&line(&[5.0, 5.0]), false);
+        assert!(flat.hi > flat.lo && flat.step > 0.0, "{flat:?}");
+        let empty = Axis::of(&[], true);
+        assert!(empty.hi > empty.lo, "{empty:?}");
+    }
 }
