@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use linkerd2_proxy_api::{destination as dst, inbound, outbound};
+use linkerd2_proxy_api::{destination as dst, identity, inbound, outbound};
 use linnet_fuzz::{Head, frame};
 use linnet_tls::rustls;
 use prost::Message;
@@ -40,6 +40,7 @@ fn main() {
     identity_der(&mut w);
     rt.block_on(http_proxy(&mut w));
     rt.block_on(control_plane(&mut w, &root.join("../examples/mesh.yaml")));
+    control_api(&mut w);
     mesh_file(&mut w, &root.join("../examples/mesh.yaml"));
     println!("wrote {} seeds under {}", w.count, seeds.display());
 }
@@ -596,6 +597,98 @@ async fn control_plane(w: &mut Writer, mesh: &Path) {
                 &[&[SERVER][..], &frame(&steps)].concat(),
             );
         }
+    }
+}
+
+// === control_api ===
+
+/// What proxies ask `linnet control` about `examples/mesh.yaml`.
+fn control_api(w: &mut Writer) {
+    use rcgen::{CertificateParams, KeyPair};
+    const T: &str = "control_api";
+    w.target(T);
+    let mesh =
+        linnet_control::Mesh::parse(linnet_fuzz::EXAMPLE_MESH, linnet_fuzz::mesh_dir()).unwrap();
+    let put = |w: &mut Writer, name: &str, rpc: u8, msg: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = vec![rpc];
+        msg(&mut v);
+        w.put(T, name, &v);
+    };
+    for authority in mesh.services.keys() {
+        let name = authority.replace([':', '.'], "-");
+        let get = dst::GetDestination {
+            scheme: "k8s".into(),
+            path: authority.clone(),
+            context_token: String::new(),
+        };
+        put(w, &format!("get-{name}"), 0, &|v| get.encode(v).unwrap());
+        put(w, &format!("profile-{name}"), 1, &|v| {
+            get.encode(v).unwrap()
+        });
+        let spec = outbound::TrafficSpec {
+            source_workload: "web-1".into(),
+            target: Some(outbound::traffic_spec::Target::Authority(authority.clone())),
+        };
+        put(w, &format!("policy-{name}"), 3, &|v| {
+            spec.encode(v).unwrap()
+        });
+    }
+    let by_addr = dst::GetDestination {
+        scheme: "k8s".into(),
+        path: "10.0.0.1:8080".into(),
+        context_token: String::new(),
+    };
+    put(w, "get-endpoint-address", 0, &|v| {
+        by_addr.encode(v).unwrap()
+    });
+    for (workload, wl) in &mesh.workloads {
+        for port in wl.ports.keys() {
+            let spec = inbound::PortSpec {
+                workload: workload.clone(),
+                port: u32::from(*port),
+            };
+            put(w, &format!("port-{workload}-{port}"), 2, &|v| {
+                spec.encode(v).unwrap()
+            });
+        }
+    }
+    // Certify: DER and PEM signing requests, the right token and not.
+    let id = "web.default.serviceaccount.identity.linkerd.cluster.local";
+    let key = KeyPair::generate().unwrap();
+    let csr = CertificateParams::new(vec![id.to_string(), "extra.example.com".to_string()])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let client = "client.default.serviceaccount.identity.linkerd.cluster.local";
+    let client_csr = CertificateParams::new(vec![client.to_string()])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let certify = |csr: Vec<u8>, identity: &str, token: &[u8]| identity::CertifyRequest {
+        identity: identity.into(),
+        token: token.to_vec(),
+        certificate_signing_request: csr,
+    };
+    let reqs = [
+        (
+            "certify-der",
+            certify(csr.der().to_vec(), id, b"web-secret-token"),
+        ),
+        (
+            "certify-pem",
+            certify(csr.pem().unwrap().into_bytes(), id, b"web-secret-token\n"),
+        ),
+        (
+            "certify-wrong-token",
+            certify(csr.der().to_vec(), id, b"guess"),
+        ),
+        (
+            "certify-file-token",
+            certify(client_csr.der().to_vec(), client, b"client-token"),
+        ),
+    ];
+    for (name, req) in reqs {
+        put(w, name, 4, &|v| req.encode(v).unwrap());
     }
 }
 

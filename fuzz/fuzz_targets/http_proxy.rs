@@ -35,7 +35,7 @@ use http::{
 use http_body_util::{BodyExt, Full, StreamBody};
 use libfuzzer_sys::fuzz_target;
 use linnet_config::HttpConfig;
-use linnet_fuzz::{Head, runtime};
+use linnet_fuzz::{Head, debug, runtime};
 use linnet_http::{
     BoxBody, BoxFuture, Explicit, HttpStack, InFlight, Proxy, Resolved, Route, Upstream, Version,
     client::ConnectConfig,
@@ -105,6 +105,12 @@ fuzz_target!(|input: &[u8]| {
     // Dropping the runtime drops what the connection left behind.
     drop(rt);
     let seen = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
+    if debug() {
+        eprintln!(
+            "{opts:?}\nupstream saw: {seen:#?}\nclient got: {:?}",
+            String::from_utf8_lossy(&to_client)
+        );
+    }
     for s in &seen {
         check_upstream(opts, s);
     }

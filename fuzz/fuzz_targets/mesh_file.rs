@@ -7,10 +7,6 @@
 
 use libfuzzer_sys::fuzz_target;
 use linnet_control::Mesh;
-use std::{
-    path::{Path, PathBuf},
-    sync::OnceLock,
-};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -24,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     }
-    let dir = dir();
+    let dir = linnet_fuzz::mesh_dir();
     if let Ok(mesh) = Mesh::parse(&text, dir) {
         // Every service is the one found by the authority it is listed
         // under, and by each of its addresses.
@@ -59,18 +55,4 @@ fn names_special_files(v: &yaml_serde::Value) -> bool {
         Value::Tagged(t) => names_special_files(&t.value),
         _ => false,
     }
-}
-
-/// The mesh file's directory: with the token file `examples/mesh.yaml`
-/// names, so that the example validates.
-fn dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join("linnet-fuzz-mesh");
-        let tokens = dir.join("tokens");
-        std::fs::create_dir_all(&tokens).unwrap_or_else(|e| panic!("{}: {e}", tokens.display()));
-        std::fs::write(tokens.join("client"), "client-token\n")
-            .unwrap_or_else(|e| panic!("{}: {e}", tokens.display()));
-        dir
-    })
 }

@@ -9,7 +9,9 @@
 use std::{
     collections::VecDeque,
     io,
+    path::{Path, PathBuf},
     pin::Pin,
+    sync::OnceLock,
     task::{Context, Poll},
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,6 +25,13 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .start_paused(true)
         .build()
         .unwrap_or_else(|e| panic!("cannot build a runtime: {e}"))
+}
+
+/// Whether `LINNET_FUZZ_DEBUG` is set: targets then print what they saw,
+/// to understand one input (`target <file>` runs just it).
+pub fn debug() -> bool {
+    static DEBUG: OnceLock<bool> = OnceLock::new();
+    *DEBUG.get_or_init(|| std::env::var_os("LINNET_FUZZ_DEBUG").is_some())
 }
 
 /// Runs `f` on this thread's runtime (paused time), kept from one input
@@ -187,4 +196,22 @@ pub fn frame(msgs: &[Vec<u8>]) -> Vec<u8> {
         out.extend_from_slice(&m[..usize::from(n)]);
     }
     out
+}
+
+/// `examples/mesh.yaml`, the mesh file the control-plane targets serve.
+pub const EXAMPLE_MESH: &str = include_str!("../../examples/mesh.yaml");
+
+/// A directory to read mesh files from, holding the token file
+/// `examples/mesh.yaml` names (`tokens/client`, whose token is
+/// `client-token`), so that the example validates.
+pub fn mesh_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join("linnet-fuzz-mesh");
+        let tokens = dir.join("tokens");
+        std::fs::create_dir_all(&tokens).unwrap_or_else(|e| panic!("{}: {e}", tokens.display()));
+        std::fs::write(tokens.join("client"), "client-token\n")
+            .unwrap_or_else(|e| panic!("{}: {e}", tokens.display()));
+        dir
+    })
 }
