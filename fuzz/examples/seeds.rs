@@ -398,8 +398,7 @@ async fn h2_client_bytes(reqs: Vec<Request<Bytes>>) -> Vec<u8> {
     drop(send);
     let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
     server.abort();
-    let bytes = written.lock().unwrap().clone();
-    bytes
+    written.lock().unwrap().clone()
 }
 
 /// An I/O that keeps a copy of what is written to it.

@@ -18,7 +18,7 @@
 use libfuzzer_sys::fuzz_target;
 use linkerd2_proxy_api::{destination, inbound, outbound};
 use linnet_discovery::{
-    Metrics, PolicyAnswer, Resolution,
+    BackendSpec, Endpoint, Metrics, PolicyAnswer, Resolution,
     fuzzing::{self, Step},
 };
 use prost::Message;
@@ -35,19 +35,19 @@ fuzz_target!(|input: &[u8]| {
             Resolution::Endpoints(set) => {
                 for (addr, e) in set.iter() {
                     assert_eq!(*addr, e.addr);
-                    assert!(e.addr.port() != 0 && !e.addr.ip().is_unspecified());
-                    assert!(e.weight > 0);
-                    assert_ne!(e.identity.as_deref(), Some(""));
+                    check_endpoint(e);
                 }
             }
             Resolution::Pending | Resolution::NotFound => {}
         },
         1 => {
-            if let Some(p) =
-                fuzzing::profile(metrics, steps::<destination::DestinationProfile>(&raw))
-            {
+            let profile = fuzzing::profile(metrics, steps::<destination::DestinationProfile>(&raw));
+            if let Some(p) = profile {
                 if let Some(name) = &p.name {
                     assert!(!name.ends_with('.') && !name.bytes().any(|b| b.is_ascii_uppercase()));
+                }
+                if let Some(e) = &p.endpoint {
+                    check_endpoint(e);
                 }
             }
         }
@@ -55,7 +55,14 @@ fuzz_target!(|input: &[u8]| {
             let _ = fuzzing::inbound_server(metrics, steps::<inbound::Server>(&raw));
         }
         _ => match fuzzing::outbound_policy(metrics, steps::<outbound::OutboundPolicy>(&raw)) {
-            PolicyAnswer::Found(p) => assert!(p.backends.iter().all(|(_, w)| *w > 0)),
+            PolicyAnswer::Found(p) => {
+                for (backend, weight) in p.backends.iter() {
+                    assert!(*weight > 0);
+                    if let BackendSpec::Forward(e) = backend {
+                        check_endpoint(e);
+                    }
+                }
+            }
             PolicyAnswer::Pending | PolicyAnswer::NotFound => {}
         },
     }
@@ -85,6 +92,14 @@ fn steps<M: Message + Default>(raw: &[&[u8]]) -> Vec<Step<M>> {
         }
     }
     out
+}
+
+/// An endpoint the proxy may connect to: an address, a weight, and an
+/// identity that is a name when there is one.
+fn check_endpoint(e: &Endpoint) {
+    assert!(e.addr.port() != 0 && !e.addr.ip().is_unspecified(), "{e:?}");
+    assert!(e.weight > 0, "{e:?}");
+    assert_ne!(e.identity.as_deref(), Some(""), "{e:?}");
 }
 
 fn metrics() -> &'static Metrics {

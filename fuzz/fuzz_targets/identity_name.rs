@@ -69,10 +69,10 @@ fn check_certificate(sans: &[San]) {
                     return;
                 };
                 params.subject_alt_names.push(SanType::DnsName(ia5));
-                if !n.contains('*') {
-                    if let Ok(id @ Id::Dns(_)) = Id::parse(n) {
-                        dns.push(id);
-                    }
+                if !n.contains('*')
+                    && let Ok(id @ Id::Dns(_)) = Id::parse(n)
+                {
+                    dns.push(id);
                 }
             }
             San::Uri(u) => {
@@ -80,10 +80,10 @@ fn check_certificate(sans: &[San]) {
                     return;
                 };
                 params.subject_alt_names.push(SanType::URI(ia5));
-                if u.starts_with("spiffe://") {
-                    if let Ok(id) = Id::parse(u) {
-                        uris.push(id);
-                    }
+                if u.starts_with("spiffe://")
+                    && let Ok(id) = Id::parse(u)
+                {
+                    uris.push(id);
                 }
             }
         }
