@@ -15,6 +15,8 @@
 //! runtime, and maps failures to exit codes; the proxy itself is
 //! `linnet_app::run`.
 
+#[cfg(target_os = "linux")]
+mod alloc;
 mod control;
 mod demo;
 mod inject;
@@ -107,6 +109,8 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     for name in Config::unknown_variables(&ProcessEnv) {
         tracing::warn!(variable = %name, "ignoring unknown setting (misspelt?)");
     }
+    #[cfg(target_os = "linux")]
+    alloc::return_freed_memory();
     let runtime = if config.cores == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

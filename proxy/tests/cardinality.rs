@@ -18,9 +18,10 @@
 //! nothing behind. Growth without bound would keep about 30 MiB a round.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use linnet_test_support::{eventually, metrics::Scrape, process::free_port};
+use linnet_test_support::{eventually, metrics::Scrape, process::Sidecar};
 use std::{
     net::SocketAddr,
+    path::Path,
     time::{Duration, Instant},
 };
 use tokio::{
@@ -168,73 +169,6 @@ async fn round(proxy: &Sidecar, round: usize) -> (Duration, Scrape, Scrape) {
     (start.elapsed(), http, tls)
 }
 
-/// `linnet proxy` as its own process, on one core, forwarding every
-/// outbound connection to `backend`; killed on drop.
-struct Sidecar {
-    outbound: SocketAddr,
-    admin: SocketAddr,
-    child: std::process::Child,
-}
-
-impl Sidecar {
-    async fn start(backend: SocketAddr) -> Self {
-        let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (outbound, inbound, admin) = (addr(), addr(), addr());
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_linnet"))
-            .arg("proxy")
-            .env_clear()
-            .env("LINNET_OUTBOUND_LISTEN_ADDR", outbound.to_string())
-            .env("LINNET_INBOUND_LISTEN_ADDR", inbound.to_string())
-            .env("LINNET_ADMIN_LISTEN_ADDR", admin.to_string())
-            .env("LINNET_OUTBOUND_ORIG_DST_ADDR", backend.to_string())
-            .env("LINNET_CORES", "1")
-            .env("LINNET_METRICS_MAX_LABEL_VALUES", CAP.to_string())
-            .env(
-                "LINNET_METRICS_IDLE_TIMEOUT",
-                format!("{}s", IDLE.as_secs()),
-            )
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let s = Self {
-            outbound,
-            admin,
-            child,
-        };
-        eventually("the proxy is ready", Duration::from_secs(10), || async {
-            let (status, _) = linnet_test_support::metrics::try_http(admin, "GET", "/ready", "")
-                .await
-                .ok()?;
-            (status == 200).then_some(())
-        })
-        .await;
-        s
-    }
-
-    async fn metrics(&self) -> Scrape {
-        linnet_test_support::metrics::scrape(self.admin).await
-    }
-
-    /// The proxy process's resident memory.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap();
-        kib * 1024
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn overflows(m: &Scrape, family: &str, label: &str) -> f64 {
     m.sum(
         "metrics_label_overflow_total",
@@ -337,7 +271,17 @@ async fn evicted(proxy: &Sidecar) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_chosen_labels_stay_bounded() {
     let backend = backend().await;
-    let proxy = Sidecar::start(backend).await;
+    let cap = CAP.to_string();
+    let idle = format!("{}s", IDLE.as_secs());
+    let proxy = Sidecar::start(
+        Path::new(env!("CARGO_BIN_EXE_linnet")),
+        backend,
+        &[
+            ("LINNET_METRICS_MAX_LABEL_VALUES", &cap),
+            ("LINNET_METRICS_IDLE_TIMEOUT", &idle),
+        ],
+    )
+    .await;
     let base_len = proxy.metrics().await.0.len();
     let mut rss = vec![proxy.rss()];
     let mut counted = (0.0, 0.0);

@@ -13,6 +13,7 @@
 
 mod inbound;
 mod mesh;
+mod open_files;
 mod outbound;
 mod stacks;
 mod tcp;
@@ -286,12 +287,13 @@ fn fixed_or(direction: Direction, addr: Option<SocketAddr>, lookup: &OrigDst) ->
 /// has drained; see the crate docs. Fails at once, before serving, when a
 /// configured identity cannot be set up.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     listeners: Listeners,
     orig_dst: OrigDst,
     options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Drained, StartError> {
+    open_files::fit(&mut config);
     let mut registry = linnet_metrics::registry();
     let bounds = linnet_metrics::bounded::Bounds::register(
         &mut registry,
@@ -303,6 +305,7 @@ pub async fn run(
     let tcp_metrics = TcpMetrics::register(&mut registry, &bounds);
     let http_metrics = HttpMetrics::register(&mut registry, &bounds);
     let mesh_metrics = linnet_metrics::mesh::MeshMetrics::register(&mut registry);
+    let limit_metrics = linnet_metrics::limits::LimitMetrics::register(&mut registry);
     let route_metrics = linnet_metrics::route::RouteMetrics::register(&mut registry);
     // The identity first: discovery's TLS presents its certificate.
     let (control_metrics, control_tls) = control_plane(&config, &mut registry);
@@ -367,6 +370,7 @@ pub async fn run(
         metrics: tcp_metrics.clone(),
         http_metrics: http_metrics.clone(),
         mesh_metrics: mesh_metrics.clone(),
+        limit_metrics: limit_metrics.clone(),
         profile_networks: config.control.profile_networks.clone(),
         upstreams: outbound_upstreams,
         stacks: Some(stacks),
@@ -392,6 +396,7 @@ pub async fn run(
         metrics: tcp_metrics,
         http_metrics,
         mesh_metrics,
+        limit_metrics,
         profile_networks: config.control.profile_networks.clone(),
         upstreams: inbound_upstreams,
         stacks: None,

@@ -37,6 +37,7 @@ use linnet_http::{InFlight, Proxy, Route, Upstream};
 use linnet_metrics::{
     Direction,
     http::HttpMetrics,
+    limits::{Idle, LimitMetrics},
     mesh::MeshMetrics,
     tcp::{CloseReason, ConnMetrics, Peer, TcpMetrics, Tls},
 };
@@ -61,6 +62,8 @@ pub(crate) struct Forward {
     pub(crate) http_metrics: HttpMetrics,
     /// Refusals of meshed targets that mTLS could not prove.
     pub(crate) mesh_metrics: MeshMetrics,
+    /// Connection limits and idle timeouts hit.
+    pub(crate) limit_metrics: LimitMetrics,
     /// Where meshed workloads may be (`DESTINATION_PROFILE_NETWORKS`):
     /// only these addresses are looked up, and wait for the answer.
     pub(crate) profile_networks: Vec<linnet_config::parse::Network>,
@@ -108,10 +111,15 @@ pub(crate) struct Declared {
 }
 
 /// Accepts connections until draining starts, then closes the listener.
+/// A connection beyond the listener's `max_connections` is reset at once
+/// and counted; an accept error (EMFILE and friends) is logged, counted
+/// and followed by a short pause, so the loop does not spin while the
+/// condition lasts.
 pub(crate) async fn serve(listener: TcpListener, fwd: Arc<Forward>, watch: drain::Watch) {
     let mut own = watch.clone();
     let draining = own.draining();
     tokio::pin!(draining);
+    let open = Arc::new(tokio::sync::Semaphore::new(fwd.config.max_connections));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -119,12 +127,25 @@ pub(crate) async fn serve(listener: TcpListener, fwd: Arc<Forward>, watch: drain
             a = linnet_transport::listen::accept(&listener, fwd.config.accept_keepalive) => a,
         };
         match accepted {
-            Ok(conn) => {
-                tokio::spawn(fwd.clone().forward(conn, watch.clone()));
-            }
+            Ok(conn) => match open.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let (fwd, watch) = (fwd.clone(), watch.clone());
+                    tokio::spawn(async move {
+                        fwd.forward(conn, watch).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    tracing::debug!(direction = %fwd.direction, client = %conn.client, max = fwd.config.max_connections, "refusing connection: the listener has its maximum open");
+                    fwd.limit_metrics.connection_limit(fwd.direction);
+                    fwd.refuse(
+                        &conn.stream,
+                        conn.client,
+                        CloseReason::error("connection_limit", None),
+                    );
+                }
+            },
             Err(error) => {
-                // EMFILE and friends: log, and pause so the loop does not spin
-                // while the condition lasts.
                 tracing::warn!(direction = %fwd.direction, %error, "failed to accept a connection");
                 fwd.metrics.accept_error(fwd.direction, &error);
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -443,6 +464,7 @@ impl Forward {
                 read_bytes: &dst.read_bytes,
                 write_bytes: &dst.write_bytes,
             },
+            Some(self.config.tcp_idle_timeout),
         );
         let revoked = async {
             match authorized {
@@ -469,6 +491,13 @@ impl Forward {
                 tracing::debug!(%direction, client = %client_addr, %target, src_to_dst, dst_to_src, "connection closed");
                 src.close(CloseReason::CLEAN);
                 dst.close(CloseReason::CLEAN);
+            }
+            Some(Ok(Err(error))) if error.is_idle() => {
+                tracing::info!(%direction, client = %client_addr, %target, idle = ?self.config.tcp_idle_timeout, "closing connection: idle for longer than TCP_IDLE_TIMEOUT");
+                self.limit_metrics.idle(direction, Idle::Tcp);
+                src.close(CloseReason::error("idle", None));
+                dst.close(CloseReason::error("idle", None));
+                reset_both(client.tcp(), server.tcp());
             }
             Some(Ok(Err(error))) => {
                 tracing::info!(%direction, client = %client_addr, %target, error = %linnet_core::display_chain(&error), "connection failed");
@@ -507,7 +536,7 @@ impl Forward {
         route: Route,
         watch: drain::Watch,
     ) where
-        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        C: AsyncRead + AsyncWrite + Unpin + Send + HasTcp + 'static,
     {
         self.serve_http_as(client, client_addr, version, target, route, None, watch)
             .await;
@@ -526,7 +555,7 @@ impl Forward {
         mtls: Option<Option<linnet_tls::Id>>,
         watch: drain::Watch,
     ) where
-        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        C: AsyncRead + AsyncWrite + Unpin + Send + HasTcp + 'static,
     {
         let direction = self.direction;
         let tls = if let Some(id) = &mtls {
@@ -535,7 +564,11 @@ impl Forward {
             Tls::DISABLED
         };
         let src = self.metrics.open(direction, Peer::Src, &tls, target);
-        let io = CountingIo::new(client, src);
+        let reset = linnet_http::ResetFlag::default();
+        let io = ResetOnDrop {
+            io: CountingIo::new(client, src),
+            flag: reset.clone(),
+        };
         let client_id = mtls.flatten().map(|id| id.to_string());
         let proxy = Proxy::new(
             route,
@@ -546,7 +579,12 @@ impl Forward {
             direction,
             tls.status,
         )
-        .with_client_id(client_id.as_deref());
+        .with_client_id(client_id.as_deref())
+        .with_connection(linnet_http::Connection {
+            reset,
+            tunnel_idle_timeout: self.config.tcp_idle_timeout,
+            limits: self.limit_metrics.clone(),
+        });
         if let Err(error) = linnet_http::serve(io, version, proxy, &self.http, watch).await {
             tracing::debug!(%direction, client = %client_addr, %target, %error, "HTTP connection ended with an error");
         }
@@ -733,6 +771,68 @@ impl Forward {
     /// Whether `ip` is where meshed workloads may be.
     pub(crate) fn in_profile_networks(&self, ip: std::net::IpAddr) -> bool {
         self.profile_networks.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// A served HTTP connection that closes with a reset (RST), not a FIN,
+/// once the proxy has set its flag: a failed response body or tunnel must
+/// not look complete to the client.
+struct ResetOnDrop<C: HasTcp> {
+    io: CountingIo<C>,
+    flag: linnet_http::ResetFlag,
+}
+
+impl<C: HasTcp> Drop for ResetOnDrop<C> {
+    fn drop(&mut self) {
+        if self.flag.is_set() {
+            reset_on_close(self.io.get_ref().tcp());
+        }
+    }
+}
+
+impl<C: HasTcp + AsyncRead + AsyncWrite + Unpin> AsyncRead for ResetOnDrop<C> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<C: HasTcp + AsyncRead + AsyncWrite + Unpin> AsyncWrite for ResetOnDrop<C> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

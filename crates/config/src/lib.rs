@@ -205,6 +205,19 @@ pub struct ProxyConfig {
     /// Requests this listener handles at once; beyond it requests are shed
     /// with 503, so that overload fails fast instead of queueing.
     pub max_in_flight: usize,
+    /// Connections this listener keeps open at once
+    /// (`INBOUND_MAX_CONNECTIONS`, `OUTBOUND_MAX_CONNECTIONS`); beyond it
+    /// a new connection is reset as soon as it is accepted, so that one
+    /// direction's flood cannot take the file descriptors the other
+    /// direction, the admin server and identity renewal need. Lowered at
+    /// start when the process's open-file limit cannot hold both
+    /// listeners' connections (see `linnet_app`).
+    pub max_connections: usize,
+    /// How long an opaque TCP connection or a tunnel (an upgraded HTTP
+    /// connection, `CONNECT`) may move no bytes before both its sides are
+    /// reset (`TCP_IDLE_TIMEOUT`).
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub tcp_idle_timeout: Duration,
     /// Where every connection accepted by this listener goes, instead of
     /// its original destination as recovered from iptables. For running
     /// without interception (benchmarks, tests, a fixed upstream); the
@@ -223,12 +236,33 @@ pub struct HttpConfig {
     /// A larger body is refused with 413 (when its length is declared) or
     /// cut off (when chunked; the target never sees it complete).
     pub max_request_body_size: Option<u64>,
-    /// HTTP/2 initial stream flow-control window, in bytes; `None` lets
-    /// the window adapt to the connection's bandwidth-delay product.
+    /// How long an HTTP connection may go without starting a request
+    /// before it is closed gracefully (`HTTP_IDLE_TIMEOUT`): HTTP/1 closes
+    /// once no request is in flight, HTTP/2 sends GOAWAY and lets open
+    /// streams finish.
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub idle_timeout: Duration,
+    /// How long a request or response body may move no data before the
+    /// request fails and its stream is reset (`HTTP_BODY_IDLE_TIMEOUT`).
+    /// Silence is noticed after between one and two of these.
+    #[serde(serialize_with = "parse::ser_duration")]
+    pub body_idle_timeout: Duration,
+    /// Streams a client may open at once on one HTTP/2 connection
+    /// (`HTTP2_MAX_CONCURRENT_STREAMS`).
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 initial stream flow-control window, in bytes, at most
+    /// 16 MiB; `None` for hyper's default (1 MiB served, 2 MiB as a
+    /// client).
     pub http2_initial_stream_window_size: Option<u32>,
-    /// HTTP/2 initial connection flow-control window, in bytes; `None`
-    /// adapts, as above.
+    /// HTTP/2 initial connection flow-control window, in bytes, at most
+    /// 16 MiB; `None` for hyper's default (1 MiB served, 5 MiB as a
+    /// client).
     pub http2_initial_connection_window_size: Option<u32>,
+    /// Whether HTTP/2 windows follow each connection's measured
+    /// bandwidth-delay product instead (`HTTP2_ADAPTIVE_WINDOW`), up to
+    /// 16 MiB per connection. Off unless set, so that what one connection
+    /// may buffer stays what the windows say.
+    pub http2_adaptive_window: bool,
     /// How often an idle HTTP/2 connection is pinged to check its peer.
     #[serde(serialize_with = "parse::ser_duration")]
     pub http2_keepalive_interval: Duration,
@@ -298,6 +332,9 @@ const KNOWN: &[&str] = &[
     "INBOUND_MAX_IN_FLIGHT",
     "OUTBOUND_ORIG_DST_ADDR",
     "INBOUND_ORIG_DST_ADDR",
+    "INBOUND_MAX_CONNECTIONS",
+    "OUTBOUND_MAX_CONNECTIONS",
+    "TCP_IDLE_TIMEOUT",
     "DESTINATION_SVC_ADDR",
     "DESTINATION_SVC_NAME",
     "DESTINATION_CONTEXT",
@@ -326,13 +363,28 @@ const KNOWN: &[&str] = &[
     "IDENTITY_SERVER_NAME",
     "HTTP_HEADER_READ_TIMEOUT",
     "HTTP_MAX_REQUEST_BODY_SIZE",
+    "HTTP_IDLE_TIMEOUT",
+    "HTTP_BODY_IDLE_TIMEOUT",
+    "HTTP2_MAX_CONCURRENT_STREAMS",
     "HTTP2_INITIAL_STREAM_WINDOW_SIZE",
     "HTTP2_INITIAL_CONNECTION_WINDOW_SIZE",
+    "HTTP2_ADAPTIVE_WINDOW",
     "HTTP2_KEEPALIVE_INTERVAL",
     "HTTP2_KEEPALIVE_TIMEOUT",
     "METRICS_MAX_LABEL_VALUES",
     "METRICS_IDLE_TIMEOUT",
 ];
+
+/// Connections a listener keeps open at once, unless configured.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+
+/// How long a connection, tunnel or body may be idle, unless configured
+/// (Envoy's default for TCP and HTTP connections).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The largest HTTP/2 flow-control window accepted (16 MiB, as much as an
+/// adaptive window grows to).
+pub const MAX_HTTP2_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Linkerd's default cluster networks: the private and shared address
 /// ranges.
@@ -351,6 +403,7 @@ impl Config {
     pub fn from_env(env: &(impl Env + ?Sized)) -> Result<Self, ConfigError> {
         let r = Reader { env };
         let keepalive = Some(Duration::from_secs(10));
+        let tcp_idle_timeout = r.timeout("TCP_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT)?;
         let outbound = ProxyConfig {
             listen_addr: r.addr("OUTBOUND_LISTEN_ADDR", ([127, 0, 0, 1], 4140))?,
             connect_timeout: r.timeout("OUTBOUND_CONNECT_TIMEOUT", Duration::from_secs(1))?,
@@ -360,6 +413,8 @@ impl Config {
             ports_disable_protocol_detection: r
                 .ports("OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION")?,
             max_in_flight: r.count("OUTBOUND_MAX_IN_FLIGHT", 100_000)?,
+            max_connections: r.count("OUTBOUND_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)?,
+            tcp_idle_timeout,
             orig_dst_addr: r.opt_addr("OUTBOUND_ORIG_DST_ADDR")?,
         };
         let inbound = ProxyConfig {
@@ -371,13 +426,18 @@ impl Config {
             ports_disable_protocol_detection: r
                 .ports("INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION")?,
             max_in_flight: r.count("INBOUND_MAX_IN_FLIGHT", 100_000)?,
+            max_connections: r.count("INBOUND_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)?,
+            tcp_idle_timeout,
             orig_dst_addr: r.opt_addr("INBOUND_ORIG_DST_ADDR")?,
         };
         let window = |name: &str| {
             r.get(name, |s| match s.trim().parse::<u32>() {
-                // HTTP/2 windows run from 64 KiB - 1 (the default) to 2^31 - 1.
-                Ok(n) if (65_535..=0x7fff_ffff).contains(&n) => Ok(n),
-                _ => Err("expected a window size in bytes, from 65535 to 2147483647".to_string()),
+                // From HTTP/2's default, 64 KiB - 1, to what one stream or
+                // connection may buffer here.
+                Ok(n) if (65_535..=MAX_HTTP2_WINDOW).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "expected a window size in bytes, from 65535 to {MAX_HTTP2_WINDOW}"
+                )),
             })
         };
         let http = HttpConfig {
@@ -388,8 +448,19 @@ impl Config {
                     _ => Err("expected a size in bytes, at least 1".to_string()),
                 }
             })?,
+            idle_timeout: r.timeout("HTTP_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT)?,
+            body_idle_timeout: r.timeout("HTTP_BODY_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT)?,
+            http2_max_concurrent_streams: r
+                .get("HTTP2_MAX_CONCURRENT_STREAMS", |s| {
+                    match s.trim().parse::<u32>() {
+                        Ok(n) if n > 0 => Ok(n),
+                        _ => Err("expected a whole number of streams, at least 1".to_string()),
+                    }
+                })?
+                .unwrap_or(1000),
             http2_initial_stream_window_size: window("HTTP2_INITIAL_STREAM_WINDOW_SIZE")?,
             http2_initial_connection_window_size: window("HTTP2_INITIAL_CONNECTION_WINDOW_SIZE")?,
+            http2_adaptive_window: r.flag("HTTP2_ADAPTIVE_WINDOW")?,
             http2_keepalive_interval: r
                 .timeout("HTTP2_KEEPALIVE_INTERVAL", Duration::from_secs(10))?,
             http2_keepalive_timeout: r
@@ -431,15 +502,7 @@ impl Config {
             idle_timeout: r.timeout("METRICS_IDLE_TIMEOUT", Duration::from_secs(60))?,
         };
         let control = r.control()?;
-        let identity_disabled = r
-            .get("IDENTITY_DISABLED", |s| {
-                match s.trim().to_ascii_lowercase().as_str() {
-                    "true" | "1" | "yes" => Ok(true),
-                    "false" | "0" | "no" | "" => Ok(false),
-                    _ => Err("expected true or false".to_string()),
-                }
-            })?
-            .unwrap_or(false);
+        let identity_disabled = r.flag("IDENTITY_DISABLED")?;
         if control.identity.is_none() && !identity_disabled {
             // Identity settings without the service that certifies them
             // would leave the proxy without mTLS, silently.
@@ -864,6 +927,16 @@ impl<E: Env + ?Sized> Reader<'_, E> {
             Ok(d)
         })?;
         Ok(d.unwrap_or(default))
+    }
+
+    /// A yes/no setting, off unless set.
+    fn flag(&self, name: &str) -> Result<bool, ConfigError> {
+        let b = self.get(name, |s| match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" | "" => Ok(false),
+            _ => Err("expected true or false".to_string()),
+        })?;
+        Ok(b.unwrap_or(false))
     }
 
     fn count(&self, name: &str, default: usize) -> Result<usize, ConfigError> {

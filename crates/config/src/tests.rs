@@ -38,6 +38,37 @@ fn defaults() {
 }
 
 #[test]
+fn limits_have_defaults_and_can_be_set() {
+    let c = Config::from_env(&env(&[])).unwrap();
+    assert_eq!(c.inbound.max_connections, 20_000);
+    assert_eq!(c.outbound.max_connections, 20_000);
+    assert_eq!(c.inbound.tcp_idle_timeout, Duration::from_secs(3600));
+    assert_eq!(c.http.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(c.http.body_idle_timeout, Duration::from_secs(3600));
+    assert_eq!(c.http.http2_max_concurrent_streams, 1000);
+    assert!(!c.http.http2_adaptive_window);
+    let c = Config::from_env(&env(&[
+        ("LINNET_INBOUND_MAX_CONNECTIONS", "10"),
+        ("LINKERD2_PROXY_OUTBOUND_MAX_CONNECTIONS", "20"),
+        ("LINNET_TCP_IDLE_TIMEOUT", "5s"),
+        ("LINNET_HTTP_IDLE_TIMEOUT", "6s"),
+        ("LINNET_HTTP_BODY_IDLE_TIMEOUT", "7s"),
+        ("LINNET_HTTP2_MAX_CONCURRENT_STREAMS", "8"),
+        ("LINNET_HTTP2_ADAPTIVE_WINDOW", "true"),
+        ("LINNET_HTTP2_INITIAL_CONNECTION_WINDOW_SIZE", "16777216"),
+    ]))
+    .unwrap();
+    assert_eq!(c.inbound.max_connections, 10);
+    assert_eq!(c.outbound.max_connections, 20);
+    assert_eq!(c.outbound.tcp_idle_timeout, Duration::from_secs(5));
+    assert_eq!(c.http.idle_timeout, Duration::from_secs(6));
+    assert_eq!(c.http.body_idle_timeout, Duration::from_secs(7));
+    assert_eq!(c.http.http2_max_concurrent_streams, 8);
+    assert!(c.http.http2_adaptive_window);
+    assert_eq!(c.http.http2_initial_connection_window_size, Some(16 << 20));
+}
+
+#[test]
 fn reads_both_prefixes_and_ours_wins() {
     let c = Config::from_env(&env(&[
         ("LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT", "3s"),
@@ -77,6 +108,13 @@ fn bad_values_name_the_variable() {
         ("LINNET_HTTP_MAX_REQUEST_BODY_SIZE", "1MB"),
         ("LINNET_HTTP2_INITIAL_STREAM_WINDOW_SIZE", "1000"),
         ("LINNET_HTTP2_INITIAL_CONNECTION_WINDOW_SIZE", "4294967295"),
+        ("LINNET_HTTP2_INITIAL_STREAM_WINDOW_SIZE", "16777217"),
+        ("LINNET_HTTP2_MAX_CONCURRENT_STREAMS", "0"),
+        ("LINNET_HTTP2_ADAPTIVE_WINDOW", "maybe"),
+        ("LINNET_INBOUND_MAX_CONNECTIONS", "0"),
+        ("LINNET_TCP_IDLE_TIMEOUT", "0s"),
+        ("LINNET_HTTP_IDLE_TIMEOUT", "forever"),
+        ("LINNET_HTTP_BODY_IDLE_TIMEOUT", "0ms"),
         ("LINNET_HTTP2_KEEPALIVE_INTERVAL", "often"),
         ("LINNET_HTTP2_KEEPALIVE_TIMEOUT", "3"),
         ("LINKERD2_PROXY_INBOUND_MAX_IN_FLIGHT", "many"),

@@ -1,12 +1,17 @@
-//! A response body that records the response's metrics when it ends.
+//! Body wrappers: the response's metrics, recorded when it ends, and the
+//! body idle timeout.
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use linnet_metrics::http::{GrpcStatus, LabeledMetrics, ResponseOutcome};
+use linnet_metrics::{
+    Direction,
+    http::{GrpcStatus, LabeledMetrics, ResponseOutcome},
+    limits::LimitMetrics,
+};
 use std::{
     pin::Pin,
     task::{Context, Poll, ready},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 /// What to record, and when the request started.
@@ -18,6 +23,11 @@ pub(crate) struct Recorder {
     pub(crate) start: Instant,
     pub(crate) status: u16,
     pub(crate) grpc_status: Option<GrpcStatus>,
+    /// The HTTP/1 client connection's reset flag: a body that fails
+    /// resets the connection, so the client cannot take the truncated
+    /// response for a complete one (a close-delimited body ends at the
+    /// close). (HTTP/2 resets the stream itself.)
+    pub(crate) reset: Option<crate::conn::ResetFlag>,
 }
 
 impl Recorder {
@@ -34,14 +44,14 @@ impl Recorder {
 /// The target's response body, passed through frame by frame.
 #[derive(Debug)]
 pub(crate) struct MeteredBody {
-    inner: crate::BoxBody,
+    inner: IdleBody<crate::BoxBody>,
     recorder: Option<Recorder>,
 }
 
 impl MeteredBody {
-    pub(crate) fn new(inner: crate::BoxBody, recorder: Recorder) -> Self {
+    pub(crate) fn new(inner: crate::BoxBody, recorder: Recorder, idle: Option<Idle>) -> Self {
         Self {
-            inner,
+            inner: IdleBody::new(inner, idle),
             recorder: Some(recorder),
         }
     }
@@ -76,7 +86,17 @@ impl Body for MeteredBody {
                     self.finish("");
                 }
             }
-            Some(Err(_)) => self.finish("response_body"),
+            Some(Err(e)) => {
+                if let Some(reset) = self.recorder.as_ref().and_then(|r| r.reset.as_ref()) {
+                    reset.set();
+                }
+                let error = if linnet_core::is_caused_by::<BodyIdle>(&**e) {
+                    "response_body_idle"
+                } else {
+                    "response_body"
+                };
+                self.finish(error);
+            }
             None => self.finish(""),
         }
         Poll::Ready(frame)
@@ -101,5 +121,119 @@ impl Drop for MeteredBody {
             "cancelled"
         };
         self.finish(error);
+    }
+}
+
+/// A body that fails when it moves no data for its idle timeout.
+#[derive(Debug)]
+pub(crate) struct BodyIdle(Duration);
+
+impl std::fmt::Display for BodyIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the body moved no data for {} (HTTP_BODY_IDLE_TIMEOUT)",
+            linnet_config::parse::format_duration(self.0)
+        )
+    }
+}
+
+impl std::error::Error for BodyIdle {}
+
+/// A body's idle timeout, and where it is counted.
+#[derive(Clone, Debug)]
+pub(crate) struct Idle {
+    pub(crate) timeout: Duration,
+    pub(crate) metrics: LimitMetrics,
+    pub(crate) direction: Direction,
+}
+
+/// Fails a body that moves no data for its idle timeout (noticed after
+/// between one and two of it). A timer is made only once the body first
+/// has to wait, and re-armed once per period rather than per frame; a
+/// body its reader stops polling (backpressure) is not idle.
+#[derive(Debug)]
+pub(crate) struct IdleBody<B> {
+    inner: B,
+    idle: Option<Idle>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame went by since the timer was last armed.
+    moved: bool,
+    failed: bool,
+}
+
+impl<B> IdleBody<B> {
+    pub(crate) fn new(inner: B, idle: Option<Idle>) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: None,
+            moved: false,
+            failed: false,
+        }
+    }
+
+    /// Ready when a whole period passed without a frame.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Duration> {
+        let Some(idle) = &self.idle else {
+            return Poll::Pending;
+        };
+        let period = idle.timeout;
+        let timer = self.timer.get_or_insert_with(|| {
+            // Armed now: only frames from here on count.
+            Box::pin(tokio::time::sleep(period))
+        });
+        while timer.as_mut().poll(cx).is_ready() {
+            if !self.moved {
+                return Poll::Ready(period);
+            }
+            self.moved = false;
+            timer.as_mut().reset(tokio::time::Instant::now() + period);
+        }
+        Poll::Pending
+    }
+}
+
+impl<B> Body for IdleBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<linnet_core::Error>,
+{
+    type Data = Bytes;
+    type Error = linnet_core::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, linnet_core::Error>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                self.moved = true;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if self.timer.is_none() {
+                    self.moved = false;
+                }
+                let period = ready!(self.poll_idle(cx));
+                self.failed = true;
+                if let Some(idle) = &self.idle {
+                    idle.metrics
+                        .idle(idle.direction, linnet_metrics::limits::Idle::HttpBody);
+                }
+                Poll::Ready(Some(Err(BodyIdle(period).into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

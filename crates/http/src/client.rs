@@ -112,8 +112,7 @@ impl Upstream {
             .set_host(false)
             .http1_preserve_header_case(true);
         let mut h2 = h1.clone();
-        let adaptive = http.http2_initial_stream_window_size.is_none()
-            && http.http2_initial_connection_window_size.is_none();
+        let adaptive = http.http2_adaptive_window;
         h2.http2_only(true)
             .http2_adaptive_window(adaptive)
             .http2_initial_stream_window_size(http.http2_initial_stream_window_size)
@@ -263,6 +262,18 @@ impl tower_service::Service<http::Uri> for Connector {
 pub struct UpstreamIo {
     io: CountingIo<Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>>,
     absolute_form: bool,
+}
+
+impl UpstreamIo {
+    /// Makes the connection end with a reset (RST) rather than a FIN when
+    /// it closes.
+    pub fn reset_on_close(&self) {
+        let tcp = match self.io.get_ref() {
+            Either::Left(tcp) => tcp,
+            Either::Right(tls) => tls.get_ref().0,
+        };
+        linnet_transport::reset_on_close(tcp);
+    }
 }
 
 impl Connection for UpstreamIo {

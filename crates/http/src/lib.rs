@@ -14,6 +14,7 @@
 
 mod body;
 pub mod client;
+pub mod conn;
 mod continue_gate;
 pub mod endpoint;
 pub mod headers;
@@ -23,6 +24,7 @@ pub mod server;
 
 pub use self::{
     client::{Upstream, UpstreamMetrics},
+    conn::{Connection, ResetFlag},
     endpoint::EndpointClient,
     proxy::{BoxFuture, Explicit, HttpStack, InFlight, Proxy, Resolved, Route, call_stack},
     server::serve,

@@ -3,22 +3,35 @@
 
 use crate::{
     BoxBody, Upstream, Version,
-    body::{MeteredBody, Recorder},
-    client::ConnectConfig,
+    body::{Idle, IdleBody, MeteredBody, Recorder},
+    client::{ConnectConfig, UpstreamIo},
+    conn::{Connection, Serving},
     continue_gate, endpoint, headers, rescue,
 };
+use bytes::Bytes;
 use http::{Request, Response, StatusCode, uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use linnet_core::drain;
 use linnet_metrics::{
     Direction,
     http::{GrpcStatus, HttpMetrics, LabeledMetrics, ResponseOutcome},
+    limits::{LimitMetrics, TunnelEnd},
     prometheus_client::metrics::counter::Counter,
+    tcp::Peer,
 };
 use linnet_transport::duplex::{Side, duplex};
 use std::{
-    convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant,
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
 };
 use tower::ServiceExt;
 
@@ -44,6 +57,12 @@ struct Inner {
     client_id: Option<http::HeaderValue>,
     /// The same, for metric labels.
     client_id_label: Option<Arc<str>>,
+    /// The client connection, for tunnels and resets.
+    conn: Option<Connection>,
+    /// What the server adds while it serves the connection.
+    serving: Option<Serving>,
+    /// Requests started on this connection (for its idle timeout).
+    requests: AtomicU64,
 }
 
 /// A client's demand that the peer prove this identity (outbound).
@@ -186,6 +205,9 @@ impl Proxy {
                 tls,
                 client_id: None,
                 client_id_label: None,
+                conn: None,
+                serving: None,
+                requests: AtomicU64::new(0),
             }),
         }
     }
@@ -193,6 +215,40 @@ impl Proxy {
     /// Tells the application (inbound) who the client is: `id`, verified
     /// by mTLS. Without it, no `l5d-client-id` reaches the application.
     pub fn with_client_id(self, id: Option<&str>) -> Self {
+        self.modify(|inner| {
+            inner.client_id = id.and_then(|id| http::HeaderValue::from_str(id).ok());
+            inner.client_id_label = id.map(Arc::from);
+        })
+    }
+
+    /// The client connection's reset flag and tunnel settings. Without
+    /// them, a failed response or tunnel closes the connection with a FIN
+    /// (for in-memory connections, which have no socket to reset).
+    pub fn with_connection(self, conn: Connection) -> Self {
+        self.modify(|inner| inner.conn = Some(conn))
+    }
+
+    pub(crate) fn serving(self, serving: Serving) -> Self {
+        self.modify(|inner| inner.serving = Some(serving))
+    }
+
+    /// Where the connection's limits are counted, when it has them.
+    pub(crate) fn limit_metrics(&self) -> Option<LimitMetrics> {
+        self.inner.conn.as_ref().map(|c| c.limits.clone())
+    }
+
+    /// Which listener's connection this is.
+    pub(crate) fn direction(&self) -> Direction {
+        self.inner.direction
+    }
+
+    /// Requests started on this connection so far.
+    pub(crate) fn requests_started(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// Changes the handler, which is only shared before it serves.
+    fn modify(self, f: impl FnOnce(&mut Inner)) -> Self {
         let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
             last_labels: Default::default(),
             route: shared.route.clone(),
@@ -204,9 +260,11 @@ impl Proxy {
             tls: shared.tls,
             client_id: shared.client_id.clone(),
             client_id_label: shared.client_id_label.clone(),
+            conn: shared.conn.clone(),
+            serving: shared.serving.clone(),
+            requests: AtomicU64::new(0),
         });
-        inner.client_id = id.and_then(|id| http::HeaderValue::from_str(id).ok());
-        inner.client_id_label = id.map(Arc::from);
+        f(&mut inner);
         Self {
             inner: Arc::new(inner),
         }
@@ -227,6 +285,7 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
 impl Inner {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<BoxBody> {
         let start = Instant::now();
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let grpc = headers::is_grpc(&req);
         let upgrade = headers::is_upgrade(&req);
         let connect = headers::is_connect(&req);
@@ -368,10 +427,11 @@ impl Inner {
         }
         let gate = (self.version == Version::Http1 && continue_gate::expects_continue(&req))
             .then(|| continue_gate::gate(&mut req));
+        let idle = self.body_idle();
         let req = req.map(|body| {
             // A failure reading the client's body is the client's (400),
             // not the target's: the error says so.
-            let body = body.map_err(rescue::RequestBodyError);
+            let body = IdleBody::new(body.map_err(rescue::RequestBodyError), idle.clone());
             // One box per request: an open gate passes frames straight on.
             let body =
                 continue_gate::Gated::new(body, gate.unwrap_or_else(continue_gate::Gate::open));
@@ -380,7 +440,7 @@ impl Inner {
                     http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
                         .boxed_unsync()
                 }
-                None => body.map_err(linnet_core::Error::from).boxed_unsync(),
+                None => body.boxed_unsync(),
             }
         });
         // If the client goes away while the target is thinking (an HTTP/2
@@ -399,7 +459,7 @@ impl Inner {
                 if let Some(server_upgrade) = server_upgrade {
                     if switching || (connect && status.is_success()) {
                         let client_upgrade = hyper::upgrade::on(&mut rsp);
-                        tokio::spawn(tunnel(server_upgrade, client_upgrade, target));
+                        tokio::spawn(tunnel(server_upgrade, client_upgrade, self.tunnel(target)));
                     }
                 }
                 headers::strip_hop_by_hop(rsp.headers_mut(), switching);
@@ -424,8 +484,12 @@ impl Inner {
                     start,
                     status: status.as_u16(),
                     grpc_status,
+                    reset: match (&self.conn, self.version) {
+                        (Some(c), Version::Http1) => Some(c.reset.clone()),
+                        _ => None,
+                    },
                 };
-                rsp.map(|body| MeteredBody::new(body, recorder).boxed_unsync())
+                rsp.map(|body| MeteredBody::new(body, recorder, idle).boxed_unsync())
             }
             Err(error) => {
                 tracing::info!(
@@ -435,6 +499,26 @@ impl Inner {
                 );
                 self.count_rescued(&labels, rescue::rescue(&*error, grpc), start)
             }
+        }
+    }
+
+    /// The body idle timeout, when the server set one.
+    fn body_idle(&self) -> Option<Idle> {
+        let (serving, conn) = (self.serving.as_ref()?, self.conn.as_ref()?);
+        Some(Idle {
+            timeout: serving.body_idle_timeout,
+            metrics: conn.limits.clone(),
+            direction: self.direction,
+        })
+    }
+
+    /// What a tunnel from this connection to `target` needs.
+    fn tunnel(&self, target: SocketAddr) -> Tunnel {
+        Tunnel {
+            target,
+            direction: self.direction,
+            conn: self.conn.clone(),
+            watch: self.serving.as_ref().map(|s| s.watch.clone()),
         }
     }
 
@@ -498,7 +582,7 @@ impl Inner {
         start: Instant,
     ) -> Response<BoxBody> {
         let addr = upstream.target();
-        let mut stream = match upstream.connect().await {
+        let stream = match upstream.connect().await {
             Ok(s) => s,
             Err(error) => {
                 tracing::info!(direction = %self.direction, target = %addr, error = %linnet_core::display_chain(&*error), "CONNECT failed");
@@ -506,11 +590,11 @@ impl Inner {
             }
         };
         let upgrade = hyper::upgrade::on(&mut req);
+        let tunnel = self.tunnel(addr);
         tokio::spawn(async move {
-            let Ok(upgraded) = upgrade.await else { return };
-            let mut client = TokioIo::new(upgraded);
-            if let Err(error) = splice(&mut client, &mut stream).await {
-                tracing::debug!(%addr, %error, "CONNECT tunnel failed");
+            match upgrade.await {
+                Ok(upgraded) => relay(upgraded, stream, Bytes::new(), tunnel).await,
+                Err(_) => stream.reset_on_close(),
             }
         });
         let outcome = ResponseOutcome {
@@ -596,43 +680,135 @@ pub async fn resolve(
         })
 }
 
-/// Carries an upgraded connection (WebSocket, `CONNECT`) as bytes.
-async fn tunnel(
-    server: hyper::upgrade::OnUpgrade,
-    client: hyper::upgrade::OnUpgrade,
+/// What a tunnel needs from the connection it came from.
+struct Tunnel {
     target: SocketAddr,
-) {
+    direction: Direction,
+    conn: Option<Connection>,
+    /// Holds the shutdown open until the tunnel ends.
+    watch: Option<drain::Watch>,
+}
+
+/// Carries an upgraded connection (WebSocket, HTTP/1 upgrades) as bytes,
+/// once both the client's and the target's connections have upgraded.
+async fn tunnel(server: hyper::upgrade::OnUpgrade, client: hyper::upgrade::OnUpgrade, t: Tunnel) {
     let (server, client) = tokio::join!(server, client);
-    let (Ok(server), Ok(client)) = (server, client) else {
-        tracing::debug!(%target, "upgrade did not complete");
-        return;
-    };
-    let (mut down, mut up) = (TokioIo::new(server), TokioIo::new(client));
-    if let Err(error) = splice(&mut down, &mut up).await {
-        tracing::debug!(%target, %error, "upgraded connection failed");
+    match (server, client) {
+        (Ok(server), Ok(client)) => {
+            // The target's connection is ours: take it back whole, with
+            // what hyper read past the response, so it can be reset.
+            match client.downcast::<TokioIo<UpstreamIo>>() {
+                Ok(parts) => relay(server, parts.io.into_inner(), parts.read_buf, t).await,
+                Err(client) => {
+                    tracing::debug!(target = %t.target, "upgraded connection of an unknown kind: it cannot be reset");
+                    relay(server, TokioIo::new(client), Bytes::new(), t).await
+                }
+            }
+        }
+        (server, client) => {
+            tracing::debug!(target = %t.target, "upgrade did not complete");
+            if let Some(c) = &t.conn {
+                c.reset.set();
+            }
+            drop((server, client));
+        }
     }
 }
 
-/// Copies both ways between a tunnel's two ends. The connections' own
-/// metrics count these bytes already, so the copy's counters are unused.
-async fn splice<A, B>(a: &mut A, b: &mut B) -> Result<(), linnet_transport::CopyError>
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+/// A tunnel's target side.
+trait TargetIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {
+    /// Resets the connection when it closes, where that can be done.
+    fn reset_on_close(&self) {}
+}
+
+impl TargetIo for UpstreamIo {
+    fn reset_on_close(&self) {
+        UpstreamIo::reset_on_close(self);
+    }
+}
+
+impl TargetIo for TokioIo<hyper::upgrade::Upgraded> {}
+
+/// Copies both ways between a tunnel's two ends until both close; a side
+/// that fails, an idle tunnel, and the end of the shutdown grace period
+/// reset both. `prefix` was read from the target already. The
+/// connections' own metrics count these bytes, so the copy's counters
+/// are unused.
+async fn relay<T: TargetIo>(
+    server: hyper::upgrade::Upgraded,
+    mut target: T,
+    prefix: Bytes,
+    t: Tunnel,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut client = TokioIo::new(server);
     let unused: [Counter; 4] = Default::default();
-    duplex(
-        Side {
-            io: a,
-            read_bytes: &unused[0],
-            write_bytes: &unused[1],
+    let idle = t.conn.as_ref().map(|c| c.tunnel_idle_timeout);
+    let copy = async {
+        if !prefix.is_empty() {
+            client
+                .write_all(&prefix)
+                .await
+                .map_err(|source| linnet_transport::CopyError {
+                    side: Peer::Src,
+                    op: linnet_transport::duplex::Op::Write,
+                    source,
+                })?;
+        }
+        duplex(
+            Side {
+                io: &mut client,
+                read_bytes: &unused[0],
+                write_bytes: &unused[1],
+            },
+            Side {
+                io: &mut target,
+                read_bytes: &unused[2],
+                write_bytes: &unused[3],
+            },
+            idle,
+        )
+        .await
+    };
+    let mut watch = t.watch;
+    let closing = async {
+        match &mut watch {
+            Some(w) => w.closing().await,
+            None => std::future::pending().await,
+        }
+    };
+    let end = tokio::select! {
+        r = copy => match r {
+            Ok(_) => TunnelEnd::Clean,
+            Err(e) if e.is_idle() => TunnelEnd::Idle,
+            Err(e) => {
+                tracing::debug!(target = %t.target, error = %e, "tunnel failed");
+                match e.side {
+                    Peer::Src => TunnelEnd::ClientFailed,
+                    Peer::Dst => TunnelEnd::TargetFailed,
+                }
+            }
         },
-        Side {
-            io: b,
-            read_bytes: &unused[2],
-            write_bytes: &unused[3],
-        },
-    )
-    .await
-    .map(|_| ())
+        _ = closing => TunnelEnd::Shutdown,
+    };
+    if end != TunnelEnd::Clean {
+        if end == TunnelEnd::Shutdown {
+            tracing::info!(direction = %t.direction, target = %t.target, "closing tunnel: shutdown grace period ended");
+        }
+        target.reset_on_close();
+        if let Some(c) = &t.conn {
+            c.reset.set();
+        }
+    }
+    if let Some(c) = &t.conn {
+        c.limits.tunnel_closed(t.direction, end);
+        if end == TunnelEnd::Idle {
+            c.limits
+                .idle(t.direction, linnet_metrics::limits::Idle::Tunnel);
+        }
+    }
+    // Both ends close here: with a reset when the flag is set.
+    drop(client);
+    drop(target);
+    drop(watch);
 }

@@ -56,6 +56,16 @@ pub fn rescue(error: &(dyn Error + 'static), grpc: bool) -> Rescued {
             grpc,
         );
     }
+    if linnet_core::is_caused_by::<crate::body::BodyIdle>(error) {
+        // Only a request body can idle before there is a response.
+        return respond(
+            StatusCode::REQUEST_TIMEOUT,
+            GRPC_DEADLINE_EXCEEDED,
+            "request_body_idle",
+            &linnet_core::display_chain(error),
+            grpc,
+        );
+    }
     if linnet_core::is_caused_by::<RequestBodyError>(error) {
         return respond(
             StatusCode::BAD_REQUEST,

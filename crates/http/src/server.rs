@@ -1,27 +1,50 @@
 //! Serving a client connection detected as HTTP.
 
-use crate::{Proxy, Version};
+use crate::{Proxy, Version, conn::Serving};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use linnet_config::HttpConfig;
 use linnet_core::drain;
+use linnet_metrics::{
+    Direction,
+    limits::{Idle, LimitMetrics},
+};
 
-/// Streams a client may open at once on one HTTP/2 connection.
-const MAX_CONCURRENT_STREAMS: u32 = 1000;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Runs a hyper server connection until it ends: when draining starts it
-/// is shut down gracefully, and when the grace period ends it is dropped.
-/// (A macro: hyper's HTTP/1 and HTTP/2 connections share no trait for
+/// Runs a hyper server connection until it ends: when draining starts, or
+/// when a whole `HTTP_IDLE_TIMEOUT` passes without a new request, it is
+/// shut down gracefully; when the grace period ends it is dropped. (A
+/// macro: hyper's HTTP/1 and HTTP/2 connections share no trait for
 /// `graceful_shutdown`.)
 macro_rules! drive {
-    ($conn:expr, $watch:expr) => {{
+    ($conn:expr, $watch:expr, $idle:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => return r,
-            _ = $watch.draining() => conn.as_mut().graceful_shutdown(),
+        let idle = $idle;
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + idle.period,
+            idle.period,
+        );
+        let mut seen = idle.proxy.requests_started();
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => return r,
+                _ = $watch.draining() => break,
+                _ = tick.tick() => {
+                    let started = idle.proxy.requests_started();
+                    if started == seen {
+                        tracing::debug!(idle = ?idle.period, "closing an HTTP connection: no request for HTTP_IDLE_TIMEOUT");
+                        if let Some(m) = &idle.metrics {
+                            m.idle(idle.direction, Idle::HttpConnection);
+                        }
+                        break;
+                    }
+                    seen = started;
+                }
+            }
         }
+        conn.as_mut().graceful_shutdown();
         tokio::select! {
             r = conn.as_mut() => r,
             _ = $watch.closing() => Ok(()),
@@ -29,9 +52,19 @@ macro_rules! drive {
     }};
 }
 
+/// The connection idle timeout's state.
+struct IdleConn {
+    period: std::time::Duration,
+    proxy: Proxy,
+    metrics: Option<LimitMetrics>,
+    direction: Direction,
+}
+
 /// Serves `io` with `proxy` until the client closes. When draining starts
 /// the connection is shut down gracefully (HTTP/2 GOAWAY; HTTP/1 closes
 /// after the request in flight); when the grace period ends it is dropped.
+/// The same graceful shutdown closes a connection that started no request
+/// for `HTTP_IDLE_TIMEOUT` (noticed after between one and two of it).
 pub async fn serve<I>(
     io: I,
     version: Version,
@@ -43,6 +76,16 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(io);
+    let proxy = proxy.serving(Serving {
+        watch: watch.clone(),
+        body_idle_timeout: config.body_idle_timeout,
+    });
+    let idle = IdleConn {
+        period: config.idle_timeout,
+        proxy: proxy.clone(),
+        metrics: proxy.limit_metrics(),
+        direction: proxy.direction(),
+    };
     match version {
         Version::Http1 => {
             let conn = http1::Builder::new()
@@ -56,22 +99,20 @@ where
                 .half_close(true)
                 .serve_connection(io, proxy)
                 .with_upgrades();
-            drive!(conn, watch)
+            drive!(conn, watch, idle)
         }
         Version::Http2 => {
-            let adaptive = config.http2_initial_stream_window_size.is_none()
-                && config.http2_initial_connection_window_size.is_none();
             let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .auto_date_header(false)
-                .adaptive_window(adaptive)
+                .adaptive_window(config.http2_adaptive_window)
                 .initial_stream_window_size(config.http2_initial_stream_window_size)
                 .initial_connection_window_size(config.http2_initial_connection_window_size)
-                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                .max_concurrent_streams(config.http2_max_concurrent_streams)
                 .keep_alive_interval(config.http2_keepalive_interval)
                 .keep_alive_timeout(config.http2_keepalive_timeout)
                 .serve_connection(io, proxy);
-            drive!(conn, watch)
+            drive!(conn, watch, idle)
         }
     }
 }

@@ -11,6 +11,7 @@
 pub mod authz;
 pub mod bounded;
 pub mod http;
+pub mod limits;
 pub mod mesh;
 pub mod process;
 pub mod route;

@@ -106,3 +106,73 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `linnet proxy` (the binary at `binary`) as its own process on one
+/// core, as a sidecar runs, forwarding every outbound connection to
+/// `backend`; killed on drop.
+#[derive(Debug)]
+pub struct Sidecar {
+    /// The outbound listener.
+    pub outbound: std::net::SocketAddr,
+    /// The admin server.
+    pub admin: std::net::SocketAddr,
+    child: Child,
+}
+
+impl Sidecar {
+    /// Starts it with `env` (`LINNET_*` pairs) added, and waits until it
+    /// is ready.
+    pub async fn start(binary: &Path, backend: std::net::SocketAddr, env: &[(&str, &str)]) -> Self {
+        let addr = || std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (outbound, inbound, admin) = (addr(), addr(), addr());
+        let child = Command::new(binary)
+            .arg("proxy")
+            .env_clear()
+            .env("LINNET_OUTBOUND_LISTEN_ADDR", outbound.to_string())
+            .env("LINNET_INBOUND_LISTEN_ADDR", inbound.to_string())
+            .env("LINNET_ADMIN_LISTEN_ADDR", admin.to_string())
+            .env("LINNET_OUTBOUND_ORIG_DST_ADDR", backend.to_string())
+            .env("LINNET_CORES", "1")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Self {
+            outbound,
+            admin,
+            child,
+        };
+        crate::eventually("the proxy is ready", Duration::from_secs(10), || async {
+            let (status, _) = crate::metrics::try_http(admin, "GET", "/ready", "")
+                .await
+                .ok()?;
+            (status == 200).then_some(())
+        })
+        .await;
+        s
+    }
+
+    /// Scrapes its `/metrics`.
+    pub async fn metrics(&self) -> crate::metrics::Scrape {
+        crate::metrics::scrape(self.admin).await
+    }
+
+    /// Its resident memory (`VmRSS`), in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -21,6 +21,7 @@ use std::{
     io,
     pin::Pin,
     task::{Context, Poll, ready},
+    time::Duration,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -54,13 +55,15 @@ pub enum Op {
     Write,
     /// Shutting down the write half (sending FIN).
     Shutdown,
+    /// Waiting: neither side moved a byte for the idle timeout.
+    Idle,
 }
 
 /// The copy failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{op} {side} failed", op = op_str(self.op), side = side_str(self.side))]
+#[error("{}", describe(*.side, *.op))]
 pub struct CopyError {
-    /// The side whose socket failed.
+    /// The side whose socket failed (for [`Op::Idle`], the client's).
     pub side: Peer,
     /// What was being done.
     pub op: Op,
@@ -69,18 +72,24 @@ pub struct CopyError {
     pub source: io::Error,
 }
 
-fn op_str(op: Op) -> &'static str {
-    match op {
-        Op::Read => "reading from",
-        Op::Write => "writing to",
-        Op::Shutdown => "shutting down",
+impl CopyError {
+    /// Whether the copy ended because neither side moved a byte for the
+    /// idle timeout.
+    pub fn is_idle(&self) -> bool {
+        self.op == Op::Idle
     }
 }
 
-fn side_str(side: Peer) -> &'static str {
-    match side {
+fn describe(side: Peer, op: Op) -> String {
+    let side = match side {
         Peer::Src => "client",
         Peer::Dst => "target",
+    };
+    match op {
+        Op::Read => format!("reading from {side} failed"),
+        Op::Write => format!("writing to {side} failed"),
+        Op::Shutdown => format!("shutting down {side} failed"),
+        Op::Idle => "no bytes moved either way for the idle timeout".to_string(),
     }
 }
 
@@ -94,8 +103,14 @@ pub struct Transferred {
 }
 
 /// Copies between `src` and `dst` in both directions until both have
-/// ended (see the module docs).
-pub async fn duplex<S, D>(src: Side<'_, S>, dst: Side<'_, D>) -> Result<Transferred, CopyError>
+/// ended (see the module docs), or until no byte has moved either way for
+/// `idle` (noticed after between one and two of it; the error's `op` is
+/// then [`Op::Idle`]).
+pub async fn duplex<S, D>(
+    src: Side<'_, S>,
+    dst: Side<'_, D>,
+    idle: Option<Duration>,
+) -> Result<Transferred, CopyError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     D: AsyncRead + AsyncWrite + Unpin,
@@ -104,6 +119,14 @@ where
     let mut down = Half::new(Peer::Dst, Peer::Src);
     // The first failure, and how long the other direction may still run.
     let mut failure: Option<(CopyError, Pin<Box<tokio::time::Sleep>>)> = None;
+    // One timer per connection, re-armed once per period rather than on
+    // every read: at each expiry, the bytes moved since the last one say
+    // whether the connection was idle.
+    let mut idle = idle.map(|period| IdleCheck {
+        period,
+        timer: Box::pin(tokio::time::sleep(period)),
+        moved: 0,
+    });
     poll_fn(|cx| {
         // Poll both directions every time, so neither starves the other.
         let up_result = up.poll(
@@ -130,6 +153,15 @@ where
                 }
             }
         }
+        if let (None, Some(check)) = (&failure, &mut idle) {
+            if check.poll_idle(cx, up.bytes + down.bytes).is_ready() {
+                return Poll::Ready(Err(CopyError {
+                    side: Peer::Src,
+                    op: Op::Idle,
+                    source: io::ErrorKind::TimedOut.into(),
+                }));
+            }
+        }
         if let Some((_, linger)) = &mut failure {
             if (up.finished() && down.finished()) || linger.as_mut().poll(cx).is_ready() {
                 if let Some((e, _)) = failure.take() {
@@ -150,8 +182,31 @@ where
     .await
 }
 
+/// The idle timeout's state.
+struct IdleCheck {
+    period: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Bytes moved when the timer was last armed.
+    moved: u64,
+}
+
+impl IdleCheck {
+    /// Ready when a whole period passed with `moved` unchanged.
+    fn poll_idle(&mut self, cx: &mut Context<'_>, moved: u64) -> Poll<()> {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if moved == self.moved {
+                return Poll::Ready(());
+            }
+            self.moved = moved;
+            let next = tokio::time::Instant::now() + self.period;
+            self.timer.as_mut().reset(next);
+        }
+        Poll::Pending
+    }
+}
+
 /// How long one direction may go on after the other failed.
-const LINGER_AFTER_ERROR: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_AFTER_ERROR: Duration = Duration::from_secs(2);
 
 enum State {
     Copying,
@@ -326,6 +381,7 @@ mod tests {
                     read_bytes: &counters[2],
                     write_bytes: &counters[3],
                 },
+                None,
             )
             .await
             .map(|t| (t, counters.iter().map(|c| c.get()).collect::<Vec<_>>()))
@@ -378,6 +434,7 @@ mod tests {
                     read_bytes: &c[2],
                     write_bytes: &c[3],
                 },
+                None,
             )
             .await;
         });
@@ -411,6 +468,7 @@ mod tests {
                     read_bytes: &c[2],
                     write_bytes: &c[3],
                 },
+                None,
             )
             .await
         });
@@ -433,5 +491,42 @@ mod tests {
         assert_eq!((err.side, err.op), (Peer::Dst, Op::Write));
         // The refusal reached the client all the same.
         assert_eq!(uploader.await.unwrap(), b"413 too large");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_copy_ends_and_a_busy_one_does_not() {
+        let (mut client, mut src) = pipe(1024);
+        let (mut dst, mut server) = pipe(1024);
+        let c: Vec<Counter> = (0..4).map(|_| Counter::default()).collect();
+        let idle = std::time::Duration::from_secs(10);
+        let copy = tokio::spawn(async move {
+            duplex(
+                Side {
+                    io: &mut src,
+                    read_bytes: &c[0],
+                    write_bytes: &c[1],
+                },
+                Side {
+                    io: &mut dst,
+                    read_bytes: &c[2],
+                    write_bytes: &c[3],
+                },
+                Some(idle),
+            )
+            .await
+        });
+        // A byte every 6 s, over 60 s: never a whole period without one.
+        for _ in 0..10 {
+            client.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            server.read_exact(&mut b).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+            assert!(!copy.is_finished());
+        }
+        // Then silence: it ends within two periods.
+        tokio::time::sleep(idle * 2).await;
+        let err = copy.await.unwrap().unwrap_err();
+        assert!(err.is_idle(), "{err}");
+        assert_eq!(err.op, Op::Idle);
     }
 }
