@@ -156,9 +156,8 @@ async fn run(opts: Options, head: Head, data: &[u8], log: Log) -> Vec<u8> {
     .with_client_id(opts.client_id.then_some(CLIENT_ID));
     let (client, server) = tokio::io::duplex(16 * 1024);
     let (_signal, watch) = linnet_core::drain::channel();
-    let config = config();
     let serve = async {
-        let _ = linnet_http::serve(server, version, proxy, &config, watch).await;
+        let _ = linnet_http::serve(server, version, proxy, config(), watch).await;
     };
     let (mut rd, mut wr) = tokio::io::split(client);
     let fragments = head.fragments(data);
@@ -502,13 +501,14 @@ fn metrics() -> &'static HttpMetrics {
     })
 }
 
-fn config() -> HttpConfig {
-    HttpConfig {
-        header_read_timeout: Duration::from_secs(10),
-        max_request_body_size: None,
-        http2_initial_stream_window_size: None,
-        http2_initial_connection_window_size: None,
-        http2_keepalive_interval: Duration::from_secs(10),
-        http2_keepalive_timeout: Duration::from_secs(20),
-    }
+/// The proxy's HTTP settings when nothing is configured.
+fn config() -> &'static HttpConfig {
+    static CONFIG: OnceLock<HttpConfig> = OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let none = std::collections::HashMap::<String, String>::new();
+        match linnet_config::Config::from_env(&none) {
+            Ok(c) => c.http,
+            Err(e) => panic!("the default configuration does not read: {e}"),
+        }
+    })
 }
