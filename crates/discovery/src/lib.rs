@@ -29,6 +29,8 @@
 pub mod control;
 mod destination;
 mod dns;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod metrics;
 mod policy;
 mod watch;
