@@ -41,6 +41,7 @@ use linnet_http::{
     client::ConnectConfig,
 };
 use linnet_metrics::{Direction, http::HttpMetrics};
+use linnet_transport::resolve::Addrs;
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex, OnceLock},
@@ -294,8 +295,8 @@ struct MockExplicit {
 }
 
 impl Explicit for MockExplicit {
-    fn upstream(&self, addr: SocketAddr, _: Option<&str>) -> Arc<Upstream> {
-        unreachable!("the mock resolves to stacks only, never to {addr}")
+    fn upstream(&self, addrs: &Addrs, _: Option<&str>) -> Arc<Upstream> {
+        unreachable!("the mock resolves to stacks only, never to {addrs:?}")
     }
 
     fn is_self(&self, _: SocketAddr) -> bool {

@@ -368,6 +368,13 @@ impl Inner {
         }
 
         headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+        if self.direction == Direction::Outbound {
+            // How a request travels between proxies is the endpoint
+            // client's to say (it sets this when it carries HTTP/1 as
+            // HTTP/2), never the application's: a client's own would make
+            // the peer's proxy downgrade an HTTP/2 request.
+            req.headers_mut().remove(L5D_ORIG_PROTO);
+        }
         // HTTP/1 between meshed proxies travels as HTTP/2; the outbound
         // side's endpoint client upgrades it, and it is restored here
         // (inbound).
