@@ -16,11 +16,19 @@
 //! The proxy under test is any command line (`--proxy`, `--proxy-env`)
 //! that reads Linkerd's `LINKERD2_PROXY_*` variables: the listeners, the
 //! admin server and `*_ORIG_DST_ADDR`, which stands in for iptables.
+//!
+//! `--soak DURATION` runs one scenario (`mesh` unless `--scenario` says
+//! otherwise) at one steady rate for that long instead, the mesh file
+//! changing the service's endpoints every so often and the identity
+//! certificates short-lived enough to renew several times, and writes
+//! samples of each proxy's memory and CPU and of the load's p99 and
+//! errors over time ([`soak`]).
 
 mod backend;
 mod load;
 mod procs;
 mod report;
+mod soak;
 mod topology;
 
 use anyhow::{Context, Result, bail};
@@ -96,6 +104,24 @@ struct Args {
     /// Where results go (default: `target/bench`).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// A soak run of this long (`10m`, `90s`) instead of the benchmark:
+    /// one scenario (default `mesh`) at one rate (default 1000/s), with
+    /// endpoint churn and certificate rotation; writes `soak.json` and
+    /// `soak.svg`.
+    #[arg(long, value_parser = soak::parse_duration)]
+    soak: Option<Duration>,
+    /// How often a soak run samples memory, CPU, p99 and errors.
+    #[arg(long, default_value = "5s", value_parser = soak::parse_duration)]
+    sample_interval: Duration,
+    /// How often a soak run changes the service's endpoints: a fixed
+    /// period (`20s`) or a range picked from at random each time
+    /// (`10s-30s`).
+    #[arg(long, default_value = "10s-30s", value_parser = soak::parse_period)]
+    churn_every: soak::Period,
+    /// The lifetime of the identity certificates `linnet control` issues
+    /// in a soak run (they renew at about 70% of it).
+    #[arg(long, default_value = "60s", value_parser = soak::parse_duration)]
+    cert_lifetime: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -277,6 +303,7 @@ fn main() -> Result<()> {
             seconds,
             concurrency,
         }) => handshakes(&args, seconds, concurrency),
+        None if args.soak.is_some() => soak::run(&args),
         None => bench(&args),
     }
 }
@@ -342,6 +369,74 @@ fn bench(args: &Args) -> Result<()> {
         large_warmup_s: args.large_warmup.max(0.0),
     };
 
+    let (h, out, oha) = harness(args, settings, &scenarios)?;
+    let h = &h;
+
+    let mut loads: Vec<Rate> = h.settings.rates.iter().map(|&r| Rate::Fixed(r)).collect();
+    if h.settings.saturation {
+        loads.push(Rate::Max);
+    }
+    let mut runs = Vec::new();
+    let mut tcp_runs = Vec::new();
+    for repeat in 0..h.settings.repeats {
+        for &rate in &loads {
+            // Rotate the order each repeat, so that no scenario always
+            // runs first (or right after the heaviest).
+            let n = scenarios.len();
+            for i in 0..n {
+                let s = scenarios[(i + repeat) % n];
+                let run = h
+                    .measure(s, rate, repeat)
+                    .with_context(|| format!("scenario {} at {}", s.name(), rate.label()))?;
+                eprintln!("{}", run.summary());
+                runs.push(run);
+            }
+        }
+        if tcp {
+            let n = TcpPath::ALL.len();
+            for i in 0..n {
+                let p = TcpPath::ALL[(i + repeat) % n];
+                let run = h
+                    .measure_tcp(p, repeat)
+                    .with_context(|| format!("TCP path {}", p.name()))?;
+                eprintln!("{}", run.summary());
+                tcp_runs.push(run);
+            }
+        }
+    }
+
+    let machine = report::Machine::read(&oha);
+    let report = report::Report::build(
+        h.settings.clone(),
+        machine,
+        runs,
+        tcp_runs,
+        started.elapsed(),
+    );
+    std::fs::create_dir_all(&out)?;
+    let json = out.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+    let md = report.markdown();
+    std::fs::write(out.join("results.md"), &md)?;
+    std::fs::write(out.join("latency.svg"), report.svg())?;
+    println!("{md}");
+    eprintln!(
+        "wrote {}, results.md and latency.svg in {:.0}s",
+        json.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Everything the runs of `scenarios` need, started: the output
+/// directories, the tools (installed if missing), the proxy under test,
+/// the backends. Returns the harness, where results go, and oha.
+fn harness(
+    args: &Args,
+    settings: report::Settings,
+    scenarios: &[Scenario],
+) -> Result<(Harness, PathBuf, PathBuf)> {
+    let tcp = settings.tcp;
     let exe = std::env::current_exe()?;
     let out = match &args.out {
         Some(o) => o.clone(),
@@ -423,60 +518,7 @@ fn bench(args: &Args) -> Result<()> {
         settings,
     };
 
-    let mut loads: Vec<Rate> = h.settings.rates.iter().map(|&r| Rate::Fixed(r)).collect();
-    if h.settings.saturation {
-        loads.push(Rate::Max);
-    }
-    let mut runs = Vec::new();
-    let mut tcp_runs = Vec::new();
-    for repeat in 0..h.settings.repeats {
-        for &rate in &loads {
-            // Rotate the order each repeat, so that no scenario always
-            // runs first (or right after the heaviest).
-            let n = scenarios.len();
-            for i in 0..n {
-                let s = scenarios[(i + repeat) % n];
-                let run = h
-                    .measure(s, rate, repeat)
-                    .with_context(|| format!("scenario {} at {}", s.name(), rate.label()))?;
-                eprintln!("{}", run.summary());
-                runs.push(run);
-            }
-        }
-        if tcp {
-            let n = TcpPath::ALL.len();
-            for i in 0..n {
-                let p = TcpPath::ALL[(i + repeat) % n];
-                let run = h
-                    .measure_tcp(p, repeat)
-                    .with_context(|| format!("TCP path {}", p.name()))?;
-                eprintln!("{}", run.summary());
-                tcp_runs.push(run);
-            }
-        }
-    }
-
-    let machine = report::Machine::read(&oha);
-    let report = report::Report::build(
-        h.settings.clone(),
-        machine,
-        runs,
-        tcp_runs,
-        started.elapsed(),
-    );
-    std::fs::create_dir_all(&out)?;
-    let json = out.join("results.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
-    let md = report.markdown();
-    std::fs::write(out.join("results.md"), &md)?;
-    std::fs::write(out.join("latency.svg"), report.svg())?;
-    println!("{md}");
-    eprintln!(
-        "wrote {}, results.md and latency.svg in {:.0}s",
-        json.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok((h, out, oha))
 }
 
 impl Harness {

@@ -36,7 +36,7 @@ pub(crate) struct Settings {
 }
 
 /// Where it ran.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub(crate) struct Machine {
     pub(crate) cores: usize,
     pub(crate) cpu: String,
@@ -740,7 +740,7 @@ fn tcp_row(group: &[&TcpRun], all: &[TcpRun]) -> TcpRow {
 }
 
 /// 1, 2 or 5 times a power of ten, at least `raw`.
-fn nice_step(raw: f64) -> f64 {
+pub(crate) fn nice_step(raw: f64) -> f64 {
     if raw.is_nan() || raw <= 0.0 {
         return 0.1;
     }
@@ -752,7 +752,7 @@ fn nice_step(raw: f64) -> f64 {
         .unwrap_or(10.0 * p)
 }
 
-fn trim(v: f64) -> String {
+pub(crate) fn trim(v: f64) -> String {
     let s = format!("{v:.3}");
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }

@@ -3,8 +3,10 @@
 //! variables), HAProxy, and iperf3.
 
 mod balanced;
+mod soak;
 
-pub(crate) use balanced::{Shape, Snapshot};
+pub(crate) use balanced::{Shape, Snapshot, metric_sum, scrape};
+pub(crate) use soak::Churn;
 
 use crate::procs::{self, Proc};
 use anyhow::{Context, Result};
@@ -368,6 +370,17 @@ impl Control {
     /// `server-token` into a fresh directory and starts `linnet control`
     /// (the binary `control`) on it; returns once it is ready.
     fn start(control: &std::path::Path, mesh_yaml: &str, dirs: &Dirs) -> Result<Self> {
+        Self::start_reloading(control, mesh_yaml, dirs, "1h")
+    }
+
+    /// [`Control::start`], looking at the mesh file for changes every
+    /// `reload` (`1s`).
+    fn start_reloading(
+        control: &std::path::Path,
+        mesh_yaml: &str,
+        dirs: &Dirs,
+        reload: &str,
+    ) -> Result<Self> {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let work = dirs.work.join(format!("mesh-{n}"));
@@ -387,7 +400,7 @@ impl Control {
                 .arg(grpc.to_string())
                 .arg("--admin-listen")
                 .arg(admin.to_string())
-                .args(["--reload-interval", "1h", "--log", "warn"]),
+                .args(["--reload-interval", reload, "--log", "warn"]),
             &dirs.logs,
         )?];
         procs::wait_until("linnet control", &mut others, START_TIMEOUT, || {

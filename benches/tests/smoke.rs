@@ -1,8 +1,10 @@
 //! The harness's quick path, end to end: the `direct` and `outbound`
 //! scenarios at a low rate for a few seconds, through the real `linnet`
 //! binary, with oha. Checks that the report is complete and that every
-//! request succeeded and the proxy's CPU and memory were read. No timing
-//! is asserted: timings belong in the report, not in pass/fail tests.
+//! request succeeded and the proxy's CPU and memory were read. And a soak
+//! of a few seconds: its JSON and chart are written, parse, and hold
+//! samples of every proxy. No timing is asserted: timings belong in the
+//! report, not in pass/fail tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
@@ -17,10 +19,10 @@ fn num(v: &Value, path: &str) -> f64 {
         .unwrap_or_else(|| panic!("{path} missing or not a number in {v:#}"))
 }
 
-#[test]
-fn quick_direct_and_outbound() {
-    // The proxy under test: this build's `linnet`, built if need be (a
-    // no-op when the workspace's tests already built it).
+/// This build's `linnet` (the proxy under test, and `linnet control`),
+/// built if need be (a no-op when the workspace's tests already built
+/// it), beside `linnet-bench`.
+fn linnet() -> std::path::PathBuf {
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_linnet-bench"))
         .parent()
         .unwrap();
@@ -36,7 +38,12 @@ fn quick_direct_and_outbound() {
         "cannot build {}",
         linnet.display()
     );
+    linnet
+}
 
+#[test]
+fn quick_direct_and_outbound() {
+    let linnet = linnet();
     let out = std::env::temp_dir().join(format!("linnet-bench-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let status = Command::new(env!("CARGO_BIN_EXE_linnet-bench"))
@@ -105,5 +112,67 @@ fn quick_direct_and_outbound() {
     assert!(md.contains("| outbound | 200 rps |"), "{md}");
     let svg = std::fs::read_to_string(out.join("latency.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("outbound"), "{svg}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn a_short_soak_writes_its_samples_and_chart() {
+    let linnet = linnet();
+    let out = std::env::temp_dir().join(format!("linnet-bench-soak-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    // The mesh with churn every second and certificates of a few seconds,
+    // so that both happen within the run (not asserted: the timing is the
+    // machine's).
+    let status = Command::new(env!("CARGO_BIN_EXE_linnet-bench"))
+        .args(["--soak", "6s", "--sample-interval", "2s"])
+        .args(["--churn-every", "1s", "--cert-lifetime", "4s"])
+        .args(["--rate", "200", "--warmup", "0"])
+        .arg("--proxy")
+        .arg(format!("{} proxy", linnet.display()))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("run linnet-bench --soak");
+    assert!(status.success(), "linnet-bench --soak failed: {status}");
+
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("soak.json")).unwrap()).unwrap();
+    assert_eq!(report["scenario"], "mesh");
+    assert_eq!(report["rate"], 200);
+    let samples = report["samples"].as_array().unwrap();
+    assert!(!samples.is_empty(), "no samples: {report:#}");
+    for s in samples {
+        num(s, "t_s");
+        num(s, "p99_ms");
+        num(s, "requests");
+        let proxies = s["proxies"].as_array().unwrap();
+        let names: Vec<&str> = proxies
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["outbound", "inbound-1", "inbound-2", "inbound-3"],
+            "{s:#}"
+        );
+        for p in proxies {
+            assert!(num(p, "rss_kib") > 0.0, "RSS not read: {p:#}");
+            num(p, "cpu_percent");
+        }
+    }
+    // Start, end and maximum of each proxy's RSS and CPU, and of p99.
+    let extents = report["extents"].as_array().unwrap();
+    assert_eq!(extents.len(), 4 * 2 + 1, "{report:#}");
+    num(&report, "errors");
+    assert!(report["events"].is_array());
+
+    let svg = std::fs::read_to_string(out.join("soak.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{svg}"
+    );
+    assert_eq!(svg.matches("<svg").count(), 1);
+    // A line per proxy for RSS and for CPU, and one for p99.
+    assert_eq!(svg.matches("<polyline").count(), 4 * 2 + 1, "{svg}");
     std::fs::remove_dir_all(&out).unwrap();
 }

@@ -11,11 +11,12 @@
 //!
 //! Memory: the proxy's `VmRSS` after [`ROUNDS`] rounds (100,000 requests
 //! and 10,000 TLS connections), once their series are evicted, is within
-//! 2 MiB of what it was before them. "Before" is measured after one
-//! warm-up round: the allocator keeps the memory of the first burst for
-//! reuse (the process's high-water mark, about 4 MiB here) rather than
-//! returning it, and what this test asks is that later bursts leave
-//! nothing behind. Growth without bound would keep about 30 MiB a round.
+//! 2 MiB of what it was before them (given the allocator's decay time,
+//! about 10 s, to return the last round's pages). "Before" is measured
+//! after one warm-up round: the allocator keeps its bookkeeping for the
+//! first burst's high-water mark, and what this test asks is that later
+//! bursts leave nothing behind. Growth without bound would keep about
+//! 30 MiB a round.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use linnet_test_support::{eventually, metrics::Scrape, process::Sidecar};
@@ -318,7 +319,16 @@ async fn peer_chosen_labels_stay_bounded() {
         "RSS (KiB) of the proxy before any traffic, then after each round's eviction (round 0 warms up): {:?}",
         rss.iter().map(|b| b / 1024).collect::<Vec<_>>()
     );
-    let (before, after) = (rss[1], rss[ROUNDS + 1]);
+    // The allocator returns freed pages on a decay schedule (about 10 s):
+    // the last round's may still be resident, so it gets that long.
+    let before = rss[1];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut after = rss[ROUNDS + 1];
+    while after > before + 2 * 1024 * 1024 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        after = proxy.rss();
+    }
+    rss.push(after);
     assert!(
         after <= before + 2 * 1024 * 1024,
         "RSS grew by {} KiB over {ROUNDS} rounds whose series were all evicted: {rss:?}",

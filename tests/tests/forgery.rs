@@ -83,6 +83,24 @@ async fn a_redirected_plaintext_client_cannot_claim_an_identity() {
 }
 
 #[tokio::test]
+async fn an_outbound_client_cannot_say_how_its_request_travels() {
+    let app = HttpServer::start().await;
+    let proxy = Proxy::start(OrigDst::Fixed(app.addr), &[]).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.outbound)
+        .await
+        .unwrap();
+    let status = raw_request(&mut s, &forged_get("")).await;
+    assert!(status.contains(" 200 "), "{status}");
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].headers.get("l5d-orig-proto").is_none(),
+        "{:?}",
+        seen[0].headers
+    );
+}
+
+#[tokio::test]
 async fn terminated_mesh_mtls_carries_only_the_verified_identity() {
     let app = HttpServer::start().await;
     let plane = ControlPlane::start(&tokens()).await;

@@ -463,22 +463,31 @@ async fn an_idle_http_connection_is_closed_gracefully_and_counted() {
 
 #[tokio::test]
 async fn http2_clients_are_told_the_stream_limit_and_held_to_it() {
-    // The application holds every request until told to answer.
+    // The application (HTTP/2, as the proxy forwards HTTP/2) holds every
+    // request until told to answer.
     let (release_tx, release_rx) = tokio::sync::watch::channel(false);
     let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let app = {
         let started = started.clone();
-        backend(move |mut s| {
-            let mut release = release_rx.clone();
+        backend(move |s| {
+            let release = release_rx.clone();
             let started = started.clone();
             async move {
-                read_head(&mut s).await;
-                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = release.wait_for(|r| *r).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                let _ = read_to_end(&mut s).await;
+                let service = hyper::service::service_fn(move |_req| {
+                    let mut release = release.clone();
+                    let started = started.clone();
+                    async move {
+                        started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let _ = release.wait_for(|r| *r).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                        .await;
             }
         })
         .await

@@ -274,7 +274,7 @@ impl Probe {
 }
 
 /// The body of `GET /metrics` from an admin server.
-fn scrape(admin: SocketAddr) -> Result<String> {
+pub(crate) fn scrape(admin: SocketAddr) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     // HTTP/1.0: the body ends with the connection, never chunked.
@@ -294,7 +294,7 @@ fn scrape(admin: SocketAddr) -> Result<String> {
 }
 
 /// The sum of the samples of `name` whose labels contain `labels`.
-fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
+pub(crate) fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {

@@ -307,12 +307,13 @@ pub async fn run(
     let mesh_metrics = linnet_metrics::mesh::MeshMetrics::register(&mut registry);
     let limit_metrics = linnet_metrics::limits::LimitMetrics::register(&mut registry);
     let route_metrics = linnet_metrics::route::RouteMetrics::register(&mut registry);
+    let resolve_metrics = linnet_metrics::resolve::ResolveMetrics::register(&mut registry);
     // The identity first: discovery's TLS presents its certificate.
     let (control_metrics, control_tls) = control_plane(&config, &mut registry);
     let identity = identity(&config, &mut registry, control_tls.as_ref())?;
     let discovery = discovery(
         &config,
-        control_metrics,
+        control_metrics.with_resolutions(resolve_metrics.clone()),
         control_tls.map(|t| match &identity {
             Some(id) => t.with_client_certificate(id.store()),
             None => t,
@@ -369,6 +370,7 @@ pub async fn run(
         ),
         metrics: tcp_metrics.clone(),
         http_metrics: http_metrics.clone(),
+        resolve_metrics: resolve_metrics.clone(),
         mesh_metrics: mesh_metrics.clone(),
         limit_metrics: limit_metrics.clone(),
         profile_networks: config.control.profile_networks.clone(),
@@ -395,6 +397,7 @@ pub async fn run(
         orig_dst: fixed_or(Direction::Inbound, config.inbound.orig_dst_addr, &orig_dst),
         metrics: tcp_metrics,
         http_metrics,
+        resolve_metrics,
         mesh_metrics,
         limit_metrics,
         profile_networks: config.control.profile_networks.clone(),

@@ -8,10 +8,11 @@
 use crate::tcp::{Dest, Forward};
 use linnet_core::drain;
 use linnet_detect::{PrefixedIo, Protocol};
-use linnet_discovery::{Balancer, Endpoint, Logical, PickError};
+use linnet_discovery::{Balancer, Endpoint, Logical, PickError, Picked};
 use linnet_http::{BoxFuture, Explicit, Resolved, Route, Upstream, client::ConnectConfig};
 use linnet_metrics::tcp::CloseReason;
 use linnet_tls::{FailClosed, FailReason};
+use linnet_transport::resolve::Addrs;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::TcpStream;
 
@@ -169,24 +170,77 @@ impl ExplicitRoutes {
     /// An endpoint of `balancer`; a control plane that does not answer in
     /// time is counted as a refusal (the target may be meshed).
     pub(crate) async fn pick(&self, balancer: &Balancer) -> Result<Arc<Endpoint>, String> {
-        balancer.pick().await.map_err(|error| {
-            if let PickError::Timeout(authority) = &error {
-                let e = FailClosed::new(
-                    FailReason::DiscoveryTimeout,
-                    format!("the control plane did not answer in time about {authority}"),
-                    None,
-                );
-                self.fwd
-                    .count_fail_closed(UNKNOWN_CLIENT, UNKNOWN_CLIENT, &e);
+        balancer
+            .pick()
+            .await
+            .map_err(|error| self.pick_failed(error))
+    }
+
+    /// Where a name goes when the control plane does not know it: every
+    /// address DNS gives it that the control plane does not name as a
+    /// meshed pod or service, or, when it does, the addresses that prove
+    /// the same identity as the first (each reached only over mTLS proving
+    /// it). An address the control plane did not answer about in time is
+    /// left out (it may be meshed).
+    async fn by_addresses(&self, name: &str, addrs: Vec<SocketAddr>) -> Result<Resolved, String> {
+        let addrs = &addrs[..addrs.len().min(linnet_transport::resolve::MAX_ADDRS)];
+        let answers = match addrs {
+            [one] => vec![self.by_address(*one).await],
+            // Asked at once: each may wait for the control plane.
+            _ => {
+                let mut asking = tokio::task::JoinSet::new();
+                for (i, addr) in addrs.iter().copied().enumerate() {
+                    let routes = ExplicitRoutes {
+                        fwd: self.fwd.clone(),
+                        local: self.local,
+                    };
+                    asking.spawn(async move { (i, routes.by_address(addr).await) });
+                }
+                let mut answers = asking.join_all().await;
+                answers.sort_by_key(|(i, _)| *i);
+                answers.into_iter().map(|(_, a)| a).collect()
             }
-            error.to_string()
-        })
+        };
+        let mut found = Vec::with_capacity(answers.len());
+        let mut first_error = None;
+        for answer in answers {
+            match answer {
+                Ok(e) => found.push(e),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let Some(identity) = found.first().map(|e| e.identity.clone()) else {
+            return Err(first_error.unwrap_or_else(|| format!("{name} has no address")));
+        };
+        let addrs = found
+            .iter()
+            .filter(|e| e.identity == identity)
+            .map(|e| e.addr);
+        let addrs = Addrs::named(name, addrs).ok_or_else(|| format!("{name} has no address"))?;
+        Ok(Resolved::Endpoint { addrs, identity })
+    }
+
+    /// A pick's failure, said; a control plane that did not answer in
+    /// time is counted as a refusal.
+    fn pick_failed(&self, error: PickError) -> String {
+        if let PickError::Timeout(authority) = &error {
+            let e = FailClosed::new(
+                FailReason::DiscoveryTimeout,
+                format!("the control plane did not answer in time about {authority}"),
+                None,
+            );
+            self.fwd
+                .count_fail_closed(UNKNOWN_CLIENT, UNKNOWN_CLIENT, &e);
+        }
+        error.to_string()
     }
 }
 
 impl Explicit for ExplicitRoutes {
-    fn upstream(&self, addr: SocketAddr, identity: Option<&str>) -> Arc<Upstream> {
-        self.fwd.upstream_for(addr, identity, None, false)
+    fn upstream(&self, addrs: &Addrs, identity: Option<&str>) -> Arc<Upstream> {
+        self.fwd.upstreams.get(addrs.clone(), identity, None, false)
     }
 
     fn is_self(&self, addr: SocketAddr) -> bool {
@@ -212,18 +266,23 @@ impl Explicit for ExplicitRoutes {
         connect: bool,
     ) -> BoxFuture<'a, Result<Resolved, String>> {
         let endpoint = |e: Arc<Endpoint>| Resolved::Endpoint {
-            addr: e.addr,
+            addrs: Addrs::One(e.addr),
             identity: e.identity.clone(),
         };
         let Some(discovery) = self.fwd.discovery.as_ref().filter(|d| d.has_destination()) else {
             return Box::pin(async move {
-                linnet_http::proxy::resolve(authority, default_port, self.connect_config().timeout)
-                    .await
-                    .map(|addr| Resolved::Endpoint {
-                        addr,
-                        identity: None,
-                    })
-                    .map_err(|e| e.to_string())
+                linnet_http::proxy::resolve(
+                    authority,
+                    default_port,
+                    self.connect_config().timeout,
+                    &self.fwd.resolve_metrics,
+                )
+                .await
+                .map(|addrs| Resolved::Endpoint {
+                    addrs,
+                    identity: None,
+                })
+                .map_err(|e| e.to_string())
             });
         };
         let port = authority.port_u16().unwrap_or(default_port);
@@ -284,12 +343,18 @@ impl Explicit for ExplicitRoutes {
                     });
                 }
             }
-            let e = self.pick(&balancer).await?;
+            let e = match balancer.pick_or_resolve().await {
+                Ok(Picked::Endpoint(e)) => e,
+                // Addresses from DNS: the control plane may still name
+                // the pods they are.
+                Ok(Picked::Resolved(addrs)) => return self.by_addresses(&name, addrs).await,
+                Err(error) => return Err(self.pick_failed(error)),
+            };
             if e.identity.is_some() {
                 return Ok(endpoint(e));
             }
-            // An address from DNS (or an endpoint named without an
-            // identity): the control plane may still name the pod it is.
+            // An endpoint named without an identity: the control plane
+            // may still name the pod it is.
             self.by_address(e.addr).await.map(endpoint)
         })
     }

@@ -60,6 +60,8 @@ pub(crate) struct Forward {
     pub(crate) orig_dst: OrigDst,
     pub(crate) metrics: TcpMetrics,
     pub(crate) http_metrics: HttpMetrics,
+    /// Names resolved in explicit proxy mode.
+    pub(crate) resolve_metrics: linnet_metrics::resolve::ResolveMetrics,
     /// Refusals of meshed targets that mTLS could not prove.
     pub(crate) mesh_metrics: MeshMetrics,
     /// Connection limits and idle timeouts hit.

@@ -1,6 +1,7 @@
 //! The HTTP clients of targets, shared by every connection and stack of
 //! a listener: one [`Upstream`] (pooled HTTP/1 and HTTP/2 connections)
-//! per target address, identity, server name and protocol hint.
+//! per target address (or name and its addresses, in explicit mode),
+//! identity, server name and protocol hint.
 //!
 //! This is where the fail-closed rule meets the endpoint client: an
 //! upstream for a target the control plane names with an identity is
@@ -12,15 +13,15 @@ use linnet_config::{HttpConfig, ProxyConfig};
 use linnet_http::{Upstream, client::ConnectConfig};
 use linnet_metrics::{Direction, mesh::MeshMetrics, tcp::TcpMetrics};
 use linnet_tls::PeerTls;
+use linnet_transport::resolve::Addrs;
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
 /// A target, the identity it must present when meshed (and the SNI to
 /// send it), and whether HTTP/1 goes to it as HTTP/2.
-type UpstreamKey = (SocketAddr, Option<Arc<str>>, Option<Arc<str>>, bool);
+type UpstreamKey = (Addrs, Option<Arc<str>>, Option<Arc<str>>, bool);
 
 /// Upstreams kept before unused ones are dropped.
 const MAX_UPSTREAMS: usize = 1024;
@@ -43,13 +44,19 @@ impl Upstreams {
     /// proving it, or refused (see [`mesh::peer_tls`]).
     pub(crate) fn get(
         &self,
-        target: SocketAddr,
+        target: impl Into<Addrs>,
         identity: Option<&str>,
         sni: Option<&str>,
         h2: bool,
     ) -> Arc<Upstream> {
+        let target = target.into();
         let h2 = h2 && identity.is_some();
-        let key: UpstreamKey = (target, identity.map(Arc::from), sni.map(Arc::from), h2);
+        let key: UpstreamKey = (
+            target.clone(),
+            identity.map(Arc::from),
+            sni.map(Arc::from),
+            h2,
+        );
         let mut upstreams = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(u) = upstreams.get(&key) {
             return u.clone();
@@ -69,7 +76,7 @@ impl Upstreams {
     }
 
     /// A new upstream for `target`, reached as `tls` says.
-    pub(crate) fn build(&self, target: SocketAddr, tls: PeerTls, h2: bool) -> Upstream {
+    pub(crate) fn build(&self, target: impl Into<Addrs>, tls: PeerTls, h2: bool) -> Upstream {
         let config = ConnectConfig {
             timeout: self.config.connect_timeout,
             keepalive: self.config.connect_keepalive,

@@ -21,6 +21,8 @@
 
 pub mod config;
 mod destination;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod identity;
 mod metrics;
 mod policy;

@@ -207,10 +207,17 @@ fn server_name(hs: &[u8]) -> Option<String> {
             let name = names.take(len)?;
             if kind == 0 {
                 let name = std::str::from_utf8(name).ok()?;
+                // A trailing dot is not part of a server name (RFC 6066,
+                // section 3) and TLS servers drop it: so does detection,
+                // so that routes match the name the server sees.
+                let name = name.strip_suffix('.').unwrap_or(name);
                 let valid = !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+                    && name.split('.').all(|label| {
+                        !label.is_empty()
+                            && label
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    });
                 return valid.then(|| name.to_ascii_lowercase());
             }
         }

@@ -116,6 +116,21 @@ fn tls_client_hello_with_and_without_sni() {
 }
 
 #[test]
+fn sni_is_the_name_a_tls_server_sees() {
+    // Found by fuzzing against rustls: a trailing dot is dropped, as TLS
+    // servers drop it, so routes match the name the server sees.
+    let sni = |name| match done(&client_hello(Some(name), 0)) {
+        Protocol::Tls { sni } => sni,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(sni("Web.Example.com.").as_deref(), Some("web.example.com"));
+    // Names with empty labels are no names.
+    for bad in ["a..b", ".a", "..", ".", "a.b.."] {
+        assert_eq!(sni(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
 fn malformed_tls_never_panics() {
     let hello = client_hello(Some("a.example"), 50);
     // Every truncation and every single-byte corruption of a real hello.

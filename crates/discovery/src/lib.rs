@@ -29,6 +29,8 @@
 pub mod control;
 mod destination;
 mod dns;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod metrics;
 mod policy;
 mod watch;
@@ -177,8 +179,13 @@ impl Discovery {
             .map_err(|e| Error(e.to_string()))?;
         let policy = policy_channel.clone().map(InboundServerPoliciesClient::new);
         let outbound_policy = policy_channel.map(OutboundPoliciesClient::new);
-        let dns = Dns::new(&config.dns_servers, config.dns_min_ttl, config.dns_max_ttl)
-            .map_err(|e| Error(format!("DNS resolver: {e}")))?;
+        let dns = Dns::new(
+            &config.dns_servers,
+            config.dns_min_ttl,
+            config.dns_max_ttl,
+            metrics.resolutions.clone(),
+        )
+        .map_err(|e| Error(format!("DNS resolver: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -636,6 +643,23 @@ impl std::fmt::Display for PickError {
 
 impl std::error::Error for PickError {}
 
+/// What [`Balancer::pick_or_resolve`] found.
+#[derive(Clone, Debug)]
+pub enum Picked {
+    /// An endpoint, as [`Balancer::pick`] picks it.
+    Endpoint(Arc<Endpoint>),
+    /// Every address the DNS fallback has for a name the control plane
+    /// does not know, IPv6 first (never empty): for the caller to try
+    /// them all rather than one at random.
+    Resolved(Vec<SocketAddr>),
+}
+
+/// What a target gives before a pick among a DNS answer.
+enum Choice {
+    One(Arc<Endpoint>),
+    Dns(Arc<BTreeMap<SocketAddr, Arc<Endpoint>>>),
+}
+
 impl Balancer {
     fn single(discovery: Discovery, authority: String, fallback: Fallback) -> Self {
         let dst = discovery.endpoints(&authority);
@@ -749,6 +773,26 @@ impl Balancer {
         };
         target.pick(&self.discovery).await
     }
+
+    /// Like [`Balancer::pick`], except that a name the control plane does
+    /// not know, resolved by the DNS fallback, gives all its addresses.
+    pub async fn pick_or_resolve(&self) -> Result<Picked, PickError> {
+        let Backends::Single(t) = &self.backends else {
+            return self.pick().await.map(Picked::Endpoint);
+        };
+        match t.choose(&self.discovery).await? {
+            Choice::One(e) => Ok(Picked::Endpoint(e)),
+            Choice::Dns(set) => {
+                let (v6, v4): (Vec<SocketAddr>, Vec<SocketAddr>) =
+                    set.keys().partition(|a| a.is_ipv6());
+                let all: Vec<SocketAddr> = v6.into_iter().chain(v4).collect();
+                if all.is_empty() {
+                    return Err(PickError::NotFound(self.name.clone()));
+                }
+                Ok(Picked::Resolved(all))
+            }
+        }
+    }
 }
 
 /// Backends of one policy whose watches a balancer keeps at once.
@@ -756,8 +800,22 @@ const MAX_POLICY_TARGETS: usize = 1024;
 
 impl Target {
     async fn pick(&self, discovery: &Discovery) -> Result<Arc<Endpoint>, PickError> {
+        match self.choose(discovery).await? {
+            Choice::One(e) => Ok(e),
+            Choice::Dns(set) => {
+                let authority = match self {
+                    Target::Service { authority, .. } => authority.as_str(),
+                    Target::Addr(_) => "",
+                };
+                weighted(&set).ok_or_else(|| PickError::NotFound(authority.to_string()))
+            }
+        }
+    }
+
+    /// An endpoint, or a DNS answer to pick among.
+    async fn choose(&self, discovery: &Discovery) -> Result<Choice, PickError> {
         let (authority, dst, fallback) = match self {
-            Target::Addr(e) => return Ok(e.clone()),
+            Target::Addr(e) => return Ok(Choice::One(e.clone())),
             Target::Service {
                 authority,
                 dst,
@@ -775,7 +833,9 @@ impl Target {
             };
             match r {
                 Resolution::Endpoints(set) => {
-                    return weighted(&set).ok_or_else(|| PickError::NoEndpoints(authority.clone()));
+                    return weighted(&set)
+                        .map(Choice::One)
+                        .ok_or_else(|| PickError::NoEndpoints(authority.clone()));
                 }
                 Resolution::NotFound => {}
                 Resolution::Pending => {
@@ -787,10 +847,10 @@ impl Target {
             }
         }
         match fallback {
-            Fallback::Forward(addr) => Ok(plain(*addr)),
+            Fallback::Forward(addr) => Ok(Choice::One(plain(*addr))),
             Fallback::Dns { name, port } => {
                 if let Ok(ip) = name.parse::<std::net::IpAddr>() {
-                    return Ok(plain(SocketAddr::new(ip, *port)));
+                    return Ok(Choice::One(plain(SocketAddr::new(ip, *port))));
                 }
                 let mut rx = discovery.dns(name, *port);
                 let r = match tokio::time::timeout(
@@ -803,9 +863,7 @@ impl Target {
                     _ => Resolution::NotFound,
                 };
                 match r {
-                    Resolution::Endpoints(set) => {
-                        weighted(&set).ok_or_else(|| PickError::NotFound(authority.clone()))
-                    }
+                    Resolution::Endpoints(set) if !set.is_empty() => Ok(Choice::Dns(set)),
                     _ => Err(PickError::NotFound(authority.clone())),
                 }
             }

@@ -40,6 +40,10 @@ pub struct Metrics {
     reconnects: Family<ApiLabels, Counter>,
     skipped: Family<SkipLabels, Counter>,
     tls_errors: Family<TlsLabels, Counter>,
+    /// The DNS fallback's lookups, counted with the proxy's other name
+    /// resolutions (registered by whoever gives it, see
+    /// [`Metrics::with_resolutions`]).
+    pub(crate) resolutions: linnet_metrics::resolve::ResolveMetrics,
 }
 
 impl Metrics {
@@ -75,6 +79,16 @@ impl Metrics {
             m.tls_errors.clone(),
         );
         m
+    }
+
+    /// Counts the DNS fallback's lookups in `resolutions` (unregistered,
+    /// they are not exported).
+    pub fn with_resolutions(
+        mut self,
+        resolutions: linnet_metrics::resolve::ResolveMetrics,
+    ) -> Self {
+        self.resolutions = resolutions;
+        self
     }
 
     pub(crate) fn tls_error(&self, service: &'static str, reason: &'static str) {

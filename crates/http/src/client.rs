@@ -5,6 +5,9 @@
 //! across them and HTTP/2 requests multiplex over one connection. Its
 //! connector always dials the target, whatever the request's authority:
 //! routing is by original destination; the authority travels untouched.
+//! A target can also be a name's addresses (explicit proxy mode), dialled
+//! with happy eyeballs: each new connection goes to the first that
+//! accepts.
 
 use hyper_util::{
     client::legacy::{
@@ -20,7 +23,7 @@ use linnet_metrics::{
     tcp::{Peer, TcpMetrics, Tls},
 };
 use linnet_tls::PeerTls;
-use linnet_transport::CountingIo;
+use linnet_transport::{CountingIo, resolve::Addrs};
 use std::{
     future::Future,
     io,
@@ -65,7 +68,7 @@ pub struct UpstreamMetrics {
 /// The pooled clients for one target.
 #[derive(Debug)]
 pub struct Upstream {
-    target: SocketAddr,
+    target: Addrs,
     /// How the target is reached: plaintext, mTLS proving its identity,
     /// or not at all.
     tls: PeerTls,
@@ -83,10 +86,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Clients for `target`; their connections are counted in `metrics` as
-    /// the `dst` side.
+    /// Clients for `target` (an address, or a name's addresses); their
+    /// connections are counted in `metrics` as the `dst` side.
     pub fn new(
-        target: SocketAddr,
+        target: impl Into<Addrs>,
         config: ConnectConfig,
         http: &HttpConfig,
         metrics: UpstreamMetrics,
@@ -94,8 +97,9 @@ impl Upstream {
         tls: PeerTls,
         upgrade_h1: bool,
     ) -> Self {
+        let target = target.into();
         let connector = Connector {
-            target,
+            target: target.clone(),
             config,
             metrics: metrics.tcp,
             mesh_metrics: metrics.mesh,
@@ -159,9 +163,14 @@ impl Upstream {
         self.upgrade_h1
     }
 
-    /// The target.
+    /// The target (for a name, the address tried first).
     pub fn target(&self) -> SocketAddr {
-        self.target
+        self.target.first()
+    }
+
+    /// The target's addresses.
+    pub fn addrs(&self) -> &Addrs {
+        &self.target
     }
 
     /// The client for `version`; for HTTP/1, `absolute_form` picks the
@@ -179,10 +188,11 @@ impl Upstream {
     }
 }
 
-/// Dials the one target of an [`Upstream`].
+/// Dials the one target of an [`Upstream`] (the first of a name's
+/// addresses to accept).
 #[derive(Clone, Debug)]
 pub struct Connector {
-    target: SocketAddr,
+    target: Addrs,
     config: ConnectConfig,
     metrics: TcpMetrics,
     mesh_metrics: MeshMetrics,
@@ -225,13 +235,14 @@ impl tower_service::Service<http::Uri> for Connector {
                 },
                 PeerTls::Plain => None,
             };
-            let stream =
-                linnet_transport::connect(this.target, this.config.timeout, this.config.keepalive)
-                    .await?;
+            let (stream, addr) = this
+                .target
+                .connect(this.config.timeout, this.config.keepalive)
+                .await?;
             let Some(mesh) = mesh else {
-                let metrics =
-                    this.metrics
-                        .open(this.direction, Peer::Dst, &Tls::DISABLED, this.target);
+                let metrics = this
+                    .metrics
+                    .open(this.direction, Peer::Dst, &Tls::DISABLED, addr);
                 return Ok(TokioIo::new(UpstreamIo {
                     io: CountingIo::new(Either::Left(stream), metrics),
                     absolute_form: this.absolute_form,
@@ -247,7 +258,7 @@ impl tower_service::Service<http::Uri> for Connector {
                 this.direction,
                 Peer::Dst,
                 &Tls::mesh(Some(mesh.identity_str().clone())),
-                this.target,
+                addr,
             );
             Ok(TokioIo::new(UpstreamIo {
                 io: CountingIo::new(Either::Right(Box::new(stream)), metrics),

@@ -17,12 +17,13 @@ const HOP_BY_HOP: [header::HeaderName; 5] = [
 /// `keep_upgrade`, so are `Upgrade` and `Connection: upgrade`, which the
 /// next hop needs to agree to the upgrade.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Read as bytes: a value with a byte that is not visible ASCII still
+    // names the headers its other tokens name.
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase())
         .filter(|t| !t.is_empty())
         .collect();
     for name in &named {
@@ -180,6 +181,26 @@ mod tests {
         names.sort();
         assert_eq!(names, ["te", "x-end"]);
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn a_connection_value_with_obs_text_still_names_headers() {
+        // Found by fuzzing: one byte outside visible ASCII in `Connection`
+        // let the headers it named reach the upstream.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x\x83y, X-Hop ,http2-settings").unwrap(),
+        );
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAARAAAAAAAIAAAAA"),
+        );
+        h.insert("x-end", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-end"]);
     }
 
     #[test]

@@ -35,6 +35,9 @@ use std::{
 };
 use tower::ServiceExt;
 
+use linnet_metrics::resolve::ResolveMetrics;
+use linnet_transport::resolve::Addrs;
+
 /// Forwards one connection's requests to its target.
 #[derive(Clone, Debug)]
 pub struct Proxy {
@@ -132,34 +135,23 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What explicit proxy mode needs from the stack.
 pub trait Explicit: Send + Sync + std::fmt::Debug + 'static {
-    /// The shared clients for `addr`.
-    fn upstream(&self, addr: SocketAddr, identity: Option<&str>) -> Arc<Upstream>;
+    /// The shared clients for `addrs` (one address, or a name's, tried
+    /// with happy eyeballs).
+    fn upstream(&self, addrs: &Addrs, identity: Option<&str>) -> Arc<Upstream>;
     /// Whether `addr` is this proxy itself: forwarding there would loop.
     fn is_self(&self, addr: SocketAddr) -> bool;
     /// How targets are connected to (its timeout bounds resolving, too).
     fn connect_config(&self) -> ConnectConfig;
     /// Where `authority`'s requests go: the outbound stack of the service
-    /// it names (not for `CONNECT`, which needs one address), or one
-    /// address and the mesh identity it must prove if it is meshed. By
-    /// default its IP, or its host name resolved by the system.
+    /// it names (not for `CONNECT`, which needs an endpoint), or its
+    /// addresses and the mesh identity they must prove if meshed: its IP,
+    /// or every address its name resolves to ([`resolve`]).
     fn resolve<'a>(
         &'a self,
         authority: &'a uri::Authority,
         default_port: u16,
         connect: bool,
-    ) -> BoxFuture<'a, Result<Resolved, String>> {
-        let _ = connect;
-        let timeout = self.connect_config().timeout;
-        Box::pin(async move {
-            resolve(authority, default_port, timeout)
-                .await
-                .map(|addr| Resolved::Endpoint {
-                    addr,
-                    identity: None,
-                })
-                .map_err(|e| e.to_string())
-        })
-    }
+    ) -> BoxFuture<'a, Result<Resolved, String>>;
 }
 
 /// Where an explicit-mode request goes.
@@ -172,10 +164,10 @@ pub enum Resolved {
         /// The address its metrics name.
         target: SocketAddr,
     },
-    /// To one address.
+    /// To one address, or the first of a name's addresses to accept.
     Endpoint {
         /// Where.
-        addr: SocketAddr,
+        addrs: Addrs,
         /// The identity it must prove, when meshed.
         identity: Option<String>,
     },
@@ -328,23 +320,31 @@ impl Inner {
                     )),
                 };
                 let resolved = resolved.and_then(|r| match r {
-                    Resolved::Endpoint { addr, .. } if explicit.is_self(addr) => Err((
-                        StatusCode::LOOP_DETECTED,
-                        "loop",
-                        format!("{addr} is this proxy"),
-                    )),
+                    // Any address of a name that is this proxy would loop.
+                    Resolved::Endpoint { addrs, .. }
+                        if addrs.as_slice().iter().any(|a| explicit.is_self(*a)) =>
+                    {
+                        Err((
+                            StatusCode::LOOP_DETECTED,
+                            "loop",
+                            format!("{addrs} is this proxy"),
+                        ))
+                    }
                     r => Ok(r),
                 });
                 match resolved {
                     Ok(Resolved::Stack { stack, target }) => (Call::Stack(stack), target),
-                    Ok(Resolved::Endpoint { addr, identity }) => {
+                    Ok(Resolved::Endpoint { addrs, identity }) => {
+                        // A name's requests are labelled with the address
+                        // tried first.
+                        let addr = addrs.first();
                         if connect {
                             let labels = self.count_request(authority.as_ref(), addr);
-                            let upstream = explicit.upstream(addr, identity.as_deref());
+                            let upstream = explicit.upstream(&addrs, identity.as_deref());
                             return self.connect_tunnel(req, &upstream, labels, start).await;
                         }
                         (
-                            Call::Upstream(explicit.upstream(addr, identity.as_deref())),
+                            Call::Upstream(explicit.upstream(&addrs, identity.as_deref())),
                             addr,
                         )
                     }
@@ -368,6 +368,13 @@ impl Inner {
         }
 
         headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+        if self.direction == Direction::Outbound {
+            // How a request travels between proxies is the endpoint
+            // client's to say (it sets this when it carries HTTP/1 as
+            // HTTP/2), never the application's: a client's own would make
+            // the peer's proxy downgrade an HTTP/2 request.
+            req.headers_mut().remove(L5D_ORIG_PROTO);
+        }
         // HTTP/1 between meshed proxies travels as HTTP/2; the outbound
         // side's endpoint client upgrades it, and it is restored here
         // (inbound).
@@ -647,37 +654,18 @@ impl Drop for Unanswered<'_> {
 const UNKNOWN_TARGET: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
-/// The address of an authority: its IP, or the first address its name
-/// resolves to (system resolver).
-/// `authority`'s address: its IP, or its host resolved by the system.
+/// `authority`'s addresses: its IP, or every address its host resolves
+/// to as the system resolves it (`localhost` always both loopbacks; see
+/// [`linnet_transport::resolve::system`]), within `timeout`; counted in
+/// `metrics`.
 pub async fn resolve(
     authority: &uri::Authority,
     default_port: u16,
     timeout: std::time::Duration,
-) -> std::io::Result<SocketAddr> {
+    metrics: &ResolveMetrics,
+) -> Result<Addrs, linnet_transport::resolve::ResolveError> {
     let port = authority.port_u16().unwrap_or(default_port);
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("resolving {host} timed out"),
-            )
-        })??
-        .next()
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{host} has no address"),
-            )
-        })
+    linnet_transport::resolve::system(authority.host(), port, timeout, metrics).await
 }
 
 /// What a tunnel needs from the connection it came from.

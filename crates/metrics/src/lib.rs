@@ -14,6 +14,7 @@ pub mod http;
 pub mod limits;
 pub mod mesh;
 pub mod process;
+pub mod resolve;
 pub mod route;
 pub mod tcp;
 

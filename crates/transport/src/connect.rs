@@ -56,23 +56,27 @@ pub async fn connect(
     timeout: Duration,
     keepalive: Option<Duration>,
 ) -> Result<TcpStream, ConnectError> {
-    let io_err = |source| ConnectError::Io { addr, source };
+    match tokio::time::timeout(timeout, dial(addr, keepalive)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(source)) => Err(ConnectError::Io { addr, source }),
+        Err(_) => Err(ConnectError::Timeout { addr, timeout }),
+    }
+}
+
+/// One connection attempt to `addr`, unbounded in time (the caller
+/// bounds it): `TCP_NODELAY` and, when given, TCP keepalive.
+pub(crate) async fn dial(addr: SocketAddr, keepalive: Option<Duration>) -> io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
-    }
-    .map_err(io_err)?;
+    }?;
     if let Some(idle) = keepalive {
         // Keepalive is an optimisation; connect without it rather than fail.
         let _ = socket2::SockRef::from(&socket).set_tcp_keepalive(&crate::keepalive_params(idle));
     }
     let _ = socket.set_nodelay(true);
-    match tokio::time::timeout(timeout, socket.connect(addr)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(source)) => Err(ConnectError::Io { addr, source }),
-        Err(_) => Err(ConnectError::Timeout { addr, timeout }),
-    }
+    socket.connect(addr).await
 }
 
 #[cfg(test)]

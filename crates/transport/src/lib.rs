@@ -5,16 +5,20 @@
 //! ([`orig_dst`]), connecting to targets with a timeout ([`mod@connect`]), and
 //! carrying bytes both ways without losing or reordering any ([`mod@duplex`]),
 //! and the transport header meshed proxies put in front of opaque streams
-//! ([`header`]).
+//! ([`header`]). Names a client gives (explicit proxy mode) are resolved
+//! as the system does ([`resolve`]) and connected to with happy eyeballs
+//! ([`happy_eyeballs`]).
 //! Nothing here knows about policy or protocols; the stacks in `linnet-app`
 //! put these pieces together.
 
 pub mod connect;
 pub mod counting;
 pub mod duplex;
+pub mod happy_eyeballs;
 pub mod header;
 pub mod listen;
 pub mod orig_dst;
+pub mod resolve;
 
 pub use self::{
     connect::{ConnectError, connect},
