@@ -88,9 +88,12 @@ impl ControlPlane {
 
     /// Serves again on the same address, from the file as it is now.
     pub async fn restart(&mut self) {
-        self.kill();
-        // Let the aborted tasks drop their sockets.
-        tokio::task::yield_now().await;
+        // An aborted task drops its listener only once the runtime gets to
+        // it: wait for each to end, so that the address is free again.
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
         self.serve().await;
     }
 }
