@@ -183,7 +183,8 @@ fn decide(review: Review, options: &WebhookOptions) -> Result<Response, String> 
         return Err("request.object is not a Pod".to_string());
     }
     let (mut objects, report) =
-        crate::inject_with_report(vec![object], &options.inject).map_err(|e| e.to_string())?;
+        crate::inject_in(vec![object], &options.inject, &crate::Namespaces::default())
+            .map_err(|e| e.to_string())?;
     let injected = report.iter().any(|o| o.verdict == Verdict::Injected);
     let Some(object) = objects.pop().filter(|_| injected) else {
         return Ok(allowed(None));

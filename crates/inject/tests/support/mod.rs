@@ -17,6 +17,8 @@ pub const INPUTS: &[&str] = &[
     "cronjob",
     "list",
     "mixed",
+    "annotated",
+    "namespace",
 ];
 
 /// `tests/golden`.
