@@ -17,6 +17,37 @@ use prometheus_client::{
 };
 use std::time::Duration;
 
+/// Why a review was allowed unpatched.
+const SKIPPED: [&str; 7] = [
+    "not_create",
+    "not_opted_in",
+    "disabled",
+    "already_injected",
+    "host_network",
+    "no_pod_spec",
+    "unchanged",
+];
+/// Why a review could not be served.
+const FAILED: [&str; 4] = [
+    "malformed_review",
+    "not_a_pod",
+    "bad_annotation",
+    "internal",
+];
+/// Why a request got an HTTP error.
+const MALFORMED: [&str; 6] = [
+    "not_a_review",
+    "too_large",
+    "body_timeout",
+    "body_error",
+    "not_found",
+    "method_not_allowed",
+];
+/// How a namespace look-up went.
+const LOOKUPS: [&str; 4] = ["cached", "fetched", "error", "timeout"];
+/// Why a TLS handshake failed.
+const HANDSHAKES: [&str; 2] = ["error", "timeout"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReviewLabels {
     outcome: &'static str,
@@ -116,6 +147,34 @@ impl Metrics {
             "Time from a review's request to its answer",
             m.duration.clone(),
         );
+        // Every series there can be, at zero, so that rates and alerts see
+        // them before they first move.
+        m.reviews.get_or_create(&ReviewLabels {
+            outcome: "injected",
+            reason: "",
+        });
+        for reason in SKIPPED {
+            m.reviews.get_or_create(&ReviewLabels {
+                outcome: "skipped",
+                reason,
+            });
+        }
+        for (outcome, reason) in ["failed_allowed", "failed_denied"]
+            .into_iter()
+            .flat_map(|o| FAILED.map(|r| (o, r)))
+        {
+            m.reviews.get_or_create(&ReviewLabels { outcome, reason });
+        }
+        for reason in MALFORMED {
+            m.malformed.get_or_create(&ReasonLabels { reason });
+        }
+        for reason in HANDSHAKES {
+            m.handshakes_failed.get_or_create(&ReasonLabels { reason });
+        }
+        for outcome in LOOKUPS {
+            m.namespace_lookups
+                .get_or_create(&OutcomeLabels { outcome });
+        }
         m
     }
 
