@@ -99,7 +99,8 @@ pub struct Outcome {
 pub enum Verdict {
     /// The proxy was added.
     Injected,
-    /// Annotated `linnet.io/inject: disabled` (or `linkerd.io/inject`).
+    /// Annotated `linnet.io/inject: disabled` (or `linkerd.io/inject`),
+    /// itself or through its namespace.
     Disabled,
     /// Injected already, by `linnet inject` or by Linkerd.
     AlreadyInjected,

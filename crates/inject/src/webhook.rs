@@ -10,7 +10,7 @@
 //! (or objectSelector) does a namespace's opt-in, and with
 //! [`WebhookOptions::inject_all`] every pod sent is injected; without it,
 //! only pods annotated `linnet.io/inject: enabled` (or
-//! `linkerd.io/inject`).
+//! `linkerd.io/inject`), themselves or through their namespace.
 //!
 //! A pod's namespace lends it its annotations (`linkerd.io/inject:
 //! enabled` and the `config.*` settings; the pod's own win) when

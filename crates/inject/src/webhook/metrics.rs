@@ -148,32 +148,26 @@ impl Metrics {
             m.duration.clone(),
         );
         // Every series there can be, at zero, so that rates and alerts see
-        // them before they first move.
-        m.reviews.get_or_create(&ReviewLabels {
-            outcome: "injected",
-            reason: "",
-        });
-        for reason in SKIPPED {
-            m.reviews.get_or_create(&ReviewLabels {
-                outcome: "skipped",
-                reason,
-            });
-        }
-        for (outcome, reason) in ["failed_allowed", "failed_denied"]
-            .into_iter()
-            .flat_map(|o| FAILED.map(|r| (o, r)))
-        {
-            m.reviews.get_or_create(&ReviewLabels { outcome, reason });
+        // them before they first move. (`get_or_create` hands back a read
+        // guard, dropped at once.)
+        let mut reviews = vec![("injected", "")];
+        reviews.extend(SKIPPED.map(|r| ("skipped", r)));
+        reviews.extend(FAILED.map(|r| ("failed_allowed", r)));
+        reviews.extend(FAILED.map(|r| ("failed_denied", r)));
+        for (outcome, reason) in reviews {
+            drop(m.reviews.get_or_create(&ReviewLabels { outcome, reason }));
         }
         for reason in MALFORMED {
-            m.malformed.get_or_create(&ReasonLabels { reason });
+            drop(m.malformed.get_or_create(&ReasonLabels { reason }));
         }
         for reason in HANDSHAKES {
-            m.handshakes_failed.get_or_create(&ReasonLabels { reason });
+            drop(m.handshakes_failed.get_or_create(&ReasonLabels { reason }));
         }
         for outcome in LOOKUPS {
-            m.namespace_lookups
-                .get_or_create(&OutcomeLabels { outcome });
+            drop(
+                m.namespace_lookups
+                    .get_or_create(&OutcomeLabels { outcome }),
+            );
         }
         m
     }

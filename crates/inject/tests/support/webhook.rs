@@ -59,7 +59,7 @@ impl TestCa {
         (cert.pem(), key.serialize_pem())
     }
 
-    /// A TLS server config for `names`, offering `alpn`.
+    /// A TLS server config for `names`, as the webhook builds its own.
     pub fn server(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
         let (cert, key) = self.leaf(names);
         webhook::tls_config(cert.as_bytes(), key.as_bytes()).unwrap()
