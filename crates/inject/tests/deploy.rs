@@ -295,6 +295,43 @@ fn prometheus_keeps_the_proxies_admin_port() {
             })
     });
     assert!(keeps_admin, "no keep rule for the admin port");
+
+    // The control plane's pods are scraped on the port they name
+    // admin-http, and both linnet control and the injector name one so.
+    let keeps_control_plane = jobs.iter().any(|job| {
+        let in_linkerd = job["kubernetes_sd_configs"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|sd| {
+                sd["namespaces"]["names"]
+                    .as_sequence()
+                    .is_some_and(|n| n.iter().any(|n| n.as_str() == Some("linkerd")))
+            });
+        let keeps_port = job["relabel_configs"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|rule| rule["action"].as_str() == Some("keep") && rule["regex"].as_str() == Some("admin-http"));
+        in_linkerd && keeps_port
+    });
+    assert!(keeps_control_plane, "no job scrapes the control plane's admin-http ports");
+    let m = manifests();
+    for name in ["linnet-control", "linnet-injector"] {
+        let d = m
+            .deployments
+            .iter()
+            .find(|d| d.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no Deployment {name}"));
+        assert_eq!(d.metadata.namespace.as_deref(), Some("linkerd"), "{name}");
+        let named = d.spec.template.spec.as_ref().unwrap().containers.iter().any(|c| {
+            c.ports
+                .iter()
+                .flatten()
+                .any(|p| p.name.as_deref() == Some("admin-http"))
+        });
+        assert!(named, "{name} names no admin-http port");
+    }
 }
 
 #[test]
