@@ -47,7 +47,7 @@ type Endpoints = (HashMap<String, String>, BTreeMap<SocketAddr, WeightedAddr>);
 
 fn endpoints(mesh: &Mesh, t: &Target) -> Option<Endpoints> {
     let svc = match t {
-        Target::Name(a) => mesh.services.get(a),
+        Target::Name(a) => mesh.named(a),
         Target::Addr(a) => match mesh.service_by_addr(*a) {
             Some(s) => Some(s),
             None => {
@@ -187,7 +187,7 @@ fn updates(sent: &mut Sent, now: Option<Endpoints>) -> Vec<Update> {
 /// known endpoint the endpoint itself, or empty.
 fn profile(mesh: &Mesh, t: &Target) -> DestinationProfile {
     let svc: Option<&Service> = match t {
-        Target::Name(a) => mesh.services.get(a),
+        Target::Name(a) => mesh.named(a),
         Target::Addr(a) => mesh.service_by_addr(*a),
     };
     if let Some(svc) = svc {

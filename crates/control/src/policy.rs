@@ -64,7 +64,7 @@ fn traffic_target(spec: &TrafficSpec) -> Result<Target, Status> {
 /// `None` for an authority the file does not know.
 fn policy(mesh: &Mesh, t: &Target) -> Option<OutboundPolicy> {
     let svc = match t {
-        Target::Authority(a) => mesh.services.get(a),
+        Target::Authority(a) => mesh.named(a),
         Target::Addr(a) => mesh.service_by_addr(*a),
     };
     match (svc, t) {

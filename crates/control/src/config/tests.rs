@@ -284,7 +284,7 @@ fn kubernetes_defaults() {
     )
     .unwrap();
     let k = m.identity.kubernetes.unwrap();
-    assert_eq!(k.api_server.port_u16(), Some(6443));
-    assert_eq!(k.ca_file, Path::new("/etc/linnet/ca.crt"));
-    assert_eq!(k.timeout, Duration::from_secs(1));
+    assert_eq!(k.api.api_server.port_u16(), Some(6443));
+    assert_eq!(k.api.ca_file, Path::new("/etc/linnet/ca.crt"));
+    assert_eq!(k.api.timeout, Duration::from_secs(1));
 }
