@@ -467,12 +467,17 @@ impl Mesh {
     }
 
     /// The service one of whose virtual addresses is `addr`: the file's,
-    /// else a discovered one.
+    /// else a discovered one (or, when the file lists a service of that
+    /// name, the file's).
     pub fn service_by_addr(&self, addr: SocketAddr) -> Option<&Service> {
         self.services
             .values()
             .find(|s| s.addresses.contains(&addr))
-            .or_else(|| self.discovered.service_by_addr(addr))
+            .or_else(|| {
+                let found = self.discovered.service_by_addr(addr)?;
+                let key = format!("{}:{}", found.name, found.port);
+                Some(self.services.get(&key).unwrap_or(found))
+            })
     }
 
     /// An endpoint at `addr`, with the service it belongs to: the file's,
