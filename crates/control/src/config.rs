@@ -480,6 +480,22 @@ impl Mesh {
             })
     }
 
+    /// Whether the answer for a target must wait for discovery: it is on
+    /// and has not listed the cluster yet, and the target (`name`
+    /// without its port, or `None` for an address) is one it could know.
+    /// Proxies are then told nothing rather than "unknown", so they do
+    /// not go around a service the mesh is about to name.
+    pub fn awaits_discovery(&self, name: Option<&str>) -> bool {
+        let Some(d) = &self.discovery else {
+            return false;
+        };
+        !self.discovered.is_synced()
+            && name.is_none_or(|n| {
+                n.strip_suffix(d.cluster_domain.as_str())
+                    .is_some_and(|rest| rest.ends_with(".svc."))
+            })
+    }
+
     /// An endpoint at `addr`, with the service it belongs to: the file's,
     /// else a discovered one.
     pub fn endpoint(&self, addr: SocketAddr) -> Option<(&Service, &Endpoint)> {

@@ -12,9 +12,12 @@ use std::{
     sync::Arc,
 };
 
-/// Discovered services, by `name:port`.
+/// Discovered services, by `name:port`. The default is nothing yet:
+/// discovery has not listed everything once.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Discovered {
+    /// Made from a complete picture (every resource listed).
+    synced: bool,
     services: BTreeMap<String, Arc<Service>>,
     /// Virtual address (cluster IP and port) → service key.
     by_addr: HashMap<SocketAddr, String>,
@@ -24,7 +27,8 @@ pub struct Discovered {
 }
 
 impl Discovered {
-    /// Indexes `services` (keyed `name:port`, normalised).
+    /// Indexes `services` (keyed `name:port`, normalised), found once
+    /// every resource was listed.
     pub fn new(services: BTreeMap<String, Arc<Service>>) -> Self {
         let mut by_addr = HashMap::new();
         let mut by_endpoint = HashMap::new();
@@ -39,10 +43,17 @@ impl Discovered {
             }
         }
         Self {
+            synced: true,
             services,
             by_addr,
             by_endpoint,
         }
+    }
+
+    /// Whether this is what discovery found (not the nothing before it
+    /// has listed everything).
+    pub fn is_synced(&self) -> bool {
+        self.synced
     }
 
     /// How many services there are.

@@ -61,17 +61,28 @@ fn traffic_target(spec: &TrafficSpec) -> Result<Target, Status> {
 
 /// The policy for a target: its service's, or for an address that is not
 /// a service, forward to that address as it is (detecting the protocol).
-/// `None` for an authority the file does not know.
+/// `None` for an authority the file does not know, and for any target
+/// discovery could know before it has listed the cluster.
 fn policy(mesh: &Mesh, t: &Target) -> Option<OutboundPolicy> {
     let svc = match t {
         Target::Authority(a) => mesh.named(a),
         Target::Addr(a) => mesh.service_by_addr(*a),
     };
+    if svc.is_none() && awaits_discovery(mesh, t) {
+        return None;
+    }
     match (svc, t) {
         (Some(svc), _) => Some(service_policy(mesh, svc)),
         (None, Target::Addr(addr)) => Some(forward_policy(mesh, *addr)),
         (None, Target::Authority(_)) => None,
     }
+}
+
+fn awaits_discovery(mesh: &Mesh, t: &Target) -> bool {
+    mesh.awaits_discovery(match t {
+        Target::Authority(a) => Some(a.rsplit_once(':').map_or(a.as_str(), |(n, _)| n)),
+        Target::Addr(_) => None,
+    })
 }
 
 /// The outbound policy service.
@@ -88,9 +99,14 @@ impl outbound::outbound_policies_server::OutboundPolicies for Outbound {
     async fn get(&self, req: Request<TrafficSpec>) -> Result<Response<OutboundPolicy>, Status> {
         self.metrics.request("OutboundPolicies.Get");
         let t = traffic_target(req.get_ref())?;
-        policy(&self.store.current(), &t)
-            .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("no service {t:?} in the mesh file")))
+        let mesh = self.store.current();
+        policy(&mesh, &t).map(Response::new).ok_or_else(|| {
+            if awaits_discovery(&mesh, &t) {
+                Status::unavailable("Kubernetes endpoint discovery has not listed the cluster yet")
+            } else {
+                Status::not_found(format!("no service {t:?} in the mesh file"))
+            }
+        })
     }
 
     async fn watch(
@@ -99,7 +115,9 @@ impl outbound::outbound_policies_server::OutboundPolicies for Outbound {
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.metrics.request("OutboundPolicies.Watch");
         let t = traffic_target(req.get_ref())?;
-        if policy(&self.store.current(), &t).is_none() {
+        let mesh = self.store.current();
+        // Before discovery has listed the cluster, the stream waits for it.
+        if policy(&mesh, &t).is_none() && !awaits_discovery(&mesh, &t) {
             return Err(Status::not_found(format!(
                 "no service {t:?} in the mesh file"
             )));

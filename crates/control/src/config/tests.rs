@@ -434,3 +434,16 @@ fn the_file_wins_over_discovered_services() {
         "10.1.0.1:8080".parse().unwrap()
     );
 }
+
+#[test]
+fn targets_await_discovery_until_it_has_listed_the_cluster() {
+    let mut mesh = parse("discovery:\n  kubernetes: {cluster_domain: example.org}\n").unwrap();
+    assert!(mesh.awaits_discovery(Some("web.demo.svc.example.org")));
+    assert!(mesh.awaits_discovery(None));
+    assert!(!mesh.awaits_discovery(Some("web.demo.svc.cluster.local")));
+    assert!(!mesh.awaits_discovery(Some("example.org")));
+    mesh.discovered = Arc::new(Discovered::new(BTreeMap::new()));
+    assert!(!mesh.awaits_discovery(Some("web.demo.svc.example.org")));
+    assert!(!mesh.awaits_discovery(None));
+    assert!(!parse("").unwrap().awaits_discovery(None));
+}
