@@ -447,3 +447,18 @@ fn targets_await_discovery_until_it_has_listed_the_cluster() {
     assert!(!mesh.awaits_discovery(None));
     assert!(!parse("").unwrap().awaits_discovery(None));
 }
+
+#[test]
+fn the_example_shows_the_discovery_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/mesh.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let block: String = text
+        .lines()
+        .skip_while(|l| *l != "# discovery:")
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or("")))
+        .collect();
+    assert!(block.contains("max_backoff"), "{block}");
+    let d = Mesh::parse(&block, Path::new("/")).unwrap().discovery;
+    assert_eq!(d, Some(Discovery::default()));
+}
