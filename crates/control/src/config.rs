@@ -179,6 +179,22 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
 }
 
+impl Endpoint {
+    /// An endpoint at `addr` with nothing else said of it: weight 1, no
+    /// identity (plaintext), no hint, no labels.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            weight: 1,
+            identity: None,
+            server_name: None,
+            protocol: None,
+            opaque_transport_port: None,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
 /// A protocol hint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

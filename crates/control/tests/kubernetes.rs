@@ -132,22 +132,12 @@ impl Fake {
 
     /// Sends `lines` on the `n`th watch (from 1) of `path`, once it is open.
     async fn send(&self, path: &str, n: usize, lines: &[Value]) {
-        let tx = eventually(
-            &format!("watch {n} of {path}"),
-            Duration::from_secs(10),
-            || async {
-                let s = self.0.lock().unwrap();
-                s.watches.get(path)?.get(n - 1).cloned().flatten()
-            },
-        )
-        .await;
-        for l in lines {
-            tx.send(Bytes::from(format!("{l}\n"))).unwrap();
-        }
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        self.send_raw(path, n, text).await;
     }
 
-    /// Sends raw bytes on the `n`th watch of `path`.
-    async fn send_raw(&self, path: &str, n: usize, data: &'static str) {
+    /// Sends bytes on the `n`th watch of `path`, once it is open.
+    async fn send_raw(&self, path: &str, n: usize, data: impl Into<Bytes>) {
         let tx = eventually(
             &format!("watch {n} of {path}"),
             Duration::from_secs(10),
@@ -157,7 +147,7 @@ impl Fake {
             },
         )
         .await;
-        tx.send(Bytes::from_static(data.as_bytes())).unwrap();
+        tx.send(data.into()).unwrap();
     }
 
     /// Ends the `n`th watch of `path` cleanly.
@@ -349,6 +339,16 @@ async fn next(s: &mut Streaming<Update>) -> update::Update {
         .unwrap()
 }
 
+/// The addresses an addition adds.
+fn added_addrs(u: update::Update) -> Vec<String> {
+    added(u).iter().map(addr).collect()
+}
+
+/// `web`'s slice changed: (address, pod) of its ready endpoints.
+fn web_changed(rv: &str, eps: &[(&str, &str)]) -> Value {
+    event("MODIFIED", slice("web-abc", "web", rv, eps))
+}
+
 fn added(u: update::Update) -> Vec<WeightedAddr> {
     match u {
         update::Update::Add(set) => set.addrs,
@@ -475,14 +475,9 @@ async fn endpoints_follow_the_cluster() {
     fake.send(
         SLICES,
         1,
-        &[event(
-            "MODIFIED",
-            slice(
-                "web-abc",
-                "web",
-                "102",
-                &[("10.1.0.1", "web-1"), ("10.1.0.2", "web-2")],
-            ),
+        &[web_changed(
+            "102",
+            &[("10.1.0.1", "web-1"), ("10.1.0.2", "web-2")],
         )],
     )
     .await;
@@ -494,7 +489,7 @@ async fn endpoints_follow_the_cluster() {
         SLICES,
         1,
         &[json!({"type": "BOOKMARK", "object": {"kind": "EndpointSlice", "metadata": {"resourceVersion": "150"}}}),
-          event("MODIFIED", slice("web-abc", "web", "103", &[("10.1.0.2", "web-2")]))],
+          web_changed("103", &[("10.1.0.2", "web-2")])],
     )
     .await;
     assert_eq!(removed(next(&mut web).await), ["10.1.0.1:8080"]);
@@ -513,18 +508,15 @@ async fn endpoints_follow_the_cluster() {
         ["10.1.0.9:8080"]
     );
     assert_eq!(identity(&relisted[0]), None);
-    let (lists, watches) = fake.seen(SLICES);
-    assert_eq!(lists, 2);
+    assert_eq!(fake.seen(SLICES).0, 2);
     eventually(
         "a watch after the relist",
         Duration::from_secs(10),
         || async { (fake.seen(SLICES).1.len() == 2).then_some(()) },
     )
     .await;
-    assert!(
-        fake.seen(SLICES).1[1].contains("resourceVersion=200"),
-        "{watches:?}"
-    );
+    let (_, watches) = fake.seen(SLICES);
+    assert!(watches[1].contains("resourceVersion=200"), "{watches:?}");
     plane
         .counted(&[
             "control_kubernetes_errors_total{resource=\"endpointslices\",reason=\"gone\"} 1",
@@ -610,18 +602,10 @@ async fn a_broken_api_server_keeps_the_last_known_state() {
         .await;
     // A new stream is served what was known all along.
     let mut again = plane.get(WEB).await;
-    let known = added(next(&mut again).await);
-    assert_eq!(
-        known.iter().map(addr).collect::<Vec<_>>(),
-        ["10.1.0.1:8080"]
-    );
+    assert_eq!(added_addrs(next(&mut again).await), ["10.1.0.1:8080"]);
     // The first stream saw no removal: its next update is the good
     // relist's addition.
-    let recovered = added(next(&mut web).await);
-    assert_eq!(
-        recovered.iter().map(addr).collect::<Vec<_>>(),
-        ["10.1.0.4:8080"]
-    );
+    assert_eq!(added_addrs(next(&mut web).await), ["10.1.0.4:8080"]);
     plane
         .counted(&["control_kubernetes_lists_total{resource=\"endpointslices\"} 2"])
         .await;
@@ -645,11 +629,7 @@ async fn bounds_are_counted_and_what_fits_is_served() {
     )
     .await;
     let mut web = plane.get(WEB).await;
-    let first = added(next(&mut web).await);
-    assert_eq!(
-        first.iter().map(addr).collect::<Vec<_>>(),
-        ["10.1.0.1:8080"]
-    );
+    assert_eq!(added_addrs(next(&mut web).await), ["10.1.0.1:8080"]);
     // The third service did not fit; the two before it are served.
     let mut third = plane.get("third.demo.svc.cluster.local:80").await;
     assert!(matches!(next(&mut third).await, update::Update::NoEndpoints(n) if !n.exists));
@@ -677,21 +657,12 @@ async fn bounds_are_counted_and_what_fits_is_served() {
         &[
             event("MODIFIED", slice("web-abc", "web", "103", &four)),
             event("MODIFIED", huge),
-            event(
-                "MODIFIED",
-                slice(
-                    "web-abc",
-                    "web",
-                    "105",
-                    &[("10.1.0.1", "web-1"), ("10.1.0.5", "")],
-                ),
-            ),
+            web_changed("105", &[("10.1.0.1", "web-1"), ("10.1.0.5", "")]),
         ],
     )
     .await;
     // The event after them is taken.
-    let more = added(next(&mut web).await);
-    assert_eq!(more.iter().map(addr).collect::<Vec<_>>(), ["10.1.0.5:8080"]);
+    assert_eq!(added_addrs(next(&mut web).await), ["10.1.0.5:8080"]);
     plane
         .counted(&[
             "control_kubernetes_limit_total{limit=\"endpoints\"} 1",

@@ -378,15 +378,7 @@ fn the_file_wins_over_discovered_services() {
         name: name.to_string(),
         port: 80,
         addresses: vec![vip.parse().unwrap()],
-        endpoints: vec![Endpoint {
-            addr: ep.parse().unwrap(),
-            weight: 1,
-            identity: None,
-            server_name: None,
-            protocol: None,
-            opaque_transport_port: None,
-            labels: BTreeMap::new(),
-        }],
+        endpoints: vec![Endpoint::plain(ep.parse().unwrap())],
         ..Service::default()
     };
     mesh.discovered = Arc::new(Discovered::new(

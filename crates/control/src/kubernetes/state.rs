@@ -141,31 +141,18 @@ impl State {
         items: Vec<(Key, Summary)>,
     ) -> Option<(Limit, usize)> {
         self.listed[index(r)] = true;
+        let (mut services, mut slices, mut pods) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, summary) in items {
+            match summary {
+                Summary::Service(s) => services.push((key, s)),
+                Summary::Slice(s) => slices.push((key, s)),
+                Summary::Pod(s) => pods.push((key, s)),
+            }
+        }
         let dropped = match r {
-            Resource::Services => (
-                Limit::Services,
-                self.services
-                    .replace(items.into_iter().filter_map(|(k, s)| match s {
-                        Summary::Service(s) => Some((k, s)),
-                        _ => None,
-                    })),
-            ),
-            Resource::EndpointSlices => (
-                Limit::Endpoints,
-                self.slices
-                    .replace(items.into_iter().filter_map(|(k, s)| match s {
-                        Summary::Slice(s) => Some((k, s)),
-                        _ => None,
-                    })),
-            ),
-            Resource::Pods => (
-                Limit::Pods,
-                self.pods
-                    .replace(items.into_iter().filter_map(|(k, s)| match s {
-                        Summary::Pod(s) => Some((k, s)),
-                        _ => None,
-                    })),
-            ),
+            Resource::Services => (Limit::Services, self.services.replace(services)),
+            Resource::EndpointSlices => (Limit::Endpoints, self.slices.replace(slices)),
+            Resource::Pods => (Limit::Pods, self.pods.replace(pods)),
         };
         (dropped.1 > 0).then_some(dropped)
     }
@@ -276,15 +263,7 @@ fn endpoint(
     cfg: &Discovery,
     trust_domain: &str,
 ) -> Endpoint {
-    let mut e = Endpoint {
-        addr,
-        weight: 1,
-        identity: None,
-        server_name: None,
-        protocol: None,
-        opaque_transport_port: None,
-        labels: BTreeMap::new(),
-    };
+    let mut e = Endpoint::plain(addr);
     let Some((name, pod)) = pod else {
         return e;
     };

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::kubernetes::objects::{Event, Resource};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const WEB_ID: &str = "web.demo.serviceaccount.identity.linkerd.cluster.local";
 
@@ -54,9 +54,22 @@ fn pod(name: &str, sa: &str, meshed: bool) -> serde_json::Value {
     })
 }
 
+/// An endpoint; a pod of "" is an endpoint that is no pod.
 fn ready(ip: &str, pod: &str, ready: bool) -> serde_json::Value {
-    json!({"addresses": [ip], "conditions": {"ready": ready},
-           "targetRef": {"kind": "Pod", "name": pod, "namespace": "demo"}})
+    let mut e = json!({"addresses": [ip], "conditions": {"ready": ready}});
+    if !pod.is_empty() {
+        e["targetRef"] = json!({"kind": "Pod", "name": pod, "namespace": "demo"});
+    }
+    e
+}
+
+/// `web`'s one slice, on 8080: (address, pod, ready) of its endpoints.
+fn web_slice(eps: &[(&str, &str, bool)]) -> Vec<(Key, Summary)> {
+    let eps: Vec<Value> = eps.iter().map(|(ip, p, r)| ready(ip, p, *r)).collect();
+    list(
+        Resource::EndpointSlices,
+        json!([slice("web-1", "web", 8080, json!(eps))]),
+    )
 }
 
 fn state(cfg: &Discovery) -> State {
@@ -75,21 +88,13 @@ fn state(cfg: &Discovery) -> State {
     );
     s.listed(
         Resource::EndpointSlices,
-        list(
-            Resource::EndpointSlices,
-            json!([slice(
-                "web-1",
-                "web",
-                8080,
-                json!([
-                    ready("10.1.0.1", "web-a", true),
-                    ready("10.1.0.2", "plain-b", true),
-                    ready("10.1.0.3", "web-c", false),
-                    ready("10.1.0.4", "unknown-d", true),
-                    {"addresses": ["10.1.0.5"]},
-                ])
-            )]),
-        ),
+        web_slice(&[
+            ("10.1.0.1", "web-a", true),
+            ("10.1.0.2", "plain-b", true),
+            ("10.1.0.3", "web-c", false),
+            ("10.1.0.4", "unknown-d", true),
+            ("10.1.0.5", "", true),
+        ]),
     );
     assert!(!s.ready());
     s.listed(
@@ -203,21 +208,13 @@ fn bounds_keep_what_is_known() {
     );
     // A slice that would take the endpoints over their bound is refused,
     // and the slice as it was stays.
-    let big = list(
-        Resource::EndpointSlices,
-        json!([slice(
-            "web-1",
-            "web",
-            8080,
-            json!([
-                ready("10.1.0.1", "web-a", true),
-                ready("10.1.0.6", "web-a", true),
-                ready("10.1.0.7", "web-a", true),
-                ready("10.1.0.8", "web-a", true),
-                ready("10.1.0.9", "web-a", true),
-            ])
-        )]),
-    );
+    let big = web_slice(&[
+        ("10.1.0.1", "web-a", true),
+        ("10.1.0.6", "web-a", true),
+        ("10.1.0.7", "web-a", true),
+        ("10.1.0.8", "web-a", true),
+        ("10.1.0.9", "web-a", true),
+    ]);
     let (key, summary) = big[0].clone();
     assert_eq!(s.put(key, summary), Err(Limit::Endpoints));
     let d = s.services(&cfg, "cluster.local");
