@@ -361,16 +361,14 @@ fn removed(u: update::Update) -> Vec<String> {
         update::Update::Remove(set) => set
             .addrs
             .iter()
-            .map(|a| SocketAddr::try_from(a.clone()).unwrap().to_string())
+            .map(|a| SocketAddr::try_from(*a).unwrap().to_string())
             .collect(),
         other => panic!("expected a removal, got {other:?}"),
     }
 }
 
 fn addr(w: &WeightedAddr) -> String {
-    SocketAddr::try_from(w.addr.clone().unwrap())
-        .unwrap()
-        .to_string()
+    SocketAddr::try_from(w.addr.unwrap()).unwrap().to_string()
 }
 
 fn identity(w: &WeightedAddr) -> Option<String> {
