@@ -160,3 +160,73 @@ fn apply(state: &mut State, update: Update, metrics: &Metrics) -> bool {
         Update::Deleted(r, key) => state.delete(r, &key),
     }
 }
+
+/// What discovery does with what an API server sends, for the fuzz
+/// target: the first byte picks the resource of lines that do not name
+/// one (a line may start with `S`, `E` or `P` for Services,
+/// EndpointSlices or Pods) and where the stream is cut into reads, the
+/// second the largest event; the rest is read as a list and then as a
+/// watch stream, applied to a small bounded state. Panics when a line
+/// longer than the bound gets through, a table goes over its bound or
+/// miscounts it, or a service made of the state cannot be found by its
+/// name, addresses and endpoints.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz(data: &[u8]) {
+    use objects::{Event, Summary};
+    let [first, size, rest @ ..] = data else {
+        return;
+    };
+    let default = Resource::ALL[usize::from(*first % 3)];
+    let cfg = Discovery {
+        max_services: 4,
+        max_endpoints: 8,
+        max_pods: 4,
+        max_event_bytes: 64 * (1 + usize::from(*size)),
+        ..Discovery::default()
+    };
+    let mut state = State::new(&cfg);
+    if let Ok(page) = default.decode_list(rest) {
+        let items: Vec<(objects::Key, Summary)> = page
+            .items
+            .into_iter()
+            .filter_map(|(k, s)| Some((k, s?)))
+            .collect();
+        state.listed(default, items);
+        state.check();
+    }
+    let mut lines = watch::Lines::new(cfg.max_event_bytes);
+    for chunk in rest.chunks(usize::from(*first / 3).max(1)) {
+        for line in lines.push(chunk).into_iter().flatten() {
+            assert!(line.len() <= cfg.max_event_bytes, "a line over the bound");
+            let (r, json) = match line.split_first() {
+                Some((b'S', json)) => (Resource::Services, json),
+                Some((b'E', json)) => (Resource::EndpointSlices, json),
+                Some((b'P', json)) => (Resource::Pods, json),
+                _ => (default, &line[..]),
+            };
+            match r.decode_event(json) {
+                Ok(Event::Put(key, Some(summary), _)) => {
+                    let _ = state.put(key, summary);
+                }
+                Ok(Event::Put(key, None, _) | Event::Deleted(key, _)) => {
+                    state.delete(r, &key);
+                }
+                Ok(Event::Bookmark(_) | Event::Error(..)) | Err(_) => {}
+            }
+            state.check();
+        }
+    }
+    let found = state.services(&cfg, "cluster.local");
+    for (key, svc) in found.services() {
+        assert!(
+            found.service(key).is_some_and(|s| std::ptr::eq(s, svc)),
+            "{key}"
+        );
+        for a in &svc.addresses {
+            assert!(found.service_by_addr(*a).is_some(), "{a} of {key}");
+        }
+        for e in &svc.endpoints {
+            assert!(found.endpoint(e.addr).is_some(), "{} of {key}", e.addr);
+        }
+    }
+}

@@ -175,6 +175,20 @@ impl State {
         }
     }
 
+    /// Panics unless every table is within its bound and counts its
+    /// weight right.
+    #[cfg(feature = "fuzzing")]
+    pub(super) fn check(&self) {
+        fn table<T: PartialEq>(t: &Table<T>, what: &str) {
+            let used: usize = t.items.values().map(t.weight).sum();
+            assert_eq!(used, t.used, "{what}: weight");
+            assert!(t.used <= t.max, "{what}: {} over {}", t.used, t.max);
+        }
+        table(&self.services, "services");
+        table(&self.slices, "endpoints");
+        table(&self.pods, "pods");
+    }
+
     /// The services all this stands for.
     pub(super) fn services(&self, cfg: &Discovery, trust_domain: &str) -> Discovered {
         let mut slices: HashMap<(&str, &str), Vec<&SliceInfo>> = HashMap::new();

@@ -282,14 +282,14 @@ async fn watch(
 
 /// Splits a stream into lines of at most `max` bytes; a longer line is
 /// given once as `None` and its bytes dropped as they come.
-struct Lines {
+pub(super) struct Lines {
     buf: Vec<u8>,
     max: usize,
     skipping: bool,
 }
 
 impl Lines {
-    fn new(max: usize) -> Self {
+    pub(super) fn new(max: usize) -> Self {
         Self {
             buf: Vec::new(),
             max,
@@ -303,7 +303,7 @@ impl Lines {
     }
 
     /// The lines `data` completes (empty ones left out).
-    fn push(&mut self, mut data: &[u8]) -> Vec<Option<Vec<u8>>> {
+    pub(super) fn push(&mut self, mut data: &[u8]) -> Vec<Option<Vec<u8>>> {
         let mut out = Vec::new();
         while !data.is_empty() {
             let (part, rest, ends) = match data.iter().position(|b| *b == b'\n') {
