@@ -13,7 +13,7 @@ use linkerd2_proxy_api::{
     meta::{Metadata, metadata},
     outbound::{self, OutboundPolicy, TrafficSpec, traffic_spec},
 };
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tonic::{Request, Response, Status};
 
 mod inbound;
@@ -85,6 +85,20 @@ fn awaits_discovery(mesh: &Mesh, t: &Target) -> bool {
     })
 }
 
+/// The mesh once it can answer for `t`: at once, unless discovery has
+/// not listed the cluster yet and could name `t` (the client's own
+/// deadline bounds the wait).
+async fn settled(store: &Store, t: &Target) -> Arc<Mesh> {
+    let mut rx = store.subscribe();
+    loop {
+        let mesh = rx.borrow_and_update().clone();
+        if policy(&mesh, t).is_some() || !awaits_discovery(&mesh, t) || rx.changed().await.is_err()
+        {
+            return mesh;
+        }
+    }
+}
+
 /// The outbound policy service.
 #[derive(Clone, Debug)]
 pub struct Outbound {
@@ -99,14 +113,10 @@ impl outbound::outbound_policies_server::OutboundPolicies for Outbound {
     async fn get(&self, req: Request<TrafficSpec>) -> Result<Response<OutboundPolicy>, Status> {
         self.metrics.request("OutboundPolicies.Get");
         let t = traffic_target(req.get_ref())?;
-        let mesh = self.store.current();
-        policy(&mesh, &t).map(Response::new).ok_or_else(|| {
-            if awaits_discovery(&mesh, &t) {
-                Status::unavailable("Kubernetes endpoint discovery has not listed the cluster yet")
-            } else {
-                Status::not_found(format!("no service {t:?} in the mesh file"))
-            }
-        })
+        let mesh = settled(&self.store, &t).await;
+        policy(&mesh, &t)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no service {t:?} in the mesh file")))
     }
 
     async fn watch(
@@ -115,9 +125,7 @@ impl outbound::outbound_policies_server::OutboundPolicies for Outbound {
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.metrics.request("OutboundPolicies.Watch");
         let t = traffic_target(req.get_ref())?;
-        let mesh = self.store.current();
-        // Before discovery has listed the cluster, the stream waits for it.
-        if policy(&mesh, &t).is_none() && !awaits_discovery(&mesh, &t) {
+        if policy(&*settled(&self.store, &t).await, &t).is_none() {
             return Err(Status::not_found(format!(
                 "no service {t:?} in the mesh file"
             )));

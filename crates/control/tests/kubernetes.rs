@@ -43,6 +43,8 @@ enum Reply {
     Code(u16),
     Garbage,
     Hang,
+    /// A list, once the test opens the gate.
+    Gated(&'static str, Value),
 }
 
 #[derive(Default)]
@@ -54,6 +56,8 @@ struct Script {
     watches: HashMap<String, Vec<Option<mpsc::UnboundedSender<Bytes>>>>,
     /// Every request: (path, query).
     seen: Vec<(String, String)>,
+    /// Holds `Reply::Gated` back while false.
+    gate: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 #[derive(Clone)]
@@ -102,8 +106,18 @@ impl Fake {
                 queue.front().cloned().unwrap()
             }
         };
+        if let Reply::Gated(..) = reply {
+            let gate = self
+                .0
+                .lock()
+                .unwrap()
+                .gate
+                .get_or_insert_default()
+                .subscribe();
+            let _ = { gate }.wait_for(|open| *open).await;
+        }
         match reply {
-            Reply::List(rv, items) => support::full(
+            Reply::List(rv, items) | Reply::Gated(rv, items) => support::full(
                 200,
                 json!({"kind": "List", "apiVersion": "v1",
                        "metadata": {"resourceVersion": rv}, "items": items})
@@ -148,6 +162,12 @@ impl Fake {
         )
         .await;
         tx.send(data.into()).unwrap();
+    }
+
+    /// Lets `Reply::Gated` answer.
+    fn open_gate(&self) {
+        let mut s = self.0.lock().unwrap();
+        s.gate.get_or_insert_default().send_replace(true);
     }
 
     /// Ends the `n`th watch of `path` cleanly.
@@ -670,4 +690,55 @@ async fn bounds_are_counted_and_what_fits_is_served() {
         .await;
     // The watch went on: no relist.
     assert_eq!(fake.seen(SLICES).0, 1);
+}
+
+#[tokio::test]
+async fn questions_before_the_first_list_wait_for_it() {
+    let mut lists = cluster();
+    // Pods are not listed until the test says so.
+    let Reply::List(rv, pods) = lists[2].1[0].clone() else {
+        unreachable!()
+    };
+    lists[2].1 = vec![Reply::Gated(rv, pods)];
+    let fake = Fake::new(lists);
+    let plane = Plane::start(&fake, "").await;
+    let url = format!("http://{}", plane.addr);
+    let by_addr = tokio::spawn({
+        let url = url.clone();
+        async move {
+            let mut client = OutboundPoliciesClient::connect(url).await.unwrap();
+            client
+                .get(TrafficSpec {
+                    source_workload: "demo:client".into(),
+                    target: Some(traffic_spec::Target::Addr(
+                        "10.96.0.10:80".parse::<SocketAddr>().unwrap().into(),
+                    )),
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    });
+    let mut web = plane.get(WEB).await;
+    plane
+        .counted(&[
+            "control_requests_total{rpc=\"OutboundPolicies.Get\"} 1",
+            "control_requests_total{rpc=\"Destination.Get\"} 1",
+        ])
+        .await;
+    assert!(
+        !by_addr.is_finished(),
+        "answered before discovery listed pods"
+    );
+    fake.open_gate();
+    // Not a forward to the cluster IP, not "no such service": the service.
+    let policy = by_addr.await.unwrap().unwrap();
+    assert!(
+        format!("{policy:?}").contains(&format!("path: \"{WEB}\"")),
+        "{policy:?}"
+    );
+    let first = added(next(&mut web).await);
+    assert_eq!(identity(&first[0]).as_deref(), Some(WEB_ID));
+    // Once listed, what is unknown is said so at once.
+    let mut none = plane.get("nothing.demo.svc.cluster.local:80").await;
+    assert!(matches!(next(&mut none).await, update::Update::NoEndpoints(n) if !n.exists));
 }
