@@ -7,7 +7,9 @@ use crate::EXIT_CONFIG;
 use anyhow::Context as _;
 use clap::ArgAction;
 use linnet_inject::{Options, TrustAnchors};
-use std::{io::Read as _, net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{
+    io::Read as _, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
+};
 
 /// `linnet inject` arguments.
 #[derive(clap::Args, Debug)]
@@ -115,6 +117,32 @@ pub(crate) struct InjectArgs {
     /// closed at once.
     #[arg(long, default_value_t = 1000, requires = "serve")]
     max_connections: usize,
+    /// Where the webhook serves /metrics, /ready and /live (plain HTTP).
+    #[arg(long, default_value = "0.0.0.0:9995", requires = "serve")]
+    admin_listen: SocketAddr,
+    /// Read each pod's namespace from the Kubernetes API server for the
+    /// annotations it lends its pods (linkerd.io/inject, config.*): `auto`
+    /// does when running in a pod (KUBERNETES_SERVICE_HOST is set).
+    #[arg(long, value_enum, default_value_t = NamespaceAnnotations::Auto, requires = "serve")]
+    namespace_annotations: NamespaceAnnotations,
+    /// How long reading a namespace may take before the pod is decided on
+    /// its own annotations.
+    #[arg(long, default_value = "2s", value_parser = linnet_config::parse::duration, requires = "serve")]
+    api_server_timeout: Duration,
+    /// How long a namespace's annotations are used before it is read again.
+    #[arg(long, default_value = "30s", value_parser = linnet_config::parse::duration, requires = "serve")]
+    namespace_cache_ttl: Duration,
+}
+
+/// Whether the webhook reads pods' namespaces.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum NamespaceAnnotations {
+    /// When running in a pod.
+    Auto,
+    /// Always (failing at start outside a pod).
+    On,
+    /// Never: pods are decided on their own annotations.
+    Off,
 }
 
 pub(crate) fn main(args: InjectArgs) -> ExitCode {
@@ -166,12 +194,13 @@ pub(crate) fn main(args: InjectArgs) -> ExitCode {
     }
 }
 
-/// Runs the webhook until SIGTERM or SIGINT.
+/// Runs the webhook until SIGTERM or SIGINT (or `POST /shutdown` on its
+/// admin port, from loopback).
 fn serve(args: &InjectArgs, options: Options) -> anyhow::Result<()> {
     use crate::trace;
     use linnet_config::{LogConfig, LogFormat};
     use linnet_inject::webhook;
-    trace::init(&LogConfig {
+    let log = trace::init(&LogConfig {
         filter: "info".to_string(),
         format: LogFormat::Plain,
     })
@@ -188,6 +217,24 @@ fn serve(args: &InjectArgs, options: Options) -> anyhow::Result<()> {
     options.fail_closed = args.fail_closed;
     options.inject_all = args.inject_all;
     options.max_connections = args.max_connections.max(1);
+    let env = |name: &str| std::env::var(name).ok();
+    options.namespaces = match args.namespace_annotations {
+        NamespaceAnnotations::Off => None,
+        NamespaceAnnotations::Auto if env("KUBERNETES_SERVICE_HOST").is_none() => None,
+        NamespaceAnnotations::Auto | NamespaceAnnotations::On => {
+            let api = webhook::ApiServer::in_cluster(env)
+                .map_err(anyhow::Error::msg)
+                .context("--namespace-annotations")?;
+            let lookup = webhook::LookupOptions {
+                timeout: args.api_server_timeout,
+                cache_ttl: args.namespace_cache_ttl,
+                ..Default::default()
+            };
+            Some(webhook::NamespaceLookup::new(api, lookup))
+        }
+    };
+    let mut registry = linnet_metrics::registry();
+    options.metrics = webhook::Metrics::register(&mut registry);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -198,9 +245,61 @@ fn serve(args: &InjectArgs, options: Options) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
         let listen = listener.local_addr().unwrap_or(args.listen);
-        tracing::info!(%listen, fail_closed = options.fail_closed, inject_all = options.inject_all, max_connections = options.max_connections, "serving the injection webhook (POST /inject)");
-        webhook::serve(listener, tls, options, shutdown).await;
+        let admin_addr = admin_listener.local_addr().unwrap_or(args.admin_listen);
+        // Set once to stop both servers (a `watch`, so that neither misses it).
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let stop = Arc::new(stop);
+        let readiness = linnet_admin::Readiness::default();
+        let admin = Arc::new(linnet_admin::Admin {
+            registry: Arc::new(registry),
+            config_json: serde_json::json!({
+                "listen": listen.to_string(),
+                "fail_closed": options.fail_closed,
+                "inject_all": options.inject_all,
+                "max_connections": options.max_connections,
+                "namespace_annotations": options.namespaces.is_some(),
+            })
+            .to_string()
+            .into(),
+            readiness: readiness.clone(),
+            log_level: Some(log),
+            shutdown: {
+                let stop = stop.clone();
+                Arc::new(move || {
+                    stop.send_replace(true);
+                })
+            },
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            // An error: the sender is gone, so nothing will stop it but this.
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let admin_task = tokio::spawn(linnet_admin::serve(
+            admin_listener,
+            admin,
+            stopped(stopping.clone()),
+        ));
+        readiness.set(true);
+        tracing::info!(
+            %listen, admin = %admin_addr, fail_closed = options.fail_closed,
+            inject_all = options.inject_all, max_connections = options.max_connections,
+            namespace_annotations = options.namespaces.is_some(),
+            "serving the injection webhook (POST /inject)"
+        );
+        let requested = stopped(stopping);
+        webhook::serve(listener, tls, options, async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = requested => {}
+            }
+        })
+        .await;
+        stop.send_replace(true);
+        let _ = admin_task.await;
         Ok(())
     })
 }

@@ -19,10 +19,9 @@
 //! 30 MiB a round.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use linnet_test_support::{eventually, metrics::Scrape, process::Sidecar};
+use linnet_test_support::{eventually, metrics::Scrape, sidecar::Sidecar};
 use std::{
     net::SocketAddr,
-    path::Path,
     time::{Duration, Instant},
 };
 use tokio::{
@@ -274,10 +273,12 @@ async fn peer_chosen_labels_stay_bounded() {
     let backend = backend().await;
     let cap = CAP.to_string();
     let idle = format!("{}s", IDLE.as_secs());
+    let backend = backend.to_string();
     let proxy = Sidecar::start(
-        Path::new(env!("CARGO_BIN_EXE_linnet")),
-        backend,
+        "cardinality",
         &[
+            ("LINNET_OUTBOUND_ORIG_DST_ADDR", &backend),
+            ("LINNET_CORES", "1"),
             ("LINNET_METRICS_MAX_LABEL_VALUES", &cap),
             ("LINNET_METRICS_IDLE_TIMEOUT", &idle),
         ],

@@ -381,3 +381,113 @@ fn wait_ready_waits_for_the_proxy() {
         .unwrap();
     assert_eq!(status.code(), Some(1));
 }
+
+/// A self-signed certificate and key for the webhook, made as the README
+/// says: `(dir, cert, key)`.
+fn webhook_certificate() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=linnet-injector.linkerd.svc",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is installed");
+    assert!(status.success());
+    (dir, cert, key)
+}
+
+#[tokio::test]
+async fn inject_serve_has_an_admin_port_with_metrics_and_stops_on_sigterm() {
+    let (_dir, cert, key) = webhook_certificate();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "inject",
+        "--serve",
+        "--listen=127.0.0.1:0",
+        "--admin-listen=127.0.0.1:0",
+    ])
+    .arg("--tls-cert")
+    .arg(&cert)
+    .arg("--tls-key")
+    .arg(&key)
+    .env_remove("KUBERNETES_SERVICE_HOST");
+    let mut p = Process::spawn("inject-serve", cmd);
+    // The address it logged: `serving the injection webhook ... admin=ADDR`.
+    let admin: SocketAddr = linnet_test_support::eventually(
+        "the webhook to log its admin address",
+        Duration::from_secs(10),
+        || {
+            let log = p.log();
+            async move {
+                log.lines()
+                    .filter(|l| l.contains("serving the injection webhook"))
+                    .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("admin=")))
+                    .map(|a| a.parse().unwrap())
+            }
+        },
+    )
+    .await;
+    assert!(
+        p.log().contains("namespace_annotations=false"),
+        "outside a pod, auto reads no namespace: {}",
+        p.log()
+    );
+    let get = |path: &'static str| async move { try_http(admin, "GET", path, "").await.unwrap() };
+    assert_eq!(get("/ready").await.0, 200);
+    assert_eq!(get("/live").await.0, 200);
+    let (status, metrics) = get("/metrics").await;
+    assert_eq!(status, 200);
+    for family in [
+        "inject_webhook_reviews_total{outcome=\"injected\",reason=\"\"} 0",
+        "inject_webhook_malformed_requests_total{reason=\"not_a_review\"} 0",
+        "inject_webhook_namespace_lookups_total{outcome=\"timeout\"} 0",
+        "inject_webhook_connections_refused_total 0",
+        "inject_webhook_review_duration_seconds_count 0",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+    p.sigterm();
+    let status = p.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", p.log());
+}
+
+#[test]
+fn inject_serve_reading_namespaces_outside_a_pod_fails_at_start() {
+    let (_dir, cert, key) = webhook_certificate();
+    let out = Command::new(BIN)
+        .args([
+            "inject",
+            "--serve",
+            "--listen=127.0.0.1:0",
+            "--admin-listen=127.0.0.1:0",
+        ])
+        .args(["--namespace-annotations", "on", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("KUBERNETES_SERVICE_HOST"), "{stderr}");
+}

@@ -15,8 +15,8 @@
 //! for good (see `src/alloc.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use linnet_test_support::process::Sidecar;
-use std::{net::SocketAddr, path::Path, time::Duration};
+use linnet_test_support::sidecar::Sidecar;
+use std::{net::SocketAddr, time::Duration};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -122,7 +122,15 @@ fn mib(bytes: u64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_comes_back_after_a_burst() {
     let app = backend().await;
-    let proxy = Sidecar::start(Path::new(env!("CARGO_BIN_EXE_linnet")), app, &[]).await;
+    let app = app.to_string();
+    let proxy = Sidecar::start(
+        "memory",
+        &[
+            ("LINNET_OUTBOUND_ORIG_DST_ADDR", &app),
+            ("LINNET_CORES", "1"),
+        ],
+    )
+    .await;
     let idle = proxy.rss();
     let first_peak = burst(&proxy).await;
     // The first burst's memory has as long to come back as the second's.

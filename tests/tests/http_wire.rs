@@ -312,6 +312,71 @@ async fn slow_headers_are_cut_off() {
     );
     dripper.abort();
     assert!(server.seen().is_empty());
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m.sum("idle_timeout_total", &[("kind", "http_header")]),
+        1.0,
+        "{}",
+        m.0
+    );
+}
+
+/// The header read timeout times a request head from its first byte: a
+/// keep-alive connection that waits between requests is left to the
+/// (much longer) connection idle timeout, as are a slow request body
+/// and a slow response.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_the_header_timeout() {
+    let server = HttpServer::start().await;
+    let proxy = Proxy::start(
+        OrigDst::Fixed(server.addr),
+        &[("LINNET_HTTP_HEADER_READ_TIMEOUT", "200ms")],
+    )
+    .await;
+    let mut c = TcpStream::connect(proxy.outbound).await.unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: idle\r\n\r\n";
+    for round in 0..3 {
+        c.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).ends_with("hello") {
+            let n = c.read(&mut b).await.unwrap();
+            assert!(
+                n > 0,
+                "round {round}: closed: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&b[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+        // Idle between requests for several header timeouts (the
+        // idleness is the case under test, not a wait for something).
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // A body sent slower than the header timeout is not cut either.
+    c.write_all(b"POST /consume HTTP/1.1\r\nHost: idle\r\ncontent-length: 4\r\n\r\nab")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.write_all(b"cd").await.unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\n4") {
+        let n = c.read(&mut b).await.unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let m = proxy.metrics().await;
+    assert_eq!(m.sum("idle_timeout_total", &[("kind", "http_header")]), 0.0);
 }
 
 #[tokio::test]

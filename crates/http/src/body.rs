@@ -28,6 +28,8 @@ pub(crate) struct Recorder {
     /// response for a complete one (a close-delimited body ends at the
     /// close). (HTTP/2 resets the stream itself.)
     pub(crate) reset: Option<crate::conn::ResetFlag>,
+    /// Stops HTTP/1's request-head clock until the response ends.
+    pub(crate) _in_request: Option<crate::head_clock::InRequest>,
 }
 
 impl Recorder {

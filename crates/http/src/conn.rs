@@ -56,4 +56,6 @@ pub(crate) struct Serving {
     pub(crate) watch: drain::Watch,
     /// How long a body may move no data (`HTTP_BODY_IDLE_TIMEOUT`).
     pub(crate) body_idle_timeout: Duration,
+    /// HTTP/1's request-head clock, stopped while a request is served.
+    pub(crate) head_clock: Option<Arc<crate::head_clock::HeadClock>>,
 }

@@ -17,6 +17,7 @@ pub mod client;
 pub mod conn;
 mod continue_gate;
 pub mod endpoint;
+mod head_clock;
 pub mod headers;
 pub mod proxy;
 pub mod rescue;

@@ -278,6 +278,11 @@ impl Inner {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<BoxBody> {
         let start = Instant::now();
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let in_request = self
+            .serving
+            .as_ref()
+            .and_then(|s| s.head_clock.as_ref())
+            .map(|c| c.request());
         let grpc = headers::is_grpc(&req);
         let upgrade = headers::is_upgrade(&req);
         let connect = headers::is_connect(&req);
@@ -487,6 +492,7 @@ impl Inner {
                     .map(|v| GrpcStatus::parse(v.to_str().unwrap_or_default()));
                 let recorder = Recorder {
                     _permit: permit,
+                    _in_request: in_request,
                     metrics: labels,
                     start,
                     status: status.as_u16(),

@@ -1,6 +1,10 @@
 //! Serving a client connection detected as HTTP.
 
-use crate::{Proxy, Version, conn::Serving};
+use crate::{
+    Proxy, Version,
+    conn::Serving,
+    head_clock::{Clocked, HeadClock},
+};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use linnet_config::HttpConfig;
@@ -14,14 +18,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Runs a hyper server connection until it ends: when draining starts, or
 /// when a whole `HTTP_IDLE_TIMEOUT` passes without a new request, it is
-/// shut down gracefully; when the grace period ends it is dropped. (A
+/// shut down gracefully; when the grace period ends, or when the `$head`
+/// future says a request head took too long, it is dropped. (A
 /// macro: hyper's HTTP/1 and HTTP/2 connections share no trait for
 /// `graceful_shutdown`.)
 macro_rules! drive {
-    ($conn:expr, $watch:expr, $idle:expr) => {{
+    ($conn:expr, $watch:expr, $idle:expr, $head:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
         let idle = $idle;
+        let head = $head;
+        tokio::pin!(head);
         let mut tick = tokio::time::interval_at(
             tokio::time::Instant::now() + idle.period,
             idle.period,
@@ -31,6 +38,13 @@ macro_rules! drive {
             tokio::select! {
                 r = conn.as_mut() => return r,
                 _ = $watch.draining() => break,
+                _ = &mut head => {
+                    tracing::debug!("closing an HTTP/1 connection: a request head took longer than HTTP_HEADER_READ_TIMEOUT");
+                    if let Some(m) = &idle.metrics {
+                        m.idle(idle.direction, Idle::HttpHeader);
+                    }
+                    return Ok(());
+                }
                 _ = tick.tick() => {
                     let started = idle.proxy.requests_started();
                     if started == seen {
@@ -75,10 +89,11 @@ pub async fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = TokioIo::new(io);
+    let clock = (version == Version::Http1).then(HeadClock::new);
     let proxy = proxy.serving(Serving {
         watch: watch.clone(),
         body_idle_timeout: config.body_idle_timeout,
+        head_clock: clock.clone(),
     });
     let idle = IdleConn {
         period: config.idle_timeout,
@@ -88,9 +103,14 @@ where
     };
     match version {
         Version::Http1 => {
+            let clock = clock.unwrap_or_else(HeadClock::new);
+            let io = TokioIo::new(Clocked::new(io, clock.clone()));
+            let head_timeout = config.header_read_timeout;
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(config.header_read_timeout)
+                // hyper's would also time an idle keep-alive connection
+                // (see `head_clock`).
+                .header_read_timeout(None)
                 .preserve_header_case(true)
                 // The target's response says whether it has a date.
                 .auto_date_header(false)
@@ -99,7 +119,7 @@ where
                 .half_close(true)
                 .serve_connection(io, proxy)
                 .with_upgrades();
-            drive!(conn, watch, idle)
+            drive!(conn, watch, idle, clock.expired(head_timeout))
         }
         Version::Http2 => {
             let conn = http2::Builder::new(TokioExecutor::new())
@@ -111,8 +131,8 @@ where
                 .max_concurrent_streams(config.http2_max_concurrent_streams)
                 .keep_alive_interval(config.http2_keepalive_interval)
                 .keep_alive_timeout(config.http2_keepalive_timeout)
-                .serve_connection(io, proxy);
-            drive!(conn, watch, idle)
+                .serve_connection(TokioIo::new(io), proxy);
+            drive!(conn, watch, idle, std::future::pending::<()>())
         }
     }
 }

@@ -24,12 +24,14 @@
 
 mod annotations;
 mod error;
+mod namespace;
 mod object;
 mod options;
 mod pod;
 pub mod webhook;
 
 pub use error::Error;
+pub use namespace::Namespaces;
 pub use object::{Object, parse, to_yaml};
 pub use options::{ControlPlaneService, Options, ProxyResources, TrustAnchors};
 
@@ -49,6 +51,8 @@ pub const INIT_CONTAINER: &str = "linnet-init";
 /// items of `List` objects), leaving other kinds, workloads annotated
 /// `linnet.io/inject: disabled` (or Linkerd's `linkerd.io/inject`),
 /// host-network pods, and templates already injected as they are.
+/// A `Namespace` among `objects` lends its inject and `config.*`
+/// annotations to the workloads in it ([`Namespaces::from_objects`]).
 ///
 /// Fails, naming the workload, on a per-workload annotation whose value
 /// cannot be used (a malformed port list or resource quantity).
@@ -61,10 +65,22 @@ pub fn inject_with_report(
     objects: Vec<Object>,
     options: &Options,
 ) -> Result<(Vec<Object>, Vec<Outcome>), Error> {
+    let namespaces = Namespaces::from_objects(&objects);
+    inject_in(objects, options, &namespaces)
+}
+
+/// [`inject_with_report`], with the namespaces' annotations given rather
+/// than found among `objects` (the webhook reads them from the API
+/// server).
+pub fn inject_in(
+    objects: Vec<Object>,
+    options: &Options,
+    namespaces: &Namespaces,
+) -> Result<(Vec<Object>, Vec<Outcome>), Error> {
     let mut report = Vec::new();
     let objects = objects
         .into_iter()
-        .map(|o| pod::inject_object(o, options, &mut report))
+        .map(|o| pod::inject_object(o, options, namespaces, &mut report))
         .collect::<Result<_, _>>()?;
     Ok((objects, report))
 }
@@ -83,7 +99,8 @@ pub struct Outcome {
 pub enum Verdict {
     /// The proxy was added.
     Injected,
-    /// Annotated `linnet.io/inject: disabled` (or `linkerd.io/inject`).
+    /// Annotated `linnet.io/inject: disabled` (or `linkerd.io/inject`),
+    /// itself or through its namespace.
     Disabled,
     /// Injected already, by `linnet inject` or by Linkerd.
     AlreadyInjected,

@@ -1,7 +1,8 @@
 //! What `linnet inject` puts into a pod, with Linkerd's defaults.
 
 /// Settings of an injection that apply to every workload; per-workload
-/// annotations override the proxy's ports, log level and resources.
+/// annotations (and their namespaces') override the images, the proxy's
+/// uid, ports and subnets, logging, shutdown and resources.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     /// Image of the proxy container (runs `linnet proxy`).

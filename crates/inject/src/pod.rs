@@ -2,17 +2,17 @@
 //! its volumes and annotations.
 
 use crate::{
-    Error, INIT_CONTAINER, INJECTED_ANNOTATION, Object, Options, Outcome, PROXY_CONTAINER,
-    PROXY_VERSION_ANNOTATION, TrustAnchors, Verdict,
-    annotations::{Annotations, Overrides},
+    Error, INIT_CONTAINER, INJECTED_ANNOTATION, Namespaces, Object, Options, Outcome,
+    PROXY_CONTAINER, PROXY_VERSION_ANNOTATION, TrustAnchors, Verdict,
+    annotations::{self, Annotations, Overrides},
 };
 use k8s_openapi::{
     api::core::v1::{
         Capabilities, ConfigMapKeySelector, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
         EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
         PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
-        SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-        VolumeProjection,
+        SeccompProfile, SecurityContext, ServiceAccountTokenProjection, SleepAction, Volume,
+        VolumeMount, VolumeProjection,
     },
     apimachinery::pkg::{
         api::resource::Quantity, apis::meta::v1::ObjectMeta, util::intstr::IntOrString,
@@ -25,8 +25,11 @@ const INBOUND_PORT: u16 = 4143;
 const OUTBOUND_PORT: u16 = 4140;
 /// Admin port (`/metrics`, `/live`, `/ready`), named `linkerd-admin`.
 const ADMIN_PORT: u16 = 4191;
-/// The uid the proxy runs as, which `linnet init` exempts from redirection.
+/// The uid the proxy runs as, which `linnet init` exempts from redirection
+/// (`config.linnet.io/proxy-uid` changes it).
 const PROXY_UID: i64 = 2102;
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 30;
 /// The projected service-account token the identity service checks.
 const TOKEN_VOLUME: &str = "linkerd-identity-token";
 const TOKEN_DIR: &str = "/var/run/secrets/tokens";
@@ -36,22 +39,29 @@ const TOKEN_AUDIENCE: &str = "identity.l5d.io";
 const XTABLES_VOLUME: &str = "linnet-init-xtables-lock";
 const BINARY: &str = "/usr/bin/linnet";
 
-/// Injects every workload in `object`, noting what it did with each in
-/// `report`.
+/// Injects every workload in `object`, with the annotations of its
+/// namespace from `namespaces`, noting what it did with each in `report`.
 pub(crate) fn inject_object(
     object: Object,
     opts: &Options,
+    namespaces: &Namespaces,
     report: &mut Vec<Outcome>,
 ) -> Result<Object, Error> {
-    let mut injector = Injector { opts, report };
+    let mut injector = Injector {
+        opts,
+        namespaces,
+        report,
+    };
     let object = match object {
         Object::Pod(mut pod) => {
             let workload = name("Pod", &pod.metadata);
             match pod.spec.as_mut() {
                 Some(spec) => {
                     let annotations = Annotations {
-                        metas: [Some(&pod.metadata), None],
-                        workload: &workload,
+                        template: pod.metadata.annotations.as_ref(),
+                        workload: None,
+                        namespace: injector.namespace_of(&pod.metadata),
+                        name: &workload,
                     };
                     if let Some(overrides) = injector.wanted(&annotations, spec)? {
                         inject_spec(&mut pod.metadata, spec, &overrides, opts);
@@ -97,7 +107,7 @@ pub(crate) fn inject_object(
             fields,
             items: items
                 .into_iter()
-                .map(|o| inject_object(o, opts, report))
+                .map(|o| inject_object(o, opts, namespaces, report))
                 .collect::<Result<_, _>>()?,
         },
         other @ Object::Other(_) => other,
@@ -120,10 +130,18 @@ fn name(kind: &str, meta: &ObjectMeta) -> String {
 
 struct Injector<'a> {
     opts: &'a Options,
+    namespaces: &'a Namespaces,
     report: &'a mut Vec<Outcome>,
 }
 
-impl Injector<'_> {
+impl<'a> Injector<'a> {
+    /// The name and annotations of the namespace `meta` names, if known.
+    fn namespace_of(&self, meta: &ObjectMeta) -> Option<(&'a str, &'a BTreeMap<String, String>)> {
+        let namespaces: &'a Namespaces = self.namespaces;
+        let name = meta.namespace.as_deref()?;
+        namespaces.get_key_value(name)
+    }
+
     fn note(&mut self, workload: String, verdict: Verdict) {
         self.report.push(Outcome { workload, verdict });
     }
@@ -140,8 +158,10 @@ impl Injector<'_> {
             return Ok(());
         };
         let annotations = Annotations {
-            metas: [meta.as_ref(), Some(workload_meta)],
-            workload: &workload,
+            template: meta.as_ref().and_then(|m| m.annotations.as_ref()),
+            workload: workload_meta.annotations.as_ref(),
+            namespace: self.namespace_of(workload_meta),
+            name: &workload,
         };
         if let Some(overrides) = self.wanted(&annotations, spec)? {
             let meta = meta.get_or_insert_with(Default::default);
@@ -159,8 +179,8 @@ impl Injector<'_> {
         annotations: &Annotations<'_>,
         spec: &PodSpec,
     ) -> Result<Option<Overrides>, Error> {
-        let injected = annotations.metas[0]
-            .and_then(|m| m.annotations.as_ref())
+        let injected = annotations
+            .template
             .is_some_and(|a| a.contains_key(INJECTED_ANNOTATION));
         let has_proxy = spec
             .containers
@@ -175,10 +195,21 @@ impl Injector<'_> {
             Verdict::HostNetwork
         } else {
             let overrides = annotations.overrides()?;
-            self.note(annotations.workload.to_string(), Verdict::Injected);
+            let grace = spec
+                .termination_grace_period_seconds
+                .unwrap_or(DEFAULT_TERMINATION_GRACE_SECONDS);
+            if overrides
+                .wait_before_exit_seconds
+                .is_some_and(|w| w > grace)
+            {
+                if let Some(error) = annotations.wait_too_long(grace) {
+                    return Err(error);
+                }
+            }
+            self.note(annotations.name.to_string(), Verdict::Injected);
             return Ok(Some(overrides));
         };
-        self.note(annotations.workload.to_string(), verdict);
+        self.note(annotations.name.to_string(), verdict);
         Ok(None)
     }
 }
@@ -221,12 +252,12 @@ fn inject_spec(meta: &mut ObjectMeta, spec: &mut PodSpec, o: &Overrides, opts: &
         // Last, so that the user's init containers (which run before any
         // proxy) still reach the network.
         inits.push(init);
-        proxy.lifecycle = Some(Lifecycle {
-            post_start: Some(LifecycleHandler {
-                exec: Some(ExecAction {
-                    command: Some(strings(&[BINARY, "wait-ready", "--timeout=2m"])),
-                }),
-                ..Default::default()
+        proxy
+            .lifecycle
+            .get_or_insert_with(Default::default)
+            .post_start = Some(LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(strings(&[BINARY, "wait-ready", "--timeout=2m"])),
             }),
             ..Default::default()
         });
@@ -268,22 +299,30 @@ fn init_container(o: &Overrides, opts: &Options) -> Container {
     // tap ports inbound, and 4567-4568 (Linkerd's multicluster gateway).
     let inbound = join("4190,4191,4567,4568", &o.skip_inbound_ports);
     let outbound = join("4567,4568", &o.skip_outbound_ports);
+    let mut args = vec![
+        "--incoming-proxy-port".into(),
+        INBOUND_PORT.to_string(),
+        "--outgoing-proxy-port".into(),
+        OUTBOUND_PORT.to_string(),
+        "--proxy-uid".into(),
+        o.proxy_uid.unwrap_or(PROXY_UID).to_string(),
+        "--inbound-ports-to-ignore".into(),
+        inbound,
+        "--outbound-ports-to-ignore".into(),
+        outbound,
+    ];
+    if let Some(subnets) = o.skip_subnets.as_ref().filter(|s| !s.is_empty()) {
+        args.extend(["--subnets-to-ignore".into(), subnets.clone()]);
+    }
     Container {
         name: INIT_CONTAINER.to_string(),
-        image: Some(opts.init_image.clone()),
+        image: Some(image(
+            &opts.init_image,
+            o.init_image.as_deref(),
+            o.init_image_version.as_deref(),
+        )),
         command: Some(strings(&[BINARY, "init"])),
-        args: Some(vec![
-            "--incoming-proxy-port".into(),
-            INBOUND_PORT.to_string(),
-            "--outgoing-proxy-port".into(),
-            OUTBOUND_PORT.to_string(),
-            "--proxy-uid".into(),
-            PROXY_UID.to_string(),
-            "--inbound-ports-to-ignore".into(),
-            inbound,
-            "--outbound-ports-to-ignore".into(),
-            outbound,
-        ]),
+        args: Some(args),
         resources: Some(resources(&[
             ("requests", "cpu", Some("10m")),
             ("requests", "memory", Some("10Mi")),
@@ -327,7 +366,11 @@ fn proxy_container(o: &Overrides, opts: &Options) -> Container {
     );
     Container {
         name: PROXY_CONTAINER.to_string(),
-        image: Some(opts.image.clone()),
+        image: Some(image(
+            &opts.image,
+            o.proxy_image.as_deref(),
+            o.proxy_version.as_deref(),
+        )),
         command: Some(strings(&[BINARY, "proxy"])),
         env: Some(env(o, opts)),
         ports: Some(vec![
@@ -350,10 +393,22 @@ fn proxy_container(o: &Overrides, opts: &Options) -> Container {
             }),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
-            run_as_user: Some(PROXY_UID),
+            run_as_user: Some(o.proxy_uid.unwrap_or(PROXY_UID)),
             seccomp_profile: Some(runtime_default()),
             ..Default::default()
         }),
+        // Holds back the proxy's SIGTERM, so that it still serves while
+        // the endpoints controller and load balancers let the pod go.
+        lifecycle: o
+            .wait_before_exit_seconds
+            .filter(|s| *s > 0)
+            .map(|seconds| Lifecycle {
+                pre_stop: Some(LifecycleHandler {
+                    sleep: Some(SleepAction { seconds }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         volume_mounts: Some(vec![VolumeMount {
             name: TOKEN_VOLUME.to_string(),
@@ -400,6 +455,12 @@ fn env(o: &Overrides, opts: &Options) -> Vec<EnvVar> {
         // Not loopback: the kubelet's probes and Prometheus come from outside.
         var("ADMIN_LISTEN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
     ];
+    if let Some(format) = &o.log_format {
+        env.push(var("LOG_FORMAT", format.clone()));
+    }
+    if let Some(grace) = &o.shutdown_grace_period {
+        env.push(var("SHUTDOWN_GRACE_PERIOD", grace.clone()));
+    }
     if let Some(ports) = &o.opaque_ports {
         env.push(var(
             "INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
@@ -440,6 +501,34 @@ fn env(o: &Overrides, opts: &Options) -> Vec<EnvVar> {
         },
     });
     env
+}
+
+/// The image to run: `default` (`--image`), or the annotation's `name`
+/// (taking `default`'s tag when it has none), with its tag replaced by
+/// `version` when that is set.
+fn image(default: &str, name: Option<&str>, version: Option<&str>) -> String {
+    // The name without its digest and tag, and what pinned it.
+    let split = |reference: &str| -> (String, String) {
+        let (rest, digest) = reference.split_once('@').unwrap_or((reference, ""));
+        let (repository, tag) = annotations::split_tag(rest);
+        let pin = match (tag, digest) {
+            (Some(tag), "") => format!(":{tag}"),
+            (Some(tag), digest) => format!(":{tag}@{digest}"),
+            (None, "") => String::new(),
+            (None, digest) => format!("@{digest}"),
+        };
+        (repository.to_string(), pin)
+    };
+    let (default_repository, default_pin) = split(default);
+    match (name.map(split), version) {
+        (None, None) => default.to_string(),
+        (None, Some(tag)) => format!("{default_repository}:{tag}"),
+        (Some((repository, _)), Some(tag)) => format!("{repository}:{tag}"),
+        (Some((repository, pin)), None) if pin.is_empty() => {
+            format!("{repository}{default_pin}")
+        }
+        (Some(_), None) => name.unwrap_or(default).to_string(),
+    }
 }
 
 fn port(name: &str, port: u16) -> ContainerPort {
@@ -496,4 +585,54 @@ fn runtime_default() -> SeccompProfile {
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image;
+
+    #[test]
+    fn images_from_annotations() {
+        let default = "ghcr.io/linnet-proxy/linnet:0.1.0";
+        let cases = [
+            (None, None, default),
+            (None, Some("0.2.0"), "ghcr.io/linnet-proxy/linnet:0.2.0"),
+            (
+                Some("registry.example:5000/linnet"),
+                None,
+                "registry.example:5000/linnet:0.1.0",
+            ),
+            (
+                Some("registry.example/linnet:edge"),
+                None,
+                "registry.example/linnet:edge",
+            ),
+            (
+                Some("registry.example/linnet:edge"),
+                Some("1.0"),
+                "registry.example/linnet:1.0",
+            ),
+            (
+                Some("localhost:5000/linnet"),
+                Some("1.0"),
+                "localhost:5000/linnet:1.0",
+            ),
+        ];
+        for (name, version, expected) in cases {
+            assert_eq!(
+                image(default, name, version),
+                expected,
+                "{name:?} {version:?}"
+            );
+        }
+        let pinned = "ghcr.io/linnet-proxy/linnet@sha256:0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            image(pinned, Some("mirror.example/linnet"), None),
+            "mirror.example/linnet@sha256:0123456789abcdef0123456789abcdef"
+        );
+        assert_eq!(
+            image(pinned, None, Some("0.3.0")),
+            "ghcr.io/linnet-proxy/linnet:0.3.0"
+        );
+    }
 }

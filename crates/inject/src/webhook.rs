@@ -10,17 +10,30 @@
 //! (or objectSelector) does a namespace's opt-in, and with
 //! [`WebhookOptions::inject_all`] every pod sent is injected; without it,
 //! only pods annotated `linnet.io/inject: enabled` (or
-//! `linkerd.io/inject`).
+//! `linkerd.io/inject`), themselves or through their namespace.
+//!
+//! A pod's namespace lends it its annotations (`linkerd.io/inject:
+//! enabled` and the `config.*` settings; the pod's own win) when
+//! [`WebhookOptions::namespaces`] can read it from the API server
+//! ([`NamespaceLookup`], in `namespaces.rs`); a namespace that cannot be
+//! read costs a warning, not the pod.
 //!
 //! A webhook that fails must not stop a cluster from creating pods: a
 //! review that cannot be used or a pod that cannot be injected is allowed
 //! as it is, with a warning the client sees (`kubectl` prints it), unless
 //! [`WebhookOptions::fail_closed`]. Only a body that is no review at all
 //! gets an HTTP error (400), and one too large 413.
+//!
+//! What it did is counted in [`Metrics`] (`metrics.rs`), which the
+//! command line serves on its admin port.
 
+mod metrics;
+mod namespaces;
 pub mod patch;
 mod review;
 
+pub use metrics::Metrics;
+pub use namespaces::{ApiServer, LookupOptions, NamespaceLookup};
 pub use review::{NotAReview, answer};
 
 use crate::Options;
@@ -30,7 +43,13 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tokio::net::TcpListener;
 use tokio_rustls::{TlsAcceptor, rustls};
 
@@ -64,6 +83,11 @@ pub struct WebhookOptions {
     /// clients from holding a task and a socket each until the process
     /// runs out of file descriptors.
     pub max_connections: usize,
+    /// Reads each pod's namespace for the annotations it lends its pods;
+    /// `None` decides on the pod's own annotations alone.
+    pub namespaces: Option<NamespaceLookup>,
+    /// Where reviews, refusals and look-ups are counted.
+    pub metrics: Metrics,
 }
 
 impl WebhookOptions {
@@ -79,6 +103,8 @@ impl WebhookOptions {
             body_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             max_connections: 1000,
+            namespaces: None,
+            metrics: Metrics::default(),
         }
     }
 }
@@ -115,7 +141,7 @@ pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerC
 /// Serves the webhook on `listener` over TLS with `tls` until `shutdown`
 /// resolves; connections still open are then cut. Beyond
 /// [`WebhookOptions::max_connections`] open at once, a new connection is
-/// closed at once, and counted in a log line.
+/// closed at once, logged and counted.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -125,8 +151,6 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let options = Arc::new(options);
     let mut conns = tokio::task::JoinSet::new();
-    // Connections closed for the limit since the start, for the log.
-    let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -144,7 +168,7 @@ pub async fn serve(
         if conns.len() >= options.max_connections {
             // Dropped before any TLS work: the client sees the close.
             drop(stream);
-            refused += 1;
+            let refused = options.metrics.refused();
             tracing::warn!(
                 %peer,
                 limit = options.max_connections,
@@ -154,14 +178,22 @@ pub async fn serve(
             continue;
         }
         let (acceptor, options) = (acceptor.clone(), options.clone());
+        let open = options.metrics.connection();
         conns.spawn(async move {
             let handshake =
                 tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream));
             match handshake.await {
                 Ok(Ok(tls)) => connection(tls, options, peer).await,
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                Ok(Err(error)) => {
+                    options.metrics.handshake_failed("error");
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                }
+                Err(_) => {
+                    options.metrics.handshake_failed("timeout");
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
             }
+            drop(open);
         });
     }
     conns.shutdown().await;
@@ -210,35 +242,47 @@ where
 
 /// Answers one request.
 async fn handle(req: Request<Incoming>, options: &WebhookOptions) -> Response<Full<Bytes>> {
+    let metrics = &options.metrics;
     if !matches!(req.uri().path(), "/inject" | "/") {
+        metrics.malformed("not_found");
         return text(StatusCode::NOT_FOUND, "not found: POST /inject");
     }
     if req.method() != Method::POST {
+        metrics.malformed("method_not_allowed");
         return text(StatusCode::METHOD_NOT_ALLOWED, "POST an AdmissionReview");
     }
+    let start = Instant::now();
     let body = Limited::new(req.into_body(), options.max_body).collect();
     let body = match tokio::time::timeout(options.body_timeout, body).await {
         Ok(Ok(body)) => body.to_bytes(),
         Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+            metrics.malformed("too_large");
             return text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("the body is larger than {} bytes", options.max_body),
             );
         }
         Ok(Err(error)) => {
+            metrics.malformed("body_error");
             return text(
                 StatusCode::BAD_REQUEST,
                 &format!("reading the body: {error}"),
             );
         }
-        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the body took too long"),
+        Err(_) => {
+            metrics.malformed("body_timeout");
+            return text(StatusCode::REQUEST_TIMEOUT, "the body took too long");
+        }
     };
-    match review::answer(&body, options) {
+    let answer = review::answer(&body, options).await;
+    metrics.review_took(start.elapsed());
+    match answer {
         Ok(json) => Response::builder()
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(json)))
             .unwrap_or_default(),
         Err(error) => {
+            metrics.malformed("not_a_review");
             tracing::warn!(%error, "not an AdmissionReview");
             text(StatusCode::BAD_REQUEST, &format!("linnet inject: {error}"))
         }

@@ -296,3 +296,87 @@ fn prometheus_keeps_the_proxies_admin_port() {
     });
     assert!(keeps_admin, "no keep rule for the admin port");
 }
+
+#[test]
+fn the_injector_may_read_namespaces_and_serves_its_admin_port() {
+    let m = manifests();
+    let injector = m
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("linnet-injector"))
+        .unwrap();
+    let template = &injector.spec.template;
+    let pod = template.spec.as_ref().unwrap();
+    let sa_name = pod.service_account_name.as_deref().unwrap();
+    let sa_ns = injector.metadata.namespace.as_deref().unwrap();
+
+    // Its token is mounted, and bound to a role that may get namespaces.
+    let sa = m
+        .service_accounts
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(sa_name))
+        .unwrap();
+    assert_ne!(sa.automount_service_account_token, Some(false));
+    assert_ne!(pod.automount_service_account_token, Some(false));
+    let bound = m.cluster_role_bindings.iter().any(|b| {
+        let subject = b.subjects.iter().flatten().any(|s| {
+            s.kind == "ServiceAccount" && s.name == sa_name && s.namespace.as_deref() == Some(sa_ns)
+        });
+        let role = m.cluster_roles.iter().find(|r| {
+            b.role_ref.kind == "ClusterRole" && r.metadata.name.as_deref() == Some(&b.role_ref.name)
+        });
+        let gets_namespaces = role.is_some_and(|r| {
+            r.rules.iter().flatten().any(|rule| {
+                rule.api_groups.iter().flatten().any(|g| g.is_empty())
+                    && rule.resources.iter().flatten().any(|r| r == "namespaces")
+                    && rule.verbs.iter().any(|v| v == "get")
+            })
+        });
+        subject && gets_namespaces
+    });
+    assert!(
+        bound,
+        "no ClusterRole letting {sa_ns}/{sa_name} get namespaces"
+    );
+
+    // The admin port it listens on is the port probed and scraped.
+    let container = &pod.containers[0];
+    let args = container.args.iter().flatten();
+    let admin = args
+        .clone()
+        .find_map(|a| a.strip_prefix("--admin-listen="))
+        .expect("--admin-listen");
+    let port: i32 = admin.rsplit_once(':').unwrap().1.parse().unwrap();
+    let named = container
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.container_port == port)
+        .and_then(|p| p.name.clone())
+        .expect("the admin port is a named container port");
+    for (probe, path) in [
+        (&container.readiness_probe, "/ready"),
+        (&container.liveness_probe, "/live"),
+    ] {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(
+            serde_json::to_value(&get.port).unwrap(),
+            serde_json::json!(named)
+        );
+    }
+    let annotations = template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap();
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], port.to_string());
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    assert!(
+        args.clone().any(|a| a == "--namespace-annotations=on"),
+        "the injector reads namespaces"
+    );
+}

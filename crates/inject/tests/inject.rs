@@ -113,14 +113,19 @@ fn every_other_field_is_kept() {
 #[test]
 fn every_workload_is_injected_and_typed() {
     for native in [true, false] {
-        for name in INPUTS.iter().filter(|n| **n != "mixed") {
+        // `mixed` and `namespace` hold other kinds and disabled workloads.
+        for name in INPUTS
+            .iter()
+            .filter(|n| !["mixed", "namespace"].contains(*n))
+        {
             let out = inject(objects(name), &options(native)).unwrap();
+            let uid = if *name == "annotated" { 2103 } else { 2102 };
             for object in &out {
                 for spec in templates(object) {
                     let proxy = proxy_of(&spec).expect(name);
                     assert_eq!(
                         proxy.security_context.as_ref().unwrap().run_as_user,
-                        Some(2102)
+                        Some(uid)
                     );
                     let inits = spec.init_containers.as_ref().unwrap();
                     assert!(inits.iter().any(|c| c.name == INIT_CONTAINER), "{name}");
@@ -391,4 +396,210 @@ fn a_bad_annotation_names_the_workload() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("is not a resource quantity"), "{err}");
+}
+
+/// `linnet init`'s own flags, to read the init container's arguments.
+#[derive(clap::Parser)]
+struct Init {
+    #[command(flatten)]
+    args: linnet_init::InitArgs,
+}
+
+/// The init container's arguments, read as `linnet init` reads them.
+fn init_args(spec: &PodSpec) -> linnet_init::InitArgs {
+    use clap::Parser as _;
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == INIT_CONTAINER)
+        .unwrap();
+    assert_eq!(init.command.as_ref().unwrap()[1], "init");
+    let argv = std::iter::once("linnet-init").chain(init.args.iter().flatten().map(String::as_str));
+    Init::try_parse_from(argv).unwrap().args
+}
+
+#[test]
+fn linnet_init_takes_the_init_containers_arguments() {
+    for native in [true, false] {
+        for name in INPUTS {
+            let out = inject(objects(name), &options(native)).unwrap();
+            for spec in out.iter().flat_map(templates) {
+                let Some(proxy) = proxy_of(&spec) else {
+                    continue;
+                };
+                let args = init_args(&spec);
+                // The uid it exempts is the proxy's.
+                let uid = proxy.security_context.as_ref().unwrap().run_as_user;
+                assert_eq!(uid, Some(i64::from(args.proxy_uid)), "{name}");
+                assert_eq!(
+                    (args.incoming_proxy_port, args.outgoing_proxy_port),
+                    (4143, 4140)
+                );
+                let inbound = args.inbound_ports_to_ignore.to_string();
+                assert!(inbound.starts_with("4190,4191"), "{name}: {inbound}");
+            }
+        }
+    }
+}
+
+/// The one pod template of the first object of input `name`, injected.
+fn injected_spec(name: &str, native: bool) -> PodSpec {
+    let out = inject(objects(name), &options(native)).unwrap();
+    templates(&out[0]).remove(0)
+}
+
+#[test]
+fn annotations_set_images_uid_subnets_log_format_and_shutdown() {
+    for native in [true, false] {
+        let spec = injected_spec("annotated", native);
+        let proxy = proxy_of(&spec).unwrap();
+        // The template's image, the workload's version for its tag.
+        assert_eq!(
+            proxy.image.as_deref(),
+            Some("registry.example:5000/mirror/linnet:0.9.0")
+        );
+        let init = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == INIT_CONTAINER)
+            .unwrap();
+        assert_eq!(
+            init.image.as_deref(),
+            Some("registry.example:5000/mirror/linnet-init:edge")
+        );
+        // The template's uid wins over the workload's.
+        let args = init_args(&spec);
+        assert_eq!(args.proxy_uid, 2103);
+        assert_eq!(
+            args.subnets_to_ignore.to_string(),
+            "169.254.169.254/32,fd00::/8"
+        );
+        assert_eq!(args.outbound_ports_to_ignore.to_string(), "4567,4568,25");
+        assert_eq!(env(proxy, "LINKERD2_PROXY_LOG_FORMAT"), Some("json"));
+        assert_eq!(
+            env(proxy, "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD"),
+            Some("90000ms")
+        );
+        let lifecycle = proxy.lifecycle.as_ref().unwrap();
+        let sleep = lifecycle.pre_stop.as_ref().unwrap().sleep.as_ref().unwrap();
+        assert_eq!(sleep.seconds, 20);
+        // Without native sidecars the postStart wait is still there.
+        assert_eq!(lifecycle.post_start.is_some(), !native);
+    }
+    // Without the annotations: the default images, no subnets, no hook.
+    let spec = injected_spec("deployment", true);
+    let proxy = proxy_of(&spec).unwrap();
+    assert_eq!(proxy.image, Some(options(true).image));
+    assert_eq!(proxy.lifecycle, None);
+    assert_eq!(env(proxy, "LINKERD2_PROXY_LOG_FORMAT"), None);
+    assert!(init_args(&spec).subnets_to_ignore.is_empty());
+}
+
+#[test]
+fn namespaces_in_the_input_lend_their_annotations() {
+    let (out, report) =
+        linnet_inject::inject_with_report(objects("namespace"), &options(true)).unwrap();
+    let report: Vec<_> = report
+        .iter()
+        .map(|o| format!("{}: {}", o.workload, o.verdict))
+        .collect();
+    assert_eq!(
+        report,
+        [
+            "Deployment shop/cart: injected",
+            "Deployment quiet/batch: skipped: injection disabled by annotation",
+            "Deployment quiet/front: injected",
+        ]
+    );
+    // The Namespaces pass through as they were.
+    assert_eq!(out[..2], objects("namespace")[..2]);
+
+    let cart = &templates(&out[2])[0];
+    let proxy = proxy_of(cart).unwrap();
+    let limits = proxy.resources.as_ref().unwrap().limits.as_ref().unwrap();
+    assert_eq!(limits["cpu"].0, "2");
+    // The template's own log level wins over the namespace's.
+    assert_eq!(env(proxy, "LINKERD2_PROXY_LOG"), Some("warn"));
+    assert_eq!(
+        init_args(cart).subnets_to_ignore.to_string(),
+        "10.96.0.0/12"
+    );
+    // Nothing from shop reaches quiet.
+    let front = &templates(&out[4])[0];
+    assert!(init_args(front).subnets_to_ignore.is_empty());
+
+    // A Namespace inside a List counts too; only the annotations a
+    // workload inherits are kept.
+    let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata:\n    name: shop\n    annotations: {linkerd.io/inject: enabled, owner.example.com/team: shop}\n";
+    let namespaces = linnet_inject::Namespaces::from_objects(&parse(list).unwrap());
+    let keys: Vec<_> = namespaces.get("shop").unwrap().keys().collect();
+    assert_eq!(keys, ["linkerd.io/inject"]);
+}
+
+#[test]
+fn bad_new_annotations_name_the_workload() {
+    let base = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: ns\n  annotations:\n    KEY: VALUE\nspec:\n  terminationGracePeriodSeconds: 10\n  containers: [{name: x, image: x}]\n";
+    for (key, value, reason) in [
+        ("config.linkerd.io/proxy-uid", "\"0\"", "is root"),
+        ("config.linnet.io/proxy-uid", "nobody", "is not a user id"),
+        (
+            "config.linkerd.io/proxy-image",
+            "Bad Image",
+            "is not an image reference",
+        ),
+        (
+            "config.linkerd.io/proxy-version",
+            "v1/2",
+            "is not an image tag",
+        ),
+        (
+            "config.linkerd.io/init-image-version",
+            "-rc",
+            "is not an image tag",
+        ),
+        (
+            "config.linkerd.io/skip-subnets",
+            "10.0.0.0/40",
+            "is not a list of subnets",
+        ),
+        (
+            "config.linkerd.io/proxy-log-format",
+            "yaml",
+            "is not a log format",
+        ),
+        (
+            "config.linkerd.io/shutdown-grace-period",
+            "\"30\"",
+            "is not a duration",
+        ),
+        (
+            "config.alpha.linkerd.io/proxy-wait-before-exit-seconds",
+            "\"11\"",
+            "is longer than the pod's terminationGracePeriodSeconds (10)",
+        ),
+        (
+            "config.linnet.io/proxy-wait-before-exit-seconds",
+            "soon",
+            "is not a whole number of seconds",
+        ),
+    ] {
+        let text = base.replace("KEY", key).replace("VALUE", value);
+        let err = inject(parse(&text).unwrap(), &options(true))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("Pod ns/p: annotation {key}: ")) && err.contains(reason),
+            "{key}: {err}"
+        );
+    }
+    // Within the grace period, it is fine.
+    let text = base
+        .replace(
+            "KEY",
+            "config.alpha.linkerd.io/proxy-wait-before-exit-seconds",
+        )
+        .replace("VALUE", "\"10\"");
+    assert!(inject(parse(&text).unwrap(), &options(true)).is_ok());
 }

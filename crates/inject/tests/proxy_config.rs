@@ -77,3 +77,19 @@ fn the_proxy_accepts_the_injected_environment() {
     let json = config.to_json();
     assert!(json.contains("6379"), "opaque port missing: {json}");
 }
+
+#[test]
+fn the_proxy_accepts_the_settings_annotations_give_it() {
+    let out = inject(objects("annotated"), &options(true)).unwrap();
+    let env = kubelet_env(&out[0]);
+    let config = linnet_config::Config::from_env(&env).unwrap();
+    assert_eq!(config.log.format, linnet_config::LogFormat::Json);
+    assert_eq!(
+        config.shutdown_grace_period,
+        std::time::Duration::from_secs(90)
+    );
+    // Inherited from a namespace in the same input.
+    let out = inject(objects("namespace"), &options(true)).unwrap();
+    let config = linnet_config::Config::from_env(&kubelet_env(&out[2])).unwrap();
+    assert_eq!(config.log.filter, "warn");
+}

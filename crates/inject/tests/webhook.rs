@@ -6,176 +6,10 @@
 
 mod support;
 
-use base64::Engine as _;
-use bytes::Bytes;
 use http::StatusCode;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
-use linnet_inject::{Object, webhook};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::{Value, json};
-use std::{net::SocketAddr, sync::Arc};
-use tokio::sync::oneshot;
-use tokio_rustls::{
-    TlsConnector,
-    rustls::{self, pki_types::ServerName},
-};
-
-/// A webhook served on loopback with a certificate from a fresh test CA.
-struct Webhook {
-    addr: SocketAddr,
-    client: TlsConnector,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Webhook {
-    async fn start(configure: impl FnOnce(&mut webhook::WebhookOptions)) -> Self {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = p.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(p, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["linnet-webhook.linkerd.svc".to_string()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        let tls =
-            webhook::tls_config(leaf.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap();
-
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        client.alpn_protocols = vec![b"http/1.1".to_vec()];
-
-        let mut options = webhook::WebhookOptions::new(support::options(true));
-        configure(&mut options);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(webhook::serve(listener, tls, options, async {
-            let _ = stopped.await;
-        }));
-        Webhook {
-            addr,
-            client: TlsConnector::from(Arc::new(client)),
-            _stop: stop,
-        }
-    }
-
-    /// POSTs `body` to `path` on a new connection: the status and body.
-    async fn post(&self, path: &str, body: Vec<u8>) -> (StatusCode, Bytes) {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let name = ServerName::try_from("linnet-webhook.linkerd.svc").unwrap();
-        let tls = self.client.connect(name, tcp).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let req = http::Request::post(path)
-            .header("host", "linnet-webhook.linkerd.svc")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
-        let rsp = sender.send_request(req).await.unwrap();
-        let status = rsp.status();
-        (status, rsp.into_body().collect().await.unwrap().to_bytes())
-    }
-
-    /// Reviews `pod` (created in `namespace`): the answered `response`.
-    async fn review(&self, pod: Value, namespace: &str) -> Value {
-        let (status, body) = self
-            .post(
-                "/inject",
-                serde_json::to_vec(&review(pod, namespace)).unwrap(),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK);
-        let answer: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
-        assert_eq!(answer["kind"], "AdmissionReview");
-        answer["response"].clone()
-    }
-}
-
-/// An AdmissionReview for the creation of `pod` in `namespace`.
-fn review(pod: Value, namespace: &str) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "operation": "CREATE",
-            "object": pod,
-        }
-    })
-}
-
-/// The golden input pod as JSON, with `annotations` added.
-fn pod(annotations: Value) -> Value {
-    let Object::Pod(pod) = support::objects("pod").remove(0) else {
-        panic!("the pod input is a Pod");
-    };
-    let mut pod = serde_json::to_value(pod).unwrap();
-    pod["metadata"]["annotations"] = annotations;
-    pod
-}
-
-/// What `linnet inject` makes of `pod`.
-fn injected(pod: &Value) -> Pod {
-    let object = Object::from_value(yaml_serde::to_value(pod).unwrap()).unwrap();
-    let mut out = linnet_inject::inject(vec![object], &support::options(true)).unwrap();
-    let Some(Object::Pod(pod)) = out.pop() else {
-        panic!("a Pod stays a Pod");
-    };
-    *pod
-}
-
-/// The decoded JSON patch of a response, which must be allowed.
-fn patch_of(response: &Value) -> Option<Vec<Value>> {
-    assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
-    assert_eq!(response["allowed"], true, "{response}");
-    let patch = response.get("patch")?.as_str().unwrap();
-    assert_eq!(response["patchType"], "JSONPatch");
-    let json = base64::engine::general_purpose::STANDARD
-        .decode(patch)
-        .unwrap();
-    Some(serde_json::from_slice(&json).unwrap())
-}
-
-/// Applies a JSON patch (`add`, `replace`, `remove`; RFC 6902) to `doc`.
-fn apply(doc: &mut Value, ops: &[Value]) {
-    for op in ops {
-        let path = op["path"].as_str().unwrap();
-        let (parent, last) = path.rsplit_once('/').unwrap();
-        let last = last.replace("~1", "/").replace("~0", "~");
-        let target = doc.pointer_mut(parent).unwrap_or_else(|| panic!("{path}"));
-        match (op["op"].as_str().unwrap(), target) {
-            ("add" | "replace", Value::Object(map)) => {
-                if op["op"] == "replace" {
-                    assert!(map.contains_key(&last), "replace of a missing {path}");
-                }
-                map.insert(last, op["value"].clone());
-            }
-            ("remove", Value::Object(map)) => {
-                map.remove(&last).unwrap_or_else(|| panic!("remove {path}"));
-            }
-            ("replace", Value::Array(items)) => {
-                items[last.parse::<usize>().unwrap()] = op["value"].clone();
-            }
-            (op, _) => panic!("unexpected {op} at {path}"),
-        }
-    }
-}
+use support::webhook::{Webhook, apply, injected, patch_of, pod, review};
 
 #[tokio::test]
 async fn an_opted_in_pod_gets_the_patch_that_makes_it_the_injected_pod() {
@@ -353,36 +187,38 @@ async fn an_oversized_body_is_refused() {
 }
 
 #[tokio::test]
-async fn connections_beyond_the_limit_are_closed_at_once() {
+async fn connections_beyond_the_limit_are_closed_at_once_and_counted() {
     use std::time::Duration;
     use tokio::io::AsyncReadExt as _;
     let webhook = Webhook::start(|o| o.max_connections = 1).await;
-    let (addr, client) = (webhook.addr, &webhook.client);
-    let connect = || {
-        let name = ServerName::try_from("linnet-webhook.linkerd.svc").unwrap();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            client.connect(name, tcp).await
-        }
-    };
     // The first connection is served, and held open.
-    let first = connect().await.unwrap();
-    // A second one is accepted, then closed before any TLS.
+    let first = webhook.connect().await.unwrap();
+    assert_eq!(
+        webhook
+            .scrape()
+            .await
+            .sum("inject_webhook_connections", &[]),
+        1.0
+    );
+    // A second one is accepted, then closed before any TLS, and counted.
     let mut second = tokio::net::TcpStream::connect(webhook.addr).await.unwrap();
     let mut buf = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
         .await
         .expect("closed at once, not left waiting");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let scrape = webhook.scrape().await;
+    assert_eq!(
+        scrape.sum("inject_webhook_connections_refused_total", &[]),
+        1.0
+    );
     // Once the first is closed, a new connection is served again (its task
     // is reaped when the next one is accepted, so allow a few tries).
     drop(first);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while connect().await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the slot is never given back"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    linnet_test_support::eventually(
+        "the slot to be given back",
+        Duration::from_secs(5),
+        || async { webhook.connect().await.ok() },
+    )
+    .await;
 }

@@ -51,6 +51,9 @@ pub enum Idle {
     Tunnel,
     /// An HTTP connection that started no request.
     HttpConnection,
+    /// An HTTP/1 request head that took longer than its timeout to arrive
+    /// (counted from its first byte).
+    HttpHeader,
     /// A request or response body that moved no data.
     HttpBody,
 }
@@ -61,6 +64,7 @@ impl Idle {
             Idle::Tcp => "tcp",
             Idle::Tunnel => "tunnel",
             Idle::HttpConnection => "http_connection",
+            Idle::HttpHeader => "http_header",
             Idle::HttpBody => "http_body",
         }
     }

@@ -1,6 +1,10 @@
-//! Shared by the tests: the golden inputs, fixed options, and a way to
-//! reach every pod template of an object.
+//! Shared by the tests: the golden inputs, fixed options, a way to
+//! reach every pod template of an object; the webhook on loopback
+//! (`webhook`) and a stand-in Kubernetes API server (`api_server`).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod api_server;
+pub mod webhook;
 
 use k8s_openapi::{api::core::v1::PodSpec, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use linnet_inject::{Object, Options};
@@ -17,6 +21,8 @@ pub const INPUTS: &[&str] = &[
     "cronjob",
     "list",
     "mixed",
+    "annotated",
+    "namespace",
 ];
 
 /// `tests/golden`.
