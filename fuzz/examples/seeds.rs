@@ -42,6 +42,7 @@ fn main() {
     rt.block_on(control_plane(&mut w, &root.join("../examples/mesh.yaml")));
     control_api(&mut w);
     mesh_file(&mut w, &root.join("../examples/mesh.yaml"));
+    kubernetes(&mut w);
     println!("wrote {} seeds under {}", w.count, seeds.display());
 }
 
@@ -703,4 +704,38 @@ fn mesh_file(w: &mut Writer, mesh: &Path) {
         b"services:\n  web.test.svc.cluster.local:80:\n    endpoints:\n      - {addr: \"127.0.0.1:8080\", identity: web.test.serviceaccount.identity.linkerd.cluster.local, protocol: h2}\n",
     );
     w.put(T, "empty", b"");
+}
+
+// === kubernetes ===
+
+/// Lists and watch streams as the API server writes them (one JSON object
+/// per line), after the target's two bytes: the resource and cut, and
+/// the event bound.
+fn kubernetes(w: &mut Writer) {
+    const T: &str = "kubernetes";
+    w.target(T);
+    let service = r#"{"metadata":{"name":"web","namespace":"demo","resourceVersion":"1"},"spec":{"type":"ClusterIP","clusterIP":"10.96.0.10","clusterIPs":["10.96.0.10"],"ports":[{"name":"http","port":80,"protocol":"TCP"}]}}"#;
+    let slice = r#"{"metadata":{"name":"web-abc","namespace":"demo","labels":{"kubernetes.io/service-name":"web"}},"addressType":"IPv4","ports":[{"name":"http","port":8080,"protocol":"TCP"}],"endpoints":[{"addresses":["10.1.0.1"],"conditions":{"ready":true},"targetRef":{"kind":"Pod","name":"web-1","namespace":"demo"}},{"addresses":["10.1.0.2"]}]}"#;
+    let pod = r#"{"metadata":{"name":"web-1","namespace":"demo","annotations":{"config.linkerd.io/opaque-ports":"3306,8000-8100"}},"spec":{"serviceAccountName":"web","containers":[{"name":"app"},{"name":"linnet-proxy","ports":[{"name":"linkerd-proxy","containerPort":4143}]}]},"status":{"phase":"Running"}}"#;
+    let list = |items: &str| {
+        format!(r#"{{"kind":"List","metadata":{{"resourceVersion":"100","continue":""}},"items":[{items}]}}"#)
+    };
+    let mut put = |name: &str, first: u8, body: String| {
+        let mut v = vec![first, 15];
+        v.extend_from_slice(body.as_bytes());
+        w.put(T, name, &v);
+    };
+    put("services-list", 0, list(service));
+    put("slices-list", 1, list(slice));
+    put("pods-list", 2, list(pod));
+    put(
+        "watch",
+        3 * 7,
+        format!(
+            "P{{\"type\":\"ADDED\",\"object\":{pod}}}\nS{{\"type\":\"ADDED\",\"object\":{service}}}\nE{{\"type\":\"MODIFIED\",\"object\":{slice}}}\n\
+             {{\"type\":\"BOOKMARK\",\"object\":{{\"metadata\":{{\"resourceVersion\":\"12\"}}}}}}\n\
+             E{{\"type\":\"DELETED\",\"object\":{slice}}}\n\
+             {{\"type\":\"ERROR\",\"object\":{{\"kind\":\"Status\",\"code\":410}}}}\n"
+        ),
+    );
 }

@@ -1,7 +1,8 @@
 //! `linnet control`: the embedded control plane, serving Linkerd's proxy
 //! API from a YAML mesh file (see `linnet_control` and
-//! `examples/mesh.yaml`): plaintext to clients on loopback, TLS with its
-//! own certificate to any other.
+//! `examples/mesh.yaml`), and in a cluster from Kubernetes' Services and
+//! EndpointSlices too when the file turns discovery on: plaintext to
+//! clients on loopback, TLS with its own certificate to any other.
 
 use crate::{EXIT_CONFIG, signals, trace};
 use anyhow::Context as _;
@@ -87,6 +88,8 @@ fn run(args: ControlArgs, mesh: Mesh) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
         let store = Store::new(mesh);
         tokio::spawn(store.clone().follow(args.config.clone(), args.reload_interval, metrics.clone()));
+        // Kubernetes endpoint discovery, while the mesh file turns it on.
+        tokio::spawn(linnet_control::discover(store.clone(), metrics.clone()));
         let readiness = linnet_admin::Readiness::default();
         let stop_admin = Arc::new(tokio::sync::Notify::new());
         let admin = Arc::new(linnet_admin::Admin {

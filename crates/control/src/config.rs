@@ -5,10 +5,12 @@
 //! `examples/mesh.yaml` for a commented example). Every error names where
 //! in the file it is.
 
+use crate::discovered::Discovered;
 use linnet_config::parse::duration;
 use serde::Deserialize;
 
 mod inbound;
+mod kubernetes;
 mod outbound;
 
 pub use self::inbound::{
@@ -16,6 +18,7 @@ pub use self::inbound::{
     RateLimit, RateLimitOverride, Server, Workload, default_cluster_networks,
 };
 
+pub use self::kubernetes::{ApiServer, Discovery, Kubernetes};
 pub use self::outbound::{
     AccrualKind, Backend, BackendTarget, Backoff, DEFAULT_MAX_REQUEST_BYTES, Fail, FailureAccrual,
     Filters, GrpcMatch, HeaderEdits, HttpMatch, Load, OpaqueRoute, PathMatch, Penalty, Policy,
@@ -24,16 +27,18 @@ pub use self::outbound::{
 };
 use self::{
     inbound::parse::{FileWorkload, cluster_networks, workload},
+    kubernetes::{FileDiscovery, FileKubernetes, discovery, kubernetes},
     outbound::{file::FilePolicy, parse::policy},
 };
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
-/// A validated mesh file.
+/// A validated mesh file, and the services discovered beside it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mesh {
     /// The identity issuer's settings (files, lifetimes, tokens).
@@ -48,6 +53,13 @@ pub struct Mesh {
     pub default_inbound_policy: DefaultPolicy,
     /// Where the cluster-* default policies admit clients from.
     pub cluster_networks: Vec<ipnet::IpNet>,
+    /// Endpoint discovery from Kubernetes, when the file turns it on.
+    pub discovery: Option<Discovery>,
+    /// The services discovery found (never from the file: the
+    /// [`Store`](crate::Store) puts them in). Lookups ask the file's
+    /// `services` first, so a service the file lists wins over a
+    /// discovered one of the same name, address or endpoint.
+    pub discovered: Arc<Discovered>,
 }
 
 impl Default for Mesh {
@@ -59,6 +71,8 @@ impl Default for Mesh {
             workloads: BTreeMap::new(),
             default_inbound_policy: DefaultPolicy::default(),
             cluster_networks: default_cluster_networks(),
+            discovery: None,
+            discovered: Arc::default(),
         }
     }
 }
@@ -95,37 +109,6 @@ pub struct Identity {
     /// projected service-account token), as Linkerd's identity
     /// controller does.
     pub kubernetes: Option<Kubernetes>,
-}
-
-/// How to reach the Kubernetes API server for `TokenReview`s.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Kubernetes {
-    /// The API server's base URL, `https://host[:port]`.
-    pub api_server: http::Uri,
-    /// The CA certificates (PEM) the API server's certificate must chain
-    /// to; read at each review.
-    pub ca_file: PathBuf,
-    /// The control plane's own bearer token for the API server; read at
-    /// each review, since the kubelet rotates it.
-    pub token_file: PathBuf,
-    /// The audience workload tokens must be issued for.
-    pub audience: String,
-    /// How long one review may take, connection included.
-    pub timeout: Duration,
-}
-
-impl Default for Kubernetes {
-    /// What a pod sees in a cluster: the in-cluster API server and its
-    /// mounted service-account files, and Linkerd's audience.
-    fn default() -> Self {
-        Self {
-            api_server: http::Uri::from_static("https://kubernetes.default.svc"),
-            ca_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"),
-            token_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token"),
-            audience: "identity.l5d.io".to_string(),
-            timeout: Duration::from_secs(5),
-        }
-    }
 }
 
 /// Linkerd's control-plane identities in `trust_domain`.
@@ -194,6 +177,22 @@ pub struct Endpoint {
     pub opaque_transport_port: Option<u16>,
     /// Labels for its metrics.
     pub labels: BTreeMap<String, String>,
+}
+
+impl Endpoint {
+    /// An endpoint at `addr` with nothing else said of it: weight 1, no
+    /// identity (plaintext), no hint, no labels.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            weight: 1,
+            identity: None,
+            server_name: None,
+            protocol: None,
+            opaque_transport_port: None,
+            labels: BTreeMap::new(),
+        }
+    }
 }
 
 /// A protocol hint.
@@ -309,6 +308,7 @@ struct FileMesh {
     workloads: BTreeMap<String, FileWorkload>,
     default_inbound_policy: Option<DefaultPolicy>,
     cluster_networks: Option<Vec<String>>,
+    discovery: Option<FileDiscovery>,
 }
 
 #[derive(Deserialize, Default)]
@@ -322,16 +322,6 @@ struct FileIdentity {
     trust_domain: Option<String>,
     control_plane_identities: Option<Vec<String>>,
     kubernetes: Option<FileKubernetes>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileKubernetes {
-    api_server: Option<String>,
-    ca_file: Option<PathBuf>,
-    token_file: Option<PathBuf>,
-    audience: Option<String>,
-    timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -465,6 +455,7 @@ impl Mesh {
         }
         mesh.default_inbound_policy = file.default_inbound_policy.unwrap_or_default();
         mesh.cluster_networks = cluster_networks(file.cluster_networks)?;
+        mesh.discovery = discovery(file.discovery.unwrap_or_default(), dir)?;
         Ok(mesh)
     }
 
@@ -480,19 +471,54 @@ impl Mesh {
     /// The service at `authority` (`name:port`, any case).
     pub fn service(&self, authority: &str) -> Option<&Service> {
         let (name, port) = parse_authority(authority).ok()?;
-        self.services.get(&format!("{name}:{port}"))
+        self.named(&format!("{name}:{port}"))
     }
 
-    /// The service one of whose virtual addresses is `addr`.
+    /// The service at `key` (`name:port`, normalised): the file's, else
+    /// a discovered one.
+    pub fn named(&self, key: &str) -> Option<&Service> {
+        self.services
+            .get(key)
+            .or_else(|| self.discovered.service(key))
+    }
+
+    /// The service one of whose virtual addresses is `addr`: the file's,
+    /// else a discovered one (or, when the file lists a service of that
+    /// name, the file's).
     pub fn service_by_addr(&self, addr: SocketAddr) -> Option<&Service> {
-        self.services.values().find(|s| s.addresses.contains(&addr))
+        self.services
+            .values()
+            .find(|s| s.addresses.contains(&addr))
+            .or_else(|| {
+                let found = self.discovered.service_by_addr(addr)?;
+                let key = format!("{}:{}", found.name, found.port);
+                Some(self.services.get(&key).unwrap_or(found))
+            })
     }
 
-    /// An endpoint at `addr`, with the service it belongs to.
+    /// Whether the answer for a target must wait for discovery: it is on
+    /// and has not listed the cluster yet, and the target (`name`
+    /// without its port, or `None` for an address) is one it could know.
+    /// Proxies are then told nothing rather than "unknown", so they do
+    /// not go around a service the mesh is about to name.
+    pub fn awaits_discovery(&self, name: Option<&str>) -> bool {
+        let Some(d) = &self.discovery else {
+            return false;
+        };
+        !self.discovered.is_synced()
+            && name.is_none_or(|n| {
+                n.strip_suffix(d.cluster_domain.as_str())
+                    .is_some_and(|rest| rest.ends_with(".svc."))
+            })
+    }
+
+    /// An endpoint at `addr`, with the service it belongs to: the file's,
+    /// else a discovered one.
     pub fn endpoint(&self, addr: SocketAddr) -> Option<(&Service, &Endpoint)> {
         self.services
             .values()
             .find_map(|s| s.endpoints.iter().find(|e| e.addr == addr).map(|e| (s, e)))
+            .or_else(|| self.discovered.endpoint(addr))
     }
 }
 
@@ -616,41 +642,6 @@ fn identity(id: FileIdentity, dir: &Path) -> Result<Identity, Error> {
         )?,
         tokens,
         kubernetes: id.kubernetes.map(|k| kubernetes(k, dir)).transpose()?,
-    })
-}
-
-fn kubernetes(k: FileKubernetes, dir: &Path) -> Result<Kubernetes, Error> {
-    let d = Kubernetes::default();
-    let api_server = match k.api_server {
-        None => d.api_server,
-        Some(s) => {
-            let at = "identity.kubernetes.api_server";
-            let uri: http::Uri = s
-                .parse()
-                .map_err(|e| invalid(at, format!("{s:?} is not a URL: {e}")))?;
-            if uri.scheme_str() != Some("https") || uri.host().is_none() {
-                return Err(invalid(at, format!("{s:?} is not https://host[:port]")));
-            }
-            if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-                return Err(invalid(at, format!("{s:?}: give no path")));
-            }
-            uri
-        }
-    };
-    let audience = k.audience.unwrap_or(d.audience);
-    if audience.trim().is_empty() {
-        return Err(invalid("identity.kubernetes.audience", "empty"));
-    }
-    let timeout = dur(&k.timeout, "identity.kubernetes.timeout", d.timeout)?;
-    if timeout.is_zero() {
-        return Err(invalid("identity.kubernetes.timeout", "must not be 0"));
-    }
-    Ok(Kubernetes {
-        api_server,
-        ca_file: dir.join(k.ca_file.unwrap_or(d.ca_file)),
-        token_file: dir.join(k.token_file.unwrap_or(d.token_file)),
-        audience,
-        timeout,
     })
 }
 

@@ -5,7 +5,7 @@
 use crate::{
     Metrics,
     config::{Endpoint, Hint, Mesh, Service, parse_authority},
-    store::{Messages, Store, changes, follow},
+    store::{Messages, Store, follow},
 };
 use linkerd2_proxy_api::destination::{
     self as api, AddrSet, DestinationProfile, GetDestination, NoEndpoints, ProtocolHint,
@@ -47,7 +47,7 @@ type Endpoints = (HashMap<String, String>, BTreeMap<SocketAddr, WeightedAddr>);
 
 fn endpoints(mesh: &Mesh, t: &Target) -> Option<Endpoints> {
     let svc = match t {
-        Target::Name(a) => mesh.services.get(a),
+        Target::Name(a) => mesh.named(a),
         Target::Addr(a) => match mesh.service_by_addr(*a) {
             Some(s) => Some(s),
             None => {
@@ -65,6 +65,16 @@ fn endpoints(mesh: &Mesh, t: &Target) -> Option<Endpoints> {
             .map(|e| (e.addr, weighted_addr(e)))
             .collect(),
     ))
+}
+
+/// Whether `t` is unknown only because discovery has not listed the
+/// cluster yet.
+fn awaits_discovery(mesh: &Mesh, t: &Target) -> bool {
+    let name = match t {
+        Target::Name(a) => Some(a.rsplit_once(':').map_or(a.as_str(), |(n, _)| n)),
+        Target::Addr(_) => None,
+    };
+    mesh.awaits_discovery(name) && endpoints(mesh, t).is_none()
 }
 
 fn labels(l: &BTreeMap<String, String>) -> HashMap<String, String> {
@@ -187,7 +197,7 @@ fn updates(sent: &mut Sent, now: Option<Endpoints>) -> Vec<Update> {
 /// known endpoint the endpoint itself, or empty.
 fn profile(mesh: &Mesh, t: &Target) -> DestinationProfile {
     let svc: Option<&Service> = match t {
-        Target::Name(a) => mesh.services.get(a),
+        Target::Name(a) => mesh.named(a),
         Target::Addr(a) => mesh.service_by_addr(*a),
     };
     if let Some(svc) = svc {
@@ -269,7 +279,12 @@ impl api::destination_server::Destination for Destination {
         Ok(Response::new(follow(
             self.store.subscribe(),
             Sent::Nothing,
-            move |mesh, sent| updates(sent, endpoints(mesh, &t)),
+            move |mesh, sent| {
+                if awaits_discovery(mesh, &t) {
+                    return Vec::new();
+                }
+                updates(sent, endpoints(mesh, &t))
+            },
             guard,
         )))
     }
@@ -281,9 +296,19 @@ impl api::destination_server::Destination for Destination {
         self.metrics.request("Destination.GetProfile");
         let t = target(&req.get_ref().path)?;
         let guard = self.metrics.watch("Destination.GetProfile");
-        Ok(Response::new(changes(
+        Ok(Response::new(follow(
             self.store.subscribe(),
-            move |mesh| profile(mesh, &t),
+            None,
+            move |mesh, last| {
+                let p = profile(mesh, &t);
+                if (p == DestinationProfile::default() && awaits_discovery(mesh, &t))
+                    || last.as_ref() == Some(&p)
+                {
+                    return Vec::new();
+                }
+                *last = Some(p.clone());
+                vec![p]
+            },
             guard,
         )))
     }

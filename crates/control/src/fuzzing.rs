@@ -79,3 +79,9 @@ pub async fn certify(c: &Control, req: CertifyRequest) -> Result<CertifyResponse
     };
     Ok(svc.certify(Request::new(req)).await?.into_inner())
 }
+
+/// Kubernetes endpoint discovery on what an API server sends (lists and
+/// watch streams); see the fuzz target `kubernetes`.
+pub fn kubernetes(data: &[u8]) {
+    crate::kubernetes::fuzz(data);
+}

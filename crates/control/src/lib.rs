@@ -18,12 +18,19 @@
 //! fails to validate is logged and counted
 //! (`control_config_reloads_total{result="error"}`), and the last good one
 //! stays in force.
+//!
+//! In a Kubernetes cluster, [`discover`] adds the cluster's Services, with
+//! their ready endpoints, beside the file's own when the file's
+//! `discovery.kubernetes` section turns it on; the file's services win
+//! over discovered ones of the same name, address or endpoint.
 
 pub mod config;
 mod destination;
+mod discovered;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod identity;
+mod kubernetes;
 mod metrics;
 mod policy;
 mod server;
@@ -34,7 +41,9 @@ mod token_review;
 pub use self::{
     config::Mesh,
     destination::Destination,
+    discovered::Discovered,
     identity::{Ca, CaError, IdentityService, ServerCert},
+    kubernetes::discover,
     metrics::Metrics,
     policy::{Inbound, Outbound},
     server::{ServeOptions, serve, serve_with},

@@ -1,5 +1,6 @@
 //! The control plane's own metrics: requests, watches, reloads,
-//! certificates issued, and its server's connections and TLS.
+//! certificates issued, its server's connections and TLS, and
+//! Kubernetes endpoint discovery.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -22,6 +23,22 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabels {
+    resource: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceReasonLabels {
+    resource: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
 /// Counters and gauges of requests, watches, reloads and certificates.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -34,6 +51,12 @@ pub struct Metrics {
     refused: Counter,
     handshake_errors: Family<ReasonLabels, Counter>,
     cert_expiry: Gauge,
+    kube_lists: Family<ResourceLabels, Counter>,
+    kube_events: Family<ResourceLabels, Counter>,
+    kube_errors: Family<ResourceReasonLabels, Counter>,
+    kube_limits: Family<LimitLabels, Counter>,
+    kube_services: Gauge,
+    kube_endpoints: Gauge,
 }
 
 impl Metrics {
@@ -82,6 +105,36 @@ impl Metrics {
             "When the control plane's own TLS certificate expires (Unix time, seconds)",
             m.cert_expiry.clone(),
         );
+        r.register(
+            "kubernetes_lists",
+            "Successful lists of a Kubernetes resource by endpoint discovery (the first, and every relist)",
+            m.kube_lists.clone(),
+        );
+        r.register(
+            "kubernetes_events",
+            "Watch events of a Kubernetes resource that endpoint discovery applied",
+            m.kube_events.clone(),
+        );
+        r.register(
+            "kubernetes_errors",
+            "Failed lists and watches of a Kubernetes resource by reason (status, decode, timeout, stream, connect, too_large, gone, setup); what is known stays",
+            m.kube_errors.clone(),
+        );
+        r.register(
+            "kubernetes_limit",
+            "Objects or events endpoint discovery did not take because a bound was hit (services, endpoints, pods, event_bytes, list_bytes)",
+            m.kube_limits.clone(),
+        );
+        r.register(
+            "kubernetes_services",
+            "Services (name and port) served from Kubernetes endpoint discovery",
+            m.kube_services.clone(),
+        );
+        r.register(
+            "kubernetes_endpoints",
+            "Endpoints of the services served from Kubernetes endpoint discovery",
+            m.kube_endpoints.clone(),
+        );
         m.config_valid.set(1);
         m
     }
@@ -126,6 +179,38 @@ impl Metrics {
 
     pub(crate) fn certified(&self, result: &'static str) {
         self.certify.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub(crate) fn kubernetes_listed(&self, resource: &'static str) {
+        self.kube_lists
+            .get_or_create(&ResourceLabels { resource })
+            .inc();
+    }
+
+    pub(crate) fn kubernetes_event(&self, resource: &'static str) {
+        self.kube_events
+            .get_or_create(&ResourceLabels { resource })
+            .inc();
+    }
+
+    pub(crate) fn kubernetes_error(&self, resource: &'static str, reason: &'static str) {
+        self.kube_errors
+            .get_or_create(&ResourceReasonLabels { resource, reason })
+            .inc();
+    }
+
+    /// Counts `n` objects or events not taken because of `limit`.
+    pub(crate) fn kubernetes_limit(&self, limit: &'static str, n: u64) {
+        self.kube_limits
+            .get_or_create(&LimitLabels { limit })
+            .inc_by(n);
+    }
+
+    pub(crate) fn kubernetes_tracked(&self, services: usize, endpoints: usize) {
+        self.kube_services
+            .set(i64::try_from(services).unwrap_or(i64::MAX));
+        self.kube_endpoints
+            .set(i64::try_from(endpoints).unwrap_or(i64::MAX));
     }
 }
 

@@ -13,7 +13,7 @@ use linkerd2_proxy_api::{
     meta::{Metadata, metadata},
     outbound::{self, OutboundPolicy, TrafficSpec, traffic_spec},
 };
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tonic::{Request, Response, Status};
 
 mod inbound;
@@ -61,16 +61,41 @@ fn traffic_target(spec: &TrafficSpec) -> Result<Target, Status> {
 
 /// The policy for a target: its service's, or for an address that is not
 /// a service, forward to that address as it is (detecting the protocol).
-/// `None` for an authority the file does not know.
+/// `None` for an authority the file does not know, and for any target
+/// discovery could know before it has listed the cluster.
 fn policy(mesh: &Mesh, t: &Target) -> Option<OutboundPolicy> {
     let svc = match t {
-        Target::Authority(a) => mesh.services.get(a),
+        Target::Authority(a) => mesh.named(a),
         Target::Addr(a) => mesh.service_by_addr(*a),
     };
+    if svc.is_none() && awaits_discovery(mesh, t) {
+        return None;
+    }
     match (svc, t) {
         (Some(svc), _) => Some(service_policy(mesh, svc)),
         (None, Target::Addr(addr)) => Some(forward_policy(mesh, *addr)),
         (None, Target::Authority(_)) => None,
+    }
+}
+
+fn awaits_discovery(mesh: &Mesh, t: &Target) -> bool {
+    mesh.awaits_discovery(match t {
+        Target::Authority(a) => Some(a.rsplit_once(':').map_or(a.as_str(), |(n, _)| n)),
+        Target::Addr(_) => None,
+    })
+}
+
+/// The mesh once it can answer for `t`: at once, unless discovery has
+/// not listed the cluster yet and could name `t` (the client's own
+/// deadline bounds the wait).
+async fn settled(store: &Store, t: &Target) -> Arc<Mesh> {
+    let mut rx = store.subscribe();
+    loop {
+        let mesh = rx.borrow_and_update().clone();
+        if policy(&mesh, t).is_some() || !awaits_discovery(&mesh, t) || rx.changed().await.is_err()
+        {
+            return mesh;
+        }
     }
 }
 
@@ -88,7 +113,8 @@ impl outbound::outbound_policies_server::OutboundPolicies for Outbound {
     async fn get(&self, req: Request<TrafficSpec>) -> Result<Response<OutboundPolicy>, Status> {
         self.metrics.request("OutboundPolicies.Get");
         let t = traffic_target(req.get_ref())?;
-        policy(&self.store.current(), &t)
+        let mesh = settled(&self.store, &t).await;
+        policy(&mesh, &t)
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("no service {t:?} in the mesh file")))
     }
@@ -99,7 +125,7 @@ impl outbound::outbound_policies_server::OutboundPolicies for Outbound {
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.metrics.request("OutboundPolicies.Watch");
         let t = traffic_target(req.get_ref())?;
-        if policy(&self.store.current(), &t).is_none() {
+        if policy(&*settled(&self.store, &t).await, &t).is_none() {
             return Err(Status::not_found(format!(
                 "no service {t:?} in the mesh file"
             )));

@@ -1,8 +1,9 @@
-//! The mesh file in force, re-read when it changes. Every watch streams
-//! from a [`tokio::sync::watch`] of it; a file that fails to validate is
-//! logged and counted, and the last good one stays in force.
+//! The mesh file in force, re-read when it changes, with the services
+//! discovery found beside it. Every watch streams from a
+//! [`tokio::sync::watch`] of the two together; a file that fails to
+//! validate is logged and counted, and the last good one stays in force.
 
-use crate::{Metrics, config::Mesh};
+use crate::{Metrics, config::Mesh, discovered::Discovered};
 use futures_util::{Stream, stream};
 use std::{
     collections::VecDeque,
@@ -32,9 +33,11 @@ impl Store {
         self.tx.borrow().clone()
     }
 
-    /// Puts `mesh` in force; every watch sees it.
-    pub fn replace(&self, mesh: Mesh) {
+    /// Puts `mesh` in force, with the services discovered so far; every
+    /// watch sees it.
+    pub fn replace(&self, mut mesh: Mesh) {
         self.tx.send_if_modified(|cur| {
+            mesh.discovered = cur.discovered.clone();
             if **cur == mesh {
                 false
             } else {
@@ -42,6 +45,29 @@ impl Store {
                 true
             }
         });
+    }
+
+    /// Puts `discovered` in force beside the file; every watch sees it.
+    pub fn set_discovered(&self, discovered: Arc<Discovered>) {
+        self.tx.send_if_modified(|cur| {
+            if cur.discovered == discovered {
+                return false;
+            }
+            let mut mesh = Mesh::clone(cur);
+            mesh.discovered = discovered;
+            *cur = Arc::new(mesh);
+            true
+        });
+    }
+
+    /// Whether `file` is the file in force (whatever was discovered).
+    fn is_in_force(&self, file: &Mesh) -> bool {
+        let cur = self.current();
+        let file = Mesh {
+            discovered: cur.discovered.clone(),
+            ..file.clone()
+        };
+        *cur == file
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Mesh>> {
@@ -82,7 +108,7 @@ impl Store {
             };
             let initial = std::mem::take(&mut first);
             match load.await {
-                Ok(Ok(mesh)) if initial && *self.current() == mesh => {}
+                Ok(Ok(mesh)) if initial && self.is_in_force(&mesh) => {}
                 Ok(Ok(mesh)) => {
                     tracing::info!(path = %path.display(), "mesh file reloaded");
                     metrics.reloaded(true);

@@ -4,18 +4,13 @@
 //! that service account's identity,
 //! `<sa>.<ns>.serviceaccount.identity.<control-ns>.<trust-domain>`.
 //!
-//! One review is one HTTP/1.1 POST over a fresh TLS connection: certify
-//! calls are rare (one per proxy per certificate lifetime), so there is
-//! no pool to keep healthy. The CA and the bearer token are read at each
-//! review, since both are files the kubelet rotates.
+//! One review is one POST over a fresh connection
+//! ([`crate::kubernetes::client`], shared with endpoint discovery):
+//! certify calls are rare (one per proxy per certificate lifetime), so
+//! there is no pool to keep healthy.
 
-use crate::config::Kubernetes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use linnet_tls::{TrustAnchors, pki_types::ServerName, rustls};
+use crate::{config::Kubernetes, kubernetes::client};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 /// The largest review answer read; a real one is well under 4 KiB.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -56,12 +51,12 @@ pub(crate) fn service_account<'a>(
 /// Asks the API server whether `token` belongs to the service account
 /// `ns`/`sa`, within the configured timeout.
 pub(crate) async fn review(k: &Kubernetes, token: &str, ns: &str, sa: &str) -> Result<(), Refused> {
-    let status = tokio::time::timeout(k.timeout, post(k, token))
+    let status = tokio::time::timeout(k.api.timeout, post(k, token))
         .await
         .map_err(|_| {
             Refused::Error(format!(
                 "the Kubernetes API server did not answer the token review within {:?}",
-                k.timeout
+                k.api.timeout
             ))
         })??;
     if !status.authenticated {
@@ -89,41 +84,6 @@ pub(crate) async fn review(k: &Kubernetes, token: &str, ns: &str, sa: &str) -> R
 
 /// POSTs the review and reads its status.
 async fn post(k: &Kubernetes, token: &str) -> Result<TokenReviewStatus, Refused> {
-    let ca = tokio::fs::read_to_string(&k.ca_file)
-        .await
-        .map_err(|e| fail(format!("cannot read {}", k.ca_file.display()), e))?;
-    let bearer = tokio::fs::read_to_string(&k.token_file)
-        .await
-        .map_err(|e| fail(format!("cannot read {}", k.token_file.display()), e))?;
-    let anchors = TrustAnchors::from_pem(&ca).map_err(|e| fail(k.ca_file.display(), e))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| fail("TLS", e))?
-        .with_root_certificates(anchors.roots())
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-
-    // Validated on load: https, with a host.
-    let host = k.api_server.host().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = k.api_server.port_u16().unwrap_or(443);
-    let name = ServerName::try_from(host.to_string())
-        .map_err(|e| fail(format!("{host:?} is not a server name"), e))?;
-    let tcp = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| fail(format!("cannot connect to {host}:{port}"), e))?;
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| fail("TLS handshake with the Kubernetes API server", e))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| fail("HTTP handshake with the Kubernetes API server", e))?;
-    // The connection ends when `send` is dropped; the review's timeout
-    // bounds the whole.
-    let conn = tokio::spawn(conn);
-
     let body = serde_json::to_vec(&TokenReview {
         api_version: "authentication.k8s.io/v1",
         kind: "TokenReview",
@@ -132,46 +92,32 @@ async fn post(k: &Kubernetes, token: &str) -> Result<TokenReviewStatus, Refused>
             audiences: [k.audience.as_str()],
         },
     })
-    .map_err(|e| fail("cannot encode the review", e))?;
-    let authority = k.api_server.authority().map_or(host, |a| a.as_str());
-    let req = http::Request::post(format!(
-        "https://{authority}/apis/authentication.k8s.io/v1/tokenreviews"
-    ))
-    .header(http::header::HOST, authority)
-    .header(http::header::CONTENT_TYPE, "application/json")
-    .header(http::header::ACCEPT, "application/json")
-    .header(
-        http::header::AUTHORIZATION,
-        format!("Bearer {}", bearer.trim()),
-    )
-    .body(Full::new(Bytes::from(body)))
-    .map_err(|e| fail("cannot build the request", e))?;
-    let rsp = send
-        .send_request(req)
-        .await
-        .map_err(|e| fail("token review request", e))?;
-    let code = rsp.status();
-    let bytes = Limited::new(rsp.into_body(), MAX_RESPONSE_BYTES)
-        .collect()
-        .await
-        .map_err(|e| fail("reading the token review's answer", e))?
-        .to_bytes();
-    drop(send);
-    conn.abort();
-    if !code.is_success() {
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]).into_owned();
-        return Err(Refused::Error(format!(
+    .map_err(|e| Refused::Error(client::fail("cannot encode the review", e)))?;
+    let error = |e: client::ApiError| match e {
+        client::ApiError::Status { code, text } => Refused::Error(format!(
             "the Kubernetes API server answered the token review with {code}: {text}"
-        )));
-    }
-    let review: TokenReviewAnswer = serde_json::from_slice(&bytes)
-        .map_err(|e| fail("the token review's answer is not a TokenReview", e))?;
+        )),
+        e => Refused::Error(e.to_string()),
+    };
+    let mut conn = client::connect(&k.api).await.map_err(error)?;
+    let rsp = conn
+        .send(
+            http::Method::POST,
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            Some(body),
+        )
+        .await
+        .map_err(error)?;
+    let bytes = client::read(rsp, MAX_RESPONSE_BYTES, "the token review's answer")
+        .await
+        .map_err(error)?;
+    let review: TokenReviewAnswer = serde_json::from_slice(&bytes).map_err(|e| {
+        Refused::Error(client::fail(
+            "the token review's answer is not a TokenReview",
+            e,
+        ))
+    })?;
     Ok(review.status.unwrap_or_default())
-}
-
-/// A review that could not be done: `what` failed, because of `e`.
-fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Refused {
-    Refused::Error(format!("{what}: {e}"))
 }
 
 // === TokenReview, as much of it as is used ===

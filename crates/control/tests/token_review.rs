@@ -3,9 +3,9 @@
 //! table and records the bearer token it was sent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+mod support;
+
+use http_body_util::BodyExt;
 use linkerd2_proxy_api::identity::{CertifyRequest, identity_client::IdentityClient};
 use linnet_control::{Ca, Control, Mesh, Metrics, Store};
 use linnet_tls::rustls;
@@ -38,54 +38,13 @@ struct Api {
 }
 
 async fn fake_api(table: HashMap<&'static str, Answer>) -> Api {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-        )
-        .unwrap();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
     let bearers = Arc::new(Mutex::new(Vec::new()));
     let seen = bearers.clone();
     let table = Arc::new(table);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let (acceptor, table, seen) = (acceptor.clone(), table.clone(), seen.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(move |req| {
-                    let (table, seen) = (table.clone(), seen.clone());
-                    answer(req, table, seen)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
+    let api = support::https_server(move |req| answer(req, table.clone(), seen.clone())).await;
     Api {
-        url,
-        ca_pem: ca_cert.pem(),
+        url: api.url,
+        ca_pem: api.ca_pem,
         bearers,
     }
 }
@@ -94,7 +53,7 @@ async fn answer(
     req: http::Request<hyper::body::Incoming>,
     table: Arc<HashMap<&'static str, Answer>>,
     seen: Arc<Mutex<Vec<String>>>,
-) -> Result<http::Response<Full<Bytes>>, hyper::Error> {
+) -> http::Response<support::Body> {
     assert_eq!(req.method(), http::Method::POST);
     assert_eq!(
         req.uri().path(),
@@ -105,7 +64,7 @@ async fn answer(
         .unwrap()
         .to_string();
     seen.lock().unwrap().push(bearer);
-    let body = req.into_body().collect().await?.to_bytes();
+    let body = req.into_body().collect().await.unwrap().to_bytes();
     let review: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(review["kind"], "TokenReview");
     assert_eq!(review["apiVersion"], "authentication.k8s.io/v1");
@@ -114,12 +73,7 @@ async fn answer(
         serde_json::json!(["identity.l5d.io"])
     );
     let token = review["spec"]["token"].as_str().unwrap();
-    let rsp = |code: u16, body: serde_json::Value| {
-        Ok(http::Response::builder()
-            .status(code)
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap())
-    };
+    let rsp = |code: u16, body: serde_json::Value| support::full(code, body.to_string());
     match table.get(token).cloned() {
         None => rsp(
             201,

@@ -284,7 +284,173 @@ fn kubernetes_defaults() {
     )
     .unwrap();
     let k = m.identity.kubernetes.unwrap();
-    assert_eq!(k.api_server.port_u16(), Some(6443));
-    assert_eq!(k.ca_file, Path::new("/etc/linnet/ca.crt"));
-    assert_eq!(k.timeout, Duration::from_secs(1));
+    assert_eq!(k.api.api_server.port_u16(), Some(6443));
+    assert_eq!(k.api.ca_file, Path::new("/etc/linnet/ca.crt"));
+    assert_eq!(k.api.timeout, Duration::from_secs(1));
+}
+
+#[test]
+fn kubernetes_discovery() {
+    assert_eq!(parse("").unwrap().discovery, None);
+    assert_eq!(parse("discovery: {}\n").unwrap().discovery, None);
+    let d = parse("discovery:\n  kubernetes: {}\n")
+        .unwrap()
+        .discovery
+        .unwrap();
+    assert_eq!(d, Discovery::default());
+    assert_eq!(d.api, ApiServer::default());
+    let d = parse(
+        "discovery:\n  kubernetes:\n    api_server: https://127.0.0.1:6443\n    ca_file: ca.crt\n    \
+         cluster_domain: Example.ORG.\n    control_plane_namespace: mesh\n    max_services: 2\n    \
+         max_endpoints: 3\n    max_pods: 4\n    max_event_bytes: 5\n    max_list_bytes: 6\n    \
+         watch_timeout: 1m\n    min_backoff: 10ms\n    max_backoff: 1s\n    timeout: 2s\n",
+    )
+    .unwrap()
+    .discovery
+    .unwrap();
+    assert_eq!(d.api.ca_file, Path::new("/etc/linnet/ca.crt"));
+    assert_eq!(d.api.timeout, Duration::from_secs(2));
+    assert_eq!(d.cluster_domain, "example.org");
+    assert_eq!(d.control_plane_namespace, "mesh");
+    assert_eq!((d.max_services, d.max_endpoints, d.max_pods), (2, 3, 4));
+    assert_eq!((d.max_event_bytes, d.max_list_bytes), (5, 6));
+    assert_eq!(d.watch_timeout, Duration::from_secs(60));
+    assert_eq!(
+        (d.min_backoff, d.max_backoff),
+        (Duration::from_millis(10), Duration::from_secs(1))
+    );
+    for (yaml, at) in [
+        ("discovery:\n  consul: {}\n", "unknown field"),
+        (
+            "discovery:\n  kubernetes: {namespaces: [a]}\n",
+            "unknown field",
+        ),
+        (
+            "discovery:\n  kubernetes: {max_services: 0}\n",
+            "discovery.kubernetes.max_services",
+        ),
+        (
+            "discovery:\n  kubernetes: {max_endpoints: -1}\n",
+            "max_endpoints",
+        ),
+        (
+            "discovery:\n  kubernetes: {max_event_bytes: 0}\n",
+            "discovery.kubernetes.max_event_bytes",
+        ),
+        (
+            "discovery:\n  kubernetes: {api_server: \"http://x\"}\n",
+            "discovery.kubernetes.api_server",
+        ),
+        (
+            "discovery:\n  kubernetes: {timeout: 0s}\n",
+            "discovery.kubernetes.timeout",
+        ),
+        (
+            "discovery:\n  kubernetes: {watch_timeout: 500ms}\n",
+            "discovery.kubernetes.watch_timeout",
+        ),
+        (
+            "discovery:\n  kubernetes: {min_backoff: 2s, max_backoff: 1s}\n",
+            "discovery.kubernetes.max_backoff",
+        ),
+        (
+            "discovery:\n  kubernetes: {cluster_domain: \"no way\"}\n",
+            "discovery.kubernetes.cluster_domain",
+        ),
+        (
+            "discovery:\n  kubernetes: {control_plane_namespace: a.b}\n",
+            "discovery.kubernetes.control_plane_namespace",
+        ),
+    ] {
+        let e = err(yaml);
+        assert!(e.contains(at), "{yaml}: {e}");
+    }
+}
+
+#[test]
+fn the_file_wins_over_discovered_services() {
+    let mut mesh = parse(
+        "services:\n  web.demo.svc.cluster.local:80:\n    addresses: [10.96.0.10:80]\n    \
+         endpoints: [{addr: \"10.1.0.1:8080\", identity: web.demo.serviceaccount.identity.linkerd.cluster.local}]\n",
+    )
+    .unwrap();
+    let svc = |name: &str, vip: &str, ep: &str| Service {
+        name: name.to_string(),
+        port: 80,
+        addresses: vec![vip.parse().unwrap()],
+        endpoints: vec![Endpoint::plain(ep.parse().unwrap())],
+        ..Service::default()
+    };
+    mesh.discovered = Arc::new(Discovered::new(
+        [
+            (
+                "web.demo.svc.cluster.local:80".to_string(),
+                Arc::new(svc(
+                    "web.demo.svc.cluster.local",
+                    "10.96.0.99:80",
+                    "10.1.0.9:8080",
+                )),
+            ),
+            (
+                "other.demo.svc.cluster.local:80".to_string(),
+                Arc::new(svc(
+                    "other.demo.svc.cluster.local",
+                    "10.96.0.10:80",
+                    "10.1.0.1:8080",
+                )),
+            ),
+        ]
+        .into(),
+    ));
+    // By name, by address, by endpoint: the file's.
+    let web = mesh.service("web.demo.svc.cluster.local:80").unwrap();
+    assert_eq!(web.endpoints[0].addr, "10.1.0.1:8080".parse().unwrap());
+    let by_vip = mesh
+        .service_by_addr("10.96.0.10:80".parse().unwrap())
+        .unwrap();
+    assert_eq!(by_vip.name, "web.demo.svc.cluster.local");
+    let (_, ep) = mesh.endpoint("10.1.0.1:8080".parse().unwrap()).unwrap();
+    assert!(ep.identity.is_some());
+    // What only discovery knows is found.
+    assert_eq!(
+        mesh.named("other.demo.svc.cluster.local:80").unwrap().name,
+        "other.demo.svc.cluster.local"
+    );
+    assert!(mesh.endpoint("10.1.0.9:8080".parse().unwrap()).is_some());
+    // A shadowed service's own address leads to the file's.
+    let by_its_vip = mesh
+        .service_by_addr("10.96.0.99:80".parse().unwrap())
+        .unwrap();
+    assert_eq!(
+        by_its_vip.endpoints[0].addr,
+        "10.1.0.1:8080".parse().unwrap()
+    );
+}
+
+#[test]
+fn targets_await_discovery_until_it_has_listed_the_cluster() {
+    let mut mesh = parse("discovery:\n  kubernetes: {cluster_domain: example.org}\n").unwrap();
+    assert!(mesh.awaits_discovery(Some("web.demo.svc.example.org")));
+    assert!(mesh.awaits_discovery(None));
+    assert!(!mesh.awaits_discovery(Some("web.demo.svc.cluster.local")));
+    assert!(!mesh.awaits_discovery(Some("example.org")));
+    mesh.discovered = Arc::new(Discovered::new(BTreeMap::new()));
+    assert!(!mesh.awaits_discovery(Some("web.demo.svc.example.org")));
+    assert!(!mesh.awaits_discovery(None));
+    assert!(!parse("").unwrap().awaits_discovery(None));
+}
+
+#[test]
+fn the_example_shows_the_discovery_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/mesh.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let block: String = text
+        .lines()
+        .skip_while(|l| *l != "# discovery:")
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or("")))
+        .collect();
+    assert!(block.contains("max_backoff"), "{block}");
+    let d = Mesh::parse(&block, Path::new("/")).unwrap().discovery;
+    assert_eq!(d, Some(Discovery::default()));
 }
