@@ -718,7 +718,9 @@ fn kubernetes(w: &mut Writer) {
     let slice = r#"{"metadata":{"name":"web-abc","namespace":"demo","labels":{"kubernetes.io/service-name":"web"}},"addressType":"IPv4","ports":[{"name":"http","port":8080,"protocol":"TCP"}],"endpoints":[{"addresses":["10.1.0.1"],"conditions":{"ready":true},"targetRef":{"kind":"Pod","name":"web-1","namespace":"demo"}},{"addresses":["10.1.0.2"]}]}"#;
     let pod = r#"{"metadata":{"name":"web-1","namespace":"demo","annotations":{"config.linkerd.io/opaque-ports":"3306,8000-8100"}},"spec":{"serviceAccountName":"web","containers":[{"name":"app"},{"name":"linnet-proxy","ports":[{"name":"linkerd-proxy","containerPort":4143}]}]},"status":{"phase":"Running"}}"#;
     let list = |items: &str| {
-        format!(r#"{{"kind":"List","metadata":{{"resourceVersion":"100","continue":""}},"items":[{items}]}}"#)
+        format!(
+            r#"{{"kind":"List","metadata":{{"resourceVersion":"100","continue":""}},"items":[{items}]}}"#
+        )
     };
     let mut put = |name: &str, first: u8, body: String| {
         let mut v = vec![first, 15];

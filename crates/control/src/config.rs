@@ -404,11 +404,33 @@ struct FileRetryBudget {
 
 // === validation ===
 
+/// The largest mesh file read (a ConfigMap holds at most 1 MiB).
+pub const MAX_MESH_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// The largest token file read (a service-account token is a few KiB).
+pub const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads `path` as UTF-8, refusing a file of more than `max` bytes (or a
+/// device that never ends) rather than reading it all.
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
 impl Mesh {
     /// Reads and validates the file at `path`; relative paths inside it
     /// are relative to its directory.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        let text = read_bounded(path, MAX_MESH_FILE_BYTES).map_err(|source| Error::Read {
             path: path.to_path_buf(),
             source,
         })?;
@@ -584,7 +606,7 @@ fn identity(id: FileIdentity, dir: &Path) -> Result<Identity, Error> {
             FileToken::Inline(t) => t,
             FileToken::File { file } => {
                 let path = dir.join(file);
-                std::fs::read_to_string(&path)
+                read_bounded(&path, MAX_TOKEN_FILE_BYTES)
                     .map_err(|e| invalid(&at, format!("cannot read {}: {e}", path.display())))?
                     .trim()
                     .to_string()
@@ -645,15 +667,20 @@ fn identity(id: FileIdentity, dir: &Path) -> Result<Identity, Error> {
     })
 }
 
-/// An identity is a DNS-like name (or a `spiffe://` URI).
+/// An identity is a DNS-like name (or a `spiffe://` URI), and one that
+/// proxies accept: a name they would refuse could be certified but never
+/// used.
 pub fn check_identity_name(name: &str) -> Result<(), String> {
     if let Some(rest) = name.strip_prefix("spiffe://") {
         if rest.is_empty() || rest.contains(char::is_whitespace) {
             return Err(format!("{name:?} is not a SPIFFE ID"));
         }
-        return Ok(());
+    } else {
+        parse_authority(&format!("{name}:1"))?;
     }
-    parse_authority(&format!("{name}:1")).map(|_| ())
+    linnet_tls::Id::parse(name)
+        .map(|_| ())
+        .map_err(|_| format!("{name:?} is not an identity proxies accept"))
 }
 
 fn service(name: String, port: u16, svc: FileService, at: &str) -> Result<Service, Error> {

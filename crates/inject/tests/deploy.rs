@@ -312,10 +312,16 @@ fn prometheus_keeps_the_proxies_admin_port() {
             .as_sequence()
             .into_iter()
             .flatten()
-            .any(|rule| rule["action"].as_str() == Some("keep") && rule["regex"].as_str() == Some("admin-http"));
+            .any(|rule| {
+                rule["action"].as_str() == Some("keep")
+                    && rule["regex"].as_str() == Some("admin-http")
+            });
         in_linkerd && keeps_port
     });
-    assert!(keeps_control_plane, "no job scrapes the control plane's admin-http ports");
+    assert!(
+        keeps_control_plane,
+        "no job scrapes the control plane's admin-http ports"
+    );
     let m = manifests();
     for name in ["linnet-control", "linnet-injector"] {
         let d = m
@@ -324,12 +330,20 @@ fn prometheus_keeps_the_proxies_admin_port() {
             .find(|d| d.metadata.name.as_deref() == Some(name))
             .unwrap_or_else(|| panic!("no Deployment {name}"));
         assert_eq!(d.metadata.namespace.as_deref(), Some("linkerd"), "{name}");
-        let named = d.spec.template.spec.as_ref().unwrap().containers.iter().any(|c| {
-            c.ports
-                .iter()
-                .flatten()
-                .any(|p| p.name.as_deref() == Some("admin-http"))
-        });
+        let named = d
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .any(|c| {
+                c.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| p.name.as_deref() == Some("admin-http"))
+            });
         assert!(named, "{name} names no admin-http port");
     }
 }

@@ -454,3 +454,43 @@ fn the_example_shows_the_discovery_defaults() {
     let d = Mesh::parse(&block, Path::new("/")).unwrap().discovery;
     assert_eq!(d, Some(Discovery::default()));
 }
+
+#[test]
+fn files_that_never_end_are_refused() {
+    // A token file naming a device that never ends, and one just too big.
+    let tmp = tempfile::tempdir().unwrap();
+    let big = "x".repeat(MAX_TOKEN_FILE_BYTES as usize + 1);
+    std::fs::write(tmp.path().join("big"), &big).unwrap();
+    std::fs::write(tmp.path().join("fits"), &big[1..]).unwrap();
+    for file in ["/dev/zero", "big"] {
+        let yaml = format!(
+            "identity:\n  tokens:\n    web.default.serviceaccount.identity.linkerd.cluster.local: {{file: {file}}}\n"
+        );
+        let e = Mesh::parse(&yaml, tmp.path()).unwrap_err().to_string();
+        assert!(e.contains("larger than 65536 bytes"), "{file}: {e}");
+    }
+    let yaml = "identity:\n  tokens:\n    web.default.serviceaccount.identity.linkerd.cluster.local: {file: fits}\n";
+    assert!(Mesh::parse(yaml, tmp.path()).is_ok());
+    // The mesh file itself.
+    let mesh = tmp.path().join("mesh.yaml");
+    std::os::unix::fs::symlink("/dev/zero", &mesh).unwrap();
+    let e = Mesh::load(&mesh).unwrap_err();
+    assert!(
+        format!("{e} {:?}", std::error::Error::source(&e)).contains("larger than"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn identities_proxies_refuse_are_refused() {
+    // parse_authority takes these; a proxy's identity parser does not.
+    for name in ["web_1.default.svc", "-web.default", "spiffe://a\u{7}b"] {
+        let e = check_identity_name(name).unwrap_err();
+        assert!(e.contains("not"), "{name}: {e}");
+        assert!(linnet_tls::Id::parse(name).is_err(), "{name}");
+    }
+    assert!(
+        check_identity_name("web.default.serviceaccount.identity.linkerd.cluster.local").is_ok()
+    );
+    assert!(check_identity_name("spiffe://cluster.local/ns/default/sa/web").is_ok());
+}
