@@ -480,17 +480,3 @@ fn files_that_never_end_are_refused() {
         "{e:?}"
     );
 }
-
-#[test]
-fn identities_proxies_refuse_are_refused() {
-    // parse_authority takes these; a proxy's identity parser does not.
-    for name in ["web_1.default.svc", "-web.default", "spiffe://a\u{7}b"] {
-        let e = check_identity_name(name).unwrap_err();
-        assert!(e.contains("not"), "{name}: {e}");
-        assert!(linnet_tls::Id::parse(name).is_err(), "{name}");
-    }
-    assert!(
-        check_identity_name("web.default.serviceaccount.identity.linkerd.cluster.local").is_ok()
-    );
-    assert!(check_identity_name("spiffe://cluster.local/ns/default/sa/web").is_ok());
-}
