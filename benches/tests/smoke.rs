@@ -1,5 +1,5 @@
 //! The harness's quick path, end to end: the `direct` and `outbound`
-//! scenarios at a low rate for a few seconds, through the real `linnet`
+//! scenarios on loopback at a low rate for a few seconds, through the real `linnet`
 //! binary, with oha. Checks that the report is complete and that every
 //! request succeeded and the proxy's CPU and memory were read. The mesh
 //! as users run it (`mesh`, `mesh-http1`, `haproxy` beside them) for a
@@ -55,6 +55,9 @@ fn quick_direct_and_outbound() {
     let status = Command::new(env!("CARGO_BIN_EXE_linnet-bench"))
         .args(["--quick", "--scenario", "direct", "--scenario", "outbound"])
         .args(["--rate", "200", "--duration", "3", "--no-saturation"])
+        // Both on loopback, whoever runs it (as root, `direct` would
+        // otherwise run in pods, and `outbound` against its own floor).
+        .args(["--topology", "loopback"])
         .arg("--proxy")
         .arg(format!("{} proxy", linnet.display()))
         .arg("--out")
