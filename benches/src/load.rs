@@ -7,13 +7,13 @@
 use crate::backend::GRPC_PATH;
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
-use linnet_test_support::grpc::Raw;
+use linnet_test_support::{grpc::Raw, netns::Netns};
 use serde::Serialize;
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -99,7 +99,8 @@ pub(crate) struct Load {
 }
 
 impl Load {
-    /// Sends load to `target` for `duration`.
+    /// Sends load to `target` for `duration`, from inside the network
+    /// namespace `within` when given (the client pod).
     pub(crate) fn run(
         &self,
         rt: &tokio::runtime::Runtime,
@@ -107,17 +108,30 @@ impl Load {
         target: SocketAddr,
         rate: Rate,
         duration: Duration,
+        within: Option<&Netns>,
     ) -> Result<Outcome> {
-        match client {
-            Client::Http1 | Client::Http2 => {
-                oha(&self.oha, client, target, rate, duration, self.connections)
-            }
-            Client::Grpc => rt.block_on(grpc(target, rate, duration, self.connections)),
+        let oha_cmd = || match within {
+            Some(ns) => ns.command(&self.oha.display().to_string()),
+            None => Command::new(&self.oha),
+        };
+        match (client, within) {
+            (Client::Http1 | Client::Http2, _) => oha(
+                oha_cmd(),
+                &self.oha,
+                client,
+                target,
+                rate,
+                duration,
+                self.connections,
+            ),
+            (Client::Grpc, None) => rt.block_on(grpc(target, rate, duration, self.connections)),
+            (Client::Grpc, Some(_)) => bail!("the gRPC load runs on loopback only"),
         }
     }
 }
 
 fn oha(
+    mut cmd: Command,
     oha: &Path,
     client: Client,
     target: SocketAddr,
@@ -125,7 +139,6 @@ fn oha(
     duration: Duration,
     connections: u32,
 ) -> Result<Outcome> {
-    let mut cmd = Command::new(oha);
     cmd.args(["--no-tui", "--output-format", "json"])
         .arg("-z")
         .arg(format!("{}ms", duration.as_millis()))
@@ -141,9 +154,18 @@ fn oha(
         cmd.arg("--http2");
     }
     cmd.arg(format!("http://{target}/"));
-    let out = cmd
-        .output()
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .with_context(|| format!("cannot run {}", oha.display()))?;
+    // Listed while it runs, so that a signal to the harness stops it too.
+    let pid = child.id();
+    crate::cleanup::add_pid(pid);
+    let out = child.wait_with_output();
+    crate::cleanup::remove_pid(pid);
+    let out = out.with_context(|| format!("cannot run {}", oha.display()))?;
     if !out.status.success() {
         bail!(
             "oha failed ({}): {}",

@@ -5,17 +5,31 @@
 //! cargo run --release -p linnet-bench -- [--quick] [--scenario NAME...]
 //! ```
 //!
-//! It starts everything itself on loopback (backends, the proxies under
-//! test, HAProxy, iperf3), drives load with oha (HTTP) or a tonic client
-//! loop (gRPC) at fixed rates, open loop with coordinated-omission
-//! correction, and as fast as it goes; reads each proxy's CPU time and
-//! memory from `/proc`; and writes JSON, Markdown and an SVG chart under
+//! It starts everything itself (backends, the proxies under test,
+//! HAProxy, iperf3), drives load with oha (HTTP) or a tonic client loop
+//! (gRPC) at fixed rates, open loop with coordinated-omission correction,
+//! and as fast as it goes; reads each proxy's CPU time and memory from
+//! `/proc`; and writes JSON, Markdown and an SVG chart under
 //! `target/bench/`. Scenarios run interleaved and repeated, so that the
 //! machine's noise shows as the spread between repeats.
 //!
+//! The headline scenario, `mesh`, is two sidecars as Linkerd runs them
+//! (identities, endpoints and policies from `linnet control`; the
+//! endpoint hinted `h2`; routes, retries, the balancer and an inbound
+//! authorization on the path: [`topology`]'s `mesh` module), with
+//! `mesh-http1` (the same without the hint) and `haproxy` (two HAProxy
+//! hops with mTLS) beside it. As root these three and their floor,
+//! `direct`, run between two network namespaces joined by a veth pair,
+//! the sidecars behind `linnet init`'s iptables rules (`--topology pods`,
+//! the default as root); otherwise, and for every other scenario, on
+//! loopback. The report says which.
+//!
 //! The proxy under test is any command line (`--proxy`, `--proxy-env`)
 //! that reads Linkerd's `LINKERD2_PROXY_*` variables: the listeners, the
-//! admin server and `*_ORIG_DST_ADDR`, which stands in for iptables.
+//! admin server, the control plane's addresses and, on loopback,
+//! `*_ORIG_DST_ADDR`, which stands in for iptables. Stopped by a signal,
+//! the harness kills what it started and deletes its namespaces
+//! ([`cleanup`]).
 //!
 //! `--soak DURATION` runs one scenario (`mesh` unless `--scenario` says
 //! otherwise) at one steady rate for that long instead, the mesh file
@@ -25,6 +39,7 @@
 //! errors over time ([`soak`]).
 
 mod backend;
+mod cleanup;
 mod load;
 mod procs;
 mod report;
@@ -35,7 +50,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use load::{Client, Load, Rate};
 use procs::Memory;
-use report::{ProxySample, Run, TcpRun};
+use report::{Placement, ProxySample, Run, TcpRun};
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
@@ -101,6 +116,12 @@ struct Args {
     /// Run the mesh and HAProxy scenarios in plaintext instead of mTLS.
     #[arg(long)]
     plaintext: bool,
+    /// Where `direct`, `mesh`, `mesh-http1` and `haproxy` run: `pods`
+    /// (two network namespaces joined by a veth pair, with `linnet
+    /// init`'s interception; needs root) or `loopback`. Default: `pods`
+    /// as root, else `loopback`. Other scenarios always run on loopback.
+    #[arg(long, value_enum)]
+    topology: Option<Placement>,
     /// Where results go (default: `target/bench`).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -152,7 +173,11 @@ enum Sub {
 enum Selected {
     Direct,
     Outbound,
+    /// Two sidecars as Linkerd runs them: the endpoint hinted `h2`.
     Mesh,
+    /// `mesh` without the hint: HTTP/1.1 inside mTLS between sidecars.
+    #[value(name = "mesh-http1")]
+    MeshHttp1,
     MeshAuthz,
     MeshBalanced,
     MeshLarge,
@@ -166,8 +191,11 @@ enum Selected {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scenario {
     Direct,
+    /// The floor of the loopback scenarios when `direct` runs in pods.
+    DirectLoopback,
     Outbound,
     Mesh,
+    MeshHttp1,
     MeshAuthz,
     MeshBalanced,
     MeshLarge,
@@ -179,10 +207,12 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 11] = [
+    const ALL: [Scenario; 13] = [
         Scenario::Direct,
+        Scenario::DirectLoopback,
         Scenario::Outbound,
         Scenario::Mesh,
+        Scenario::MeshHttp1,
         Scenario::MeshAuthz,
         Scenario::MeshBalanced,
         Scenario::MeshLarge,
@@ -196,8 +226,10 @@ impl Scenario {
     fn name(self) -> &'static str {
         match self {
             Scenario::Direct => "direct",
+            Scenario::DirectLoopback => "direct-loopback",
             Scenario::Outbound => "outbound",
             Scenario::Mesh => "mesh",
+            Scenario::MeshHttp1 => "mesh-http1",
             Scenario::MeshAuthz => "mesh-authz",
             Scenario::MeshBalanced => "mesh-balanced",
             Scenario::MeshLarge => "mesh-large",
@@ -212,8 +244,10 @@ impl Scenario {
     fn client(self) -> Client {
         match self {
             Scenario::Direct
+            | Scenario::DirectLoopback
             | Scenario::Outbound
             | Scenario::Mesh
+            | Scenario::MeshHttp1
             | Scenario::MeshAuthz
             | Scenario::MeshBalanced
             | Scenario::MeshLarge
@@ -224,18 +258,33 @@ impl Scenario {
     }
 
     /// The floor it is compared with: the same client straight to the
-    /// backend.
-    fn baseline(self) -> Option<Scenario> {
+    /// backend, placed as it is (`topology` is the run's).
+    fn baseline(self, topology: Placement) -> Option<Scenario> {
         match self {
+            Scenario::Mesh | Scenario::MeshHttp1 | Scenario::Haproxy => Some(Scenario::Direct),
             Scenario::Outbound
-            | Scenario::Mesh
             | Scenario::MeshAuthz
             | Scenario::MeshBalanced
-            | Scenario::MeshLarge
-            | Scenario::Haproxy => Some(Scenario::Direct),
+            | Scenario::MeshLarge => Some(match topology {
+                Placement::Pods => Scenario::DirectLoopback,
+                Placement::Loopback => Scenario::Direct,
+            }),
             Scenario::Http2 => Some(Scenario::Http2Direct),
             Scenario::Grpc => Some(Scenario::GrpcDirect),
             _ => None,
+        }
+    }
+
+    /// Where it runs in a run whose topology is `topology`: in pods only
+    /// the scenarios that have a pod layout (the mesh as users run it,
+    /// HAProxy beside it, and their floor).
+    fn placement(self, topology: Placement) -> Placement {
+        match (topology, self) {
+            (
+                Placement::Pods,
+                Scenario::Direct | Scenario::Mesh | Scenario::MeshHttp1 | Scenario::Haproxy,
+            ) => Placement::Pods,
+            _ => Placement::Loopback,
         }
     }
 
@@ -245,6 +294,7 @@ impl Scenario {
             (Selected::Direct, Scenario::Direct)
                 | (Selected::Outbound, Scenario::Outbound)
                 | (Selected::Mesh, Scenario::Mesh)
+                | (Selected::MeshHttp1, Scenario::MeshHttp1)
                 | (Selected::MeshAuthz, Scenario::MeshAuthz)
                 | (Selected::MeshBalanced, Scenario::MeshBalanced)
                 | (Selected::MeshLarge, Scenario::MeshLarge)
@@ -328,13 +378,24 @@ fn bench(args: &Args) -> Result<()> {
     let secs = |v: Option<f64>, full: f64, short: f64| {
         Duration::from_secs_f64(v.unwrap_or(if quick { short } else { full }).max(0.0))
     };
+    let topology = match args.topology {
+        Some(Placement::Pods) => {
+            topology::pods_available().context("--topology pods")?;
+            Placement::Pods
+        }
+        Some(Placement::Loopback) => Placement::Loopback,
+        None if topology::pods_available().is_ok() => Placement::Pods,
+        None => Placement::Loopback,
+    };
     let mut scenarios: Vec<Scenario> = Scenario::ALL
         .into_iter()
         .filter(|s| args.scenarios.is_empty() || args.scenarios.iter().any(|&x| s.selected_by(x)))
+        // Only ever a floor.
+        .filter(|s| *s != Scenario::DirectLoopback)
         .collect();
     // Floors come along with what is measured against them.
     for s in scenarios.clone() {
-        if let Some(b) = s.baseline() {
+        if let Some(b) = s.baseline(topology) {
             if !scenarios.contains(&b) {
                 scenarios.push(b);
             }
@@ -363,6 +424,7 @@ fn bench(args: &Args) -> Result<()> {
         repeats: args.repeats.unwrap_or(if quick { 1 } else { 3 }).max(1),
         connections: args.connections.max(1),
         mtls: !args.plaintext,
+        topology,
         proxy: String::new(),
         large_endpoints: args.large_endpoints,
         large_routes: args.large_routes.max(1),
@@ -500,6 +562,15 @@ fn harness(
     } else {
         None
     };
+    let control = linnet_beside(&exe);
+    if settings.topology == Placement::Pods && control.is_none() {
+        bail!("the pods need `linnet init` and `linnet control`: build linnet");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    cleanup::on_signal_clean_up(&rt).context("cannot watch for signals")?;
     let h = Harness {
         proxy,
         dirs,
@@ -509,11 +580,8 @@ fn harness(
         },
         http_backend,
         grpc_backend,
-        control: linnet_beside(&exe),
-        rt: tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?,
+        control,
+        rt,
         _backends: backends,
         settings,
     };
@@ -525,11 +593,41 @@ impl Harness {
     fn start(&self, s: Scenario) -> Result<Topology> {
         let http = self.http_backend;
         let grpc = || self.grpc_backend.context("no gRPC backend");
+        let mtls = self.settings.mtls;
+        let linnet = || {
+            self.control
+                .as_deref()
+                .context("the mesh needs `linnet control`: build linnet")
+        };
+        if s.placement(self.settings.topology) == Placement::Pods {
+            return match s {
+                Scenario::Direct => Topology::direct_pods(&self.dirs),
+                Scenario::Haproxy => Topology::haproxy_pods(mtls, &self.dirs),
+                Scenario::Mesh | Scenario::MeshHttp1 => Topology::linnet_mesh_pods(
+                    &self.proxy,
+                    linnet()?,
+                    s == Scenario::Mesh,
+                    mtls,
+                    &self.dirs,
+                ),
+                _ => bail!("{} has no pod layout", s.name()),
+            };
+        }
         match s {
-            Scenario::Direct | Scenario::Http2Direct => Ok(Topology::direct(http)),
+            Scenario::Direct | Scenario::DirectLoopback | Scenario::Http2Direct => {
+                Ok(Topology::direct(http))
+            }
             Scenario::GrpcDirect => Ok(Topology::direct(grpc()?)),
             Scenario::Outbound => Topology::linnet(&self.proxy, 1, http, &self.dirs),
-            Scenario::Mesh | Scenario::Http2 => self.mesh(MeshKind::Http, http),
+            Scenario::Mesh | Scenario::MeshHttp1 => Topology::linnet_mesh(
+                &self.proxy,
+                linnet()?,
+                s == Scenario::Mesh,
+                mtls,
+                http,
+                &self.dirs,
+            ),
+            Scenario::Http2 => self.mesh(MeshKind::Http, http),
             Scenario::MeshAuthz => {
                 let control = self
                     .control
@@ -592,12 +690,14 @@ impl Harness {
             topo.entry,
             rate,
             Duration::from_secs_f64(duration),
+            topo.client_pod(),
         )?;
         let cpu_after = cpu(&topo.proxies)?;
         let end = memory(&topo.proxies)?;
         for p in &mut topo.proxies {
             p.check_running()?;
         }
+        let path = topo.path_check()?;
         let balance = match (&topo.probe, warm) {
             (Some(probe), Some(warm)) => {
                 let b = probe.balance(&warm, &probe.snapshot()?, warmup.as_secs_f64());
@@ -633,7 +733,8 @@ impl Harness {
         }
         Ok(Run {
             scenario: s.name(),
-            baseline: s.baseline().map(Scenario::name),
+            baseline: s.baseline(self.settings.topology).map(Scenario::name),
+            placement: s.placement(self.settings.topology),
             client: s.client(),
             load: rate.label(),
             rate: match rate {
@@ -645,6 +746,7 @@ impl Harness {
             outcome,
             proxies,
             balance,
+            path,
         })
     }
 
@@ -663,7 +765,10 @@ impl Harness {
         topo: &Topology,
     ) -> Result<(Duration, Option<topology::Snapshot>)> {
         let started = Instant::now();
-        let run = |d: Duration| self.load.run(&self.rt, s.client(), topo.entry, rate, d);
+        let run = |d: Duration| {
+            self.load
+                .run(&self.rt, s.client(), topo.entry, rate, d, topo.client_pod())
+        };
         let first = Duration::from_secs_f64(self.settings.warmup_s);
         if !first.is_zero() {
             run(first)?;

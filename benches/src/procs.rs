@@ -42,6 +42,7 @@ impl Proc {
             .stderr(out)
             .spawn()
             .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
+        crate::cleanup::add_pid(child.id());
         Ok(Self {
             name: name.to_string(),
             child,
@@ -52,6 +53,7 @@ impl Proc {
     /// Takes charge of a process started elsewhere (its output already
     /// handled), so that it is killed when dropped.
     pub(crate) fn adopt(name: &str, child: Child, log_dir: &Path) -> Self {
+        crate::cleanup::add_pid(child.id());
         Self {
             name: name.to_string(),
             child,
@@ -97,6 +99,8 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        // Off the list before it is reaped: its id may then be reused.
+        crate::cleanup::remove_pid(self.child.id());
         let _ = self.child.wait();
     }
 }

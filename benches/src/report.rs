@@ -6,9 +6,25 @@ mod balance;
 
 pub(crate) use balance::Balance;
 
-use crate::load::{Client, Outcome};
+use crate::{
+    load::{Client, Outcome},
+    topology::PathCheck,
+};
 use serde::Serialize;
 use std::{fmt::Write as _, path::Path, process::Command, time::Duration};
+
+/// Where a scenario's processes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Placement {
+    /// Two network namespaces joined by a veth pair: the load generator
+    /// and the client-side proxy in one, the backend and the server-side
+    /// proxy in the other; sidecars behind `linnet init`'s interception.
+    Pods,
+    /// Everything on the host's loopback, original destinations fixed by
+    /// `*_ORIG_DST_ADDR`.
+    Loopback,
+}
 
 /// How the harness ran.
 #[derive(Clone, Debug, Serialize)]
@@ -26,6 +42,9 @@ pub(crate) struct Settings {
     pub(crate) connections: u32,
     /// Whether the mesh and HAProxy scenarios use mTLS between the hops.
     pub(crate) mtls: bool,
+    /// Where `direct`, `mesh`, `mesh-http1` and `haproxy` ran (the other
+    /// scenarios run on loopback).
+    pub(crate) topology: Placement,
     /// The proxy under test, as a command line with its extra environment.
     pub(crate) proxy: String,
     /// `mesh-large`'s endpoints and routes.
@@ -110,6 +129,7 @@ pub(crate) struct ProxySample {
 pub(crate) struct Run {
     pub(crate) scenario: &'static str,
     pub(crate) baseline: Option<&'static str>,
+    pub(crate) placement: Placement,
     pub(crate) client: Client,
     pub(crate) load: String,
     pub(crate) rate: Option<u32>,
@@ -120,6 +140,10 @@ pub(crate) struct Run {
     /// How a balanced mesh spread the load.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) balance: Option<Balance>,
+    /// What the requests crossed, read from the sidecars afterwards
+    /// (`mesh`, `mesh-http1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) path: Option<PathCheck>,
 }
 
 impl Run {
@@ -149,6 +173,16 @@ impl Run {
         }
         if let Some(b) = &self.balance {
             let _ = write!(s, " | {}", b.summary());
+        }
+        if let Some(p) = &self.path {
+            let _ = write!(
+                s,
+                " | {} peer connection(s), {} routed, {} authorized",
+                p.peer_connections, p.routed, p.authorized
+            );
+        }
+        if self.placement == Placement::Pods {
+            s.push_str(" [pods]");
         }
         s
     }
@@ -270,6 +304,7 @@ pub(crate) struct ProxyRow {
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Row {
     pub(crate) scenario: &'static str,
+    pub(crate) placement: Placement,
     pub(crate) client: Client,
     pub(crate) load: String,
     pub(crate) rate: Option<u32>,
@@ -407,15 +442,29 @@ impl Report {
                 &m.commit
             },
         );
-        if self.results.iter().any(|r| r.scenario == "mesh-authz") {
+        s.push_str(&topology_note(st.topology, &self.results));
+        let has = |name: &str| self.results.iter().any(|r| r.scenario == name);
+        if has("mesh") || has("mesh-http1") {
+            s.push_str(
+                "`mesh` is two sidecars as Linkerd runs them: identities, endpoints and policies \
+                 from `linnet control`, the endpoint hinted `h2` (HTTP/1.1 requests travel as HTTP/2 \
+                 between the sidecars); the client sidecar follows the service's outbound policy \
+                 (routes, a request timeout, retries on 5xx within the retry budget, a PeakEWMA \
+                 balancer with a bounded queue, failure accrual), the server sidecar its workload's \
+                 inbound policy (a server on the application's port admitting the client's \
+                 identity, one route). `mesh-http1` is the same without the hint: HTTP/1.1 inside \
+                 mTLS between the sidecars.\n\n",
+            );
+        }
+        if has("mesh-authz") {
             let _ = writeln!(
                 s,
-                "`mesh-authz` is `mesh` with the server sidecar following an inbound policy \
+                "`mesh-authz` is the plain two-sidecar mesh (no `h2` hint, no outbound policy, on \
+                 loopback) with the server sidecar following an inbound policy \
                  (`LINKERD2_PROXY_POLICY_SVC_ADDR`) for the application's port: {} authorizations \
                  by identity, the client's named by the last (so each request is checked against \
                  all of them), and a local rate limit, total and per identity, too high to refuse \
-                 anything. `mesh`'s server sidecar has no policy service: its default policy \
-                 (`all-unauthenticated`, one authorization) applies.\n",
+                 anything.\n",
                 crate::topology::AUTHORIZATIONS,
             );
         }
@@ -624,6 +673,47 @@ impl Report {
     }
 }
 
+/// Where the run's scenarios ran, in words.
+fn topology_note(topology: Placement, results: &[Row]) -> String {
+    let mut names: Vec<String> = Vec::new();
+    let mut loopback = false;
+    for r in results {
+        let name = format!("`{}`", r.scenario);
+        match r.placement {
+            Placement::Pods if !names.contains(&name) => names.push(name),
+            Placement::Pods => {}
+            Placement::Loopback => loopback = true,
+        }
+    }
+    match topology {
+        Placement::Pods => {
+            let listed = match names.split_last() {
+                Some((last, [])) => last.clone(),
+                Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+                None => "No scenario".to_string(),
+            };
+            let mut s = format!(
+                "Topology: **pods**. {listed} ran between two network namespaces joined by a veth \
+                 pair: the client pod holds oha and the client-side proxy, the server pod the \
+                 backend and the server-side proxy. The sidecars run as the proxy's uid behind \
+                 `linnet init`'s iptables rules (oha dials the service's virtual address); \
+                 HAProxy's hops are addressed explicitly."
+            );
+            if loopback {
+                s.push_str(
+                    " The other scenarios ran on loopback, measured against `direct-loopback`.",
+                );
+            }
+            s.push_str("\n\n");
+            s
+        }
+        Placement::Loopback => "Topology: **loopback**. Every process on the host's loopback, the \
+             proxies' original destinations fixed by `*_ORIG_DST_ADDR` instead of iptables (run \
+             as root for the two-pod topology).\n\n"
+            .to_string(),
+    }
+}
+
 const TCP_ORDER: [&str; 5] = [
     "tcp-direct",
     "tcp-outbound",
@@ -682,6 +772,7 @@ fn row(group: &[&Run], all: &[Run]) -> Option<Row> {
         .collect();
     Some(Row {
         scenario: first.scenario,
+        placement: first.placement,
         client: first.client,
         load: first.load.clone(),
         rate: first.rate,

@@ -197,6 +197,8 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         repeats: 1,
         connections: args.connections.max(1),
         mtls: !args.plaintext,
+        // A soak runs on loopback.
+        topology: report::Placement::Loopback,
         proxy: String::new(),
         large_endpoints: args.large_endpoints,
         large_routes: args.large_routes.max(1),
@@ -257,7 +259,10 @@ impl Soaking<'_> {
             (h.start(self.scenario)?, Vec::new(), None)
         };
         let (client, entry) = (self.scenario.client(), topo.entry);
-        let load = |d: Duration| h.load.run(&h.rt, client, entry, Rate::Fixed(self.rate), d);
+        let load = |d: Duration| {
+            h.load
+                .run(&h.rt, client, entry, Rate::Fixed(self.rate), d, None)
+        };
         let warmup = Duration::from_secs_f64(h.settings.warmup_s);
         if !warmup.is_zero() {
             load(warmup)?;

@@ -3,9 +3,13 @@
 //! variables), HAProxy, and iperf3.
 
 mod balanced;
+mod mesh;
+mod pods;
 mod soak;
 
 pub(crate) use balanced::{Shape, Snapshot, metric_sum, scrape};
+pub(crate) use mesh::PathCheck;
+pub(crate) use pods::{Pods, available as pods_available};
 pub(crate) use soak::Churn;
 
 use crate::procs::{self, Proc};
@@ -40,9 +44,14 @@ pub(crate) struct Topology {
     pub(crate) summed_from: Option<usize>,
     /// Where to look for how the client sidecar balanced its requests.
     pub(crate) probe: Option<balanced::Probe>,
-    /// Processes that are not measured (a control plane), kept running
-    /// for as long as the topology.
+    /// Where to read what a mesh's sidecars did (`mesh`, `mesh-http1`).
+    pub(crate) sidecars: Option<mesh::Sidecars>,
+    /// Processes that are not measured (a control plane, a backend of its
+    /// own), kept running for as long as the topology.
     pub(crate) _others: Vec<Proc>,
+    /// The pods it runs in, when it runs between two network namespaces;
+    /// deleted last, once every process in them is gone.
+    pub(crate) pods: Option<Pods>,
 }
 
 /// HAProxy's mode.
@@ -53,15 +62,36 @@ pub(crate) enum HaMode {
 }
 
 impl Topology {
-    /// No proxy at all.
-    pub(crate) fn direct(target: SocketAddr) -> Self {
+    /// Nothing started: the load generator dials `entry`.
+    fn empty(entry: SocketAddr) -> Self {
         Self {
-            entry: target,
+            entry,
             proxies: Vec::new(),
             summed_from: None,
             probe: None,
+            sidecars: None,
             _others: Vec::new(),
+            pods: None,
         }
+    }
+
+    /// No proxy at all.
+    pub(crate) fn direct(target: SocketAddr) -> Self {
+        Self::empty(target)
+    }
+
+    /// The network namespace the load generator runs in, when the
+    /// topology is in pods.
+    pub(crate) fn client_pod(&self) -> Option<&linnet_test_support::netns::Netns> {
+        self.pods.as_ref().map(|p| &p.client)
+    }
+
+    /// What the requests crossed, for a mesh whose sidecars can be asked.
+    pub(crate) fn path_check(&self) -> Result<Option<PathCheck>> {
+        self.sidecars
+            .as_ref()
+            .map(|s| s.check(self.pods.as_ref()))
+            .transpose()
     }
 
     /// One sidecar's outbound side in front of `target` (`hops == 1`), or
@@ -85,11 +115,8 @@ impl Topology {
         let (p, outbound) = start_proxy(cmd, "outbound", Side::Outbound, entry, dirs)?;
         proxies.insert(0, p);
         Ok(Self {
-            entry: outbound,
             proxies,
-            summed_from: None,
-            probe: None,
-            _others: Vec::new(),
+            ..Self::empty(outbound)
         })
     }
 
@@ -135,11 +162,8 @@ impl Topology {
             entry = listen;
         }
         Ok(Self {
-            entry,
             proxies,
-            summed_from: None,
-            probe: None,
-            _others: Vec::new(),
+            ..Self::empty(entry)
         })
     }
 }
@@ -336,11 +360,9 @@ impl Topology {
         let mut server = server;
         server.name = "inbound".into();
         Ok(Self {
-            entry,
             proxies: vec![client, server],
-            summed_from: None,
-            probe: None,
             _others: vec![plane.proc],
+            ..Self::empty(entry)
         })
     }
 }

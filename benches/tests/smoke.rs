@@ -1,12 +1,18 @@
 //! The harness's quick path, end to end: the `direct` and `outbound`
-//! scenarios at a low rate for a few seconds, through the real `linnet`
+//! scenarios on loopback at a low rate for a few seconds, through the real `linnet`
 //! binary, with oha. Checks that the report is complete and that every
-//! request succeeded and the proxy's CPU and memory were read. And a soak
-//! of a few seconds: its JSON and chart are written, parse, and hold
-//! samples of every proxy. No timing is asserted: timings belong in the
-//! report, not in pass/fail tests.
+//! request succeeded and the proxy's CPU and memory were read. The mesh
+//! as users run it (`mesh`, `mesh-http1`, `haproxy` beside them) for a
+//! second each, between two network namespaces as root (on loopback
+//! otherwise): every request succeeded, crossed the mesh file's route and
+//! authorization, and in `mesh` shared one connection between the
+//! sidecars (the `h2` hint); the report names the topology, and no
+//! namespace is left behind. And a soak of a few seconds: its JSON and
+//! chart are written, parse, and hold samples of every proxy. No timing
+//! is asserted: timings belong in the report, not in pass/fail tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use linnet_test_support::is_root;
 use serde_json::Value;
 use std::process::Command;
 
@@ -49,6 +55,9 @@ fn quick_direct_and_outbound() {
     let status = Command::new(env!("CARGO_BIN_EXE_linnet-bench"))
         .args(["--quick", "--scenario", "direct", "--scenario", "outbound"])
         .args(["--rate", "200", "--duration", "3", "--no-saturation"])
+        // Both on loopback, whoever runs it (as root, `direct` would
+        // otherwise run in pods, and `outbound` against its own floor).
+        .args(["--topology", "loopback"])
         .arg("--proxy")
         .arg(format!("{} proxy", linnet.display()))
         .arg("--out")
@@ -112,6 +121,101 @@ fn quick_direct_and_outbound() {
     assert!(md.contains("| outbound | 200 rps |"), "{md}");
     let svg = std::fs::read_to_string(out.join("latency.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("outbound"), "{svg}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// Network namespaces whose name says the process `pid` made them.
+fn namespaces_of(pid: u32) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.contains(&format!("-{pid}-")))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn quick_mesh_beside_haproxy_in_pods_as_root() {
+    let linnet = linnet();
+    let out = std::env::temp_dir().join(format!("linnet-bench-mesh-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_linnet-bench"))
+        .args(["--quick", "--scenario", "mesh", "--scenario", "mesh-http1"])
+        .args(["--scenario", "haproxy", "--rate", "200", "--duration", "1"])
+        .args(["--warmup", "0.3", "--no-saturation"])
+        .arg("--proxy")
+        .arg(format!("{} proxy", linnet.display()))
+        .arg("--out")
+        .arg(&out)
+        .spawn()
+        .expect("run linnet-bench");
+    let pid = child.id();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "linnet-bench failed: {status}");
+    let topology = if is_root() { "pods" } else { "loopback" };
+    if is_root() {
+        assert_eq!(namespaces_of(pid), Vec::<String>::new(), "left behind");
+    } else {
+        eprintln!("the mesh ran on loopback: the two-pod topology needs root");
+    }
+
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(report["settings"]["topology"], topology);
+    let results = report["results"].as_array().unwrap();
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["direct", "mesh", "mesh-http1", "haproxy"]);
+    for r in results {
+        assert_eq!(r["placement"], topology, "{r:#}");
+        assert_eq!(
+            num(r, "success_rate"),
+            1.0,
+            "not every request succeeded: {r:#}"
+        );
+        assert!(num(r, "requests") >= 100.0, "{r:#}");
+        if r["scenario"] != "direct" {
+            assert_eq!(r["added_ms"]["over"], "direct", "{r:#}");
+        }
+    }
+    let proxies = |i: usize| -> Vec<String> {
+        let ps = results[i]["proxies"].as_array().unwrap();
+        for p in ps {
+            assert!(num(p, "cpu_us_per_request.median") > 0.0, "{p:#}");
+            assert!(num(p, "rss_end_kib.median") > 0.0, "{p:#}");
+        }
+        ps.iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(proxies(1), ["outbound", "inbound"]);
+    assert_eq!(proxies(2), ["outbound", "inbound"]);
+    assert_eq!(proxies(3), ["haproxy-out", "haproxy-in"]);
+
+    // Every request of the mesh runs took the route and the
+    // authorization; with the hint, over one connection.
+    for run in report["runs"].as_array().unwrap() {
+        let scenario = run["scenario"].as_str().unwrap();
+        if !scenario.starts_with("mesh") {
+            assert!(run["path"].is_null(), "{run:#}");
+            continue;
+        }
+        let requests = num(run, "outcome.requests");
+        let path = &run["path"];
+        assert!(num(path, "routed") >= requests, "{run:#}");
+        assert!(num(path, "authorized") >= requests, "{run:#}");
+        assert!(num(path, "peer_connections") >= 1.0, "{run:#}");
+        if scenario == "mesh" {
+            assert_eq!(num(path, "peer_connections"), 1.0, "{run:#}");
+        }
+    }
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains(&format!("Topology: **{topology}**")), "{md}");
+    assert!(md.contains("| mesh-http1 | 200 rps |"), "{md}");
     std::fs::remove_dir_all(&out).unwrap();
 }
 

@@ -1,9 +1,10 @@
 //! The balanced mesh: a client sidecar that follows an outbound policy
 //! (a route with a retry and a timeout) to a service of several endpoints,
 //! each reaching one of a few server sidecars. The `mesh-balanced` and
-//! `mesh-large` scenarios, which put the outbound stack's route selection,
-//! retries, timeouts and balancer on the path that `mesh` measures with a
-//! single endpoint and no policy.
+//! `mesh-large` scenarios: the outbound stack's route selection, retries,
+//! timeouts and balancer over several server sidecars and, in
+//! `mesh-large`, thousands of endpoints and routes (`mesh` and
+//! `mesh-http1` cross the same layers with one endpoint).
 //!
 //! A service of thousands of endpoints needs no thousands of processes:
 //! a server sidecar listening on `0.0.0.0:PORT` is reached at every
@@ -72,8 +73,7 @@ impl Shape {
             "identity:\n  tokens:\n    {CLIENT_ID}: client-token\n    {SERVER_ID}: server-token\n\
              services:\n  {MESH_SERVICE}:\n    addresses: [\"{MESH_VIP}\"]\n    endpoints:\n"
         );
-        // As `mesh` lists its one endpoint: no protocol hint, so that the
-        // scenarios differ only in the outbound stack.
+        // As `mesh-http1` lists its one endpoint: no protocol hint.
         for addr in self.endpoint_addrs(ports) {
             let _ = if mtls {
                 writeln!(y, "      - {{addr: \"{addr}\", identity: {SERVER_ID}}}")
@@ -180,11 +180,11 @@ impl Topology {
         let mut proxies = vec![client];
         proxies.extend(servers);
         Ok(Self {
-            entry,
             proxies,
             summed_from: Some(1),
             probe: Some(probe),
             _others: vec![plane.proc],
+            ..Self::empty(entry)
         })
     }
 }

@@ -172,11 +172,9 @@ impl Topology {
         proxies.insert(0, client);
         admins.insert(0, ("outbound".into(), client_admin));
         let topology = Self {
-            entry,
             proxies,
-            summed_from: None,
-            probe: None,
             _others: vec![plane.proc],
+            ..Self::empty(entry)
         };
         Ok((topology, Soak { admins }, churn))
     }

@@ -194,6 +194,24 @@ pub fn pod_init(ns: &Netns, bin: &std::path::Path, args: &[&str]) {
 /// The uid `linnet init` exempts from redirection: the proxy's.
 pub const PROXY_UID: &str = "2102";
 
+/// `program` inside `ns` as [`PROXY_UID`], with an empty environment:
+/// how a pod's proxy runs, for callers that add its arguments and
+/// environment and watch the process themselves (the benchmark harness).
+/// The process id of the child is the program's (`ip netns exec` and
+/// `setpriv` both exec).
+pub fn as_proxy_uid(ns: &Netns, program: &std::path::Path) -> Command {
+    let mut cmd = ns.command("setpriv");
+    cmd.args([
+        &format!("--reuid={PROXY_UID}"),
+        &format!("--regid={PROXY_UID}"),
+        "--clear-groups",
+        "--",
+    ])
+    .arg(program)
+    .env_clear();
+    cmd
+}
+
 /// `linnet proxy` (the binary at `bin`, executable by [`PROXY_UID`])
 /// inside `ns`, as the proxy's uid, with `env` and a 30s grace period;
 /// with `ready`, returns once its `/ready` (admin on 127.0.0.1:4191)
@@ -205,18 +223,10 @@ pub fn pod_proxy(
     env: &[(&str, &str)],
     ready: bool,
 ) -> crate::process::Process {
-    let mut cmd = ns.command("setpriv");
-    cmd.args([
-        &format!("--reuid={PROXY_UID}"),
-        &format!("--regid={PROXY_UID}"),
-        "--clear-groups",
-        "--",
-    ])
-    .arg(bin)
-    .arg("proxy")
-    .env_clear()
-    .env("LINNET_SHUTDOWN_GRACE_PERIOD", "30s")
-    .env("LINNET_LOG", "warn,linnet=debug");
+    let mut cmd = as_proxy_uid(ns, bin);
+    cmd.arg("proxy")
+        .env("LINNET_SHUTDOWN_GRACE_PERIOD", "30s")
+        .env("LINNET_LOG", "warn,linnet=debug");
     for (k, v) in env {
         cmd.env(k, v);
     }
