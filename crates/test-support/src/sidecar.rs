@@ -187,8 +187,11 @@ pub fn binary() -> PathBuf {
 }
 
 /// The most recently modified source the binary is built from: the Rust
-/// files and manifests of `proxy/` and `crates/` (but the test fixtures),
-/// and the lock file.
+/// files of `proxy/` and `crates/` (but the test fixtures, and the unit
+/// tests: `tests.rs` and `tests/` directories, which a build of the binary
+/// does not read). Manifests and the lock file are left out: a change to
+/// them (a dev-dependency, another package's dependency) need not relink
+/// the binary, and would make it look stale forever.
 fn newest_source(root: &Path) -> Option<(PathBuf, SystemTime)> {
     fn walk(dir: &Path, newest: &mut Option<(PathBuf, SystemTime)>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -197,6 +200,12 @@ fn newest_source(root: &Path) -> Option<(PathBuf, SystemTime)> {
         for e in entries.flatten() {
             let path = e.path();
             let Ok(meta) = e.metadata() else { continue };
+            let unit_tests = path
+                .file_name()
+                .is_some_and(|n| n == "tests" || n == "tests.rs");
+            if unit_tests {
+                continue;
+            }
             if meta.is_dir() {
                 walk(&path, newest);
             } else if path.extension().is_some_and(|x| x == "rs") {
@@ -227,12 +236,6 @@ fn newest_source(root: &Path) -> Option<(PathBuf, SystemTime)> {
     }
     for p in packages {
         walk(&p.join("src"), &mut newest);
-        if let Ok(m) = std::fs::metadata(p.join("Cargo.toml")) {
-            consider(p.join("Cargo.toml"), &m, &mut newest);
-        }
-    }
-    if let Ok(m) = std::fs::metadata(root.join("Cargo.lock")) {
-        consider(root.join("Cargo.lock"), &m, &mut newest);
     }
     newest
 }
