@@ -76,6 +76,10 @@ impl HeadClock {
     }
 
     /// Resolves once a head has taken longer than `timeout` to arrive.
+    ///
+    /// Lazy: while it sleeps for one head, newer heads re-arm the clock
+    /// without waking it; when it wakes it follows the newest. Under load
+    /// that is one timer per `timeout`, not one per request.
     pub(crate) async fn expired(&self, timeout: Duration) {
         loop {
             let at = match self.armed() {
